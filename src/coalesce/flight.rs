@@ -1,0 +1,492 @@
+//! A flight: one upstream response shared by every identical request.
+//!
+//! The flight is an append-only log of body chunks (`Bytes`, shared, never
+//! copied) plus the response head and how the stream ended. One writer, the
+//! pump, appends; any number of [`Subscriber`]s read it, each with its own
+//! cursor, so a late joiner starts at chunk 0 (replay) and a slow reader only
+//! ever delays itself.
+//!
+//! Subscribers count themselves in and out: when the count reaches zero the
+//! pump is told, and cancels the upstream after `cancel_grace` unless someone
+//! rejoined. Once a flight is closed to joiners (too many bytes, lingering
+//! over, ended), chunks that every remaining subscriber has read are released.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::key::Key;
+use crate::error::{BodyError, GatewayError};
+use crate::metrics::RouteMetrics;
+
+/// What every flight of a route shares: its limits and its metrics.
+#[derive(Clone)]
+pub struct Settings {
+    /// Past this many bytes a flight takes no new joiners.
+    pub max_replay_bytes: u64,
+    /// A flight with this many subscribers takes no more.
+    pub max_subscribers: usize,
+    /// How long a flight that ended with a 2xx stays joinable.
+    pub linger: Duration,
+    /// How long the upstream survives with no subscriber.
+    pub cancel_grace: Duration,
+    /// The route's series.
+    pub metrics: RouteMetrics,
+    /// Bytes held by all flight logs of the gateway (the global budget).
+    pub buffered: Gauge,
+}
+
+/// The response head every subscriber gets.
+#[derive(Debug, Clone)]
+pub enum Head {
+    /// The upstream answered: status and headers, already rewritten for clients.
+    Response(Arc<ResponseHead>),
+    /// The upstream was not reached, or not in time, or the flight ended first.
+    Failed(GatewayError),
+}
+
+/// An upstream status and its headers, ready for clients.
+#[derive(Debug)]
+pub struct ResponseHead {
+    /// The upstream's status.
+    pub status: StatusCode,
+    /// The upstream's headers after the downstream rewrite.
+    pub headers: HeaderMap,
+}
+
+/// How a flight's stream ended.
+#[derive(Debug, Clone)]
+pub enum End {
+    /// The upstream body ended cleanly.
+    Complete,
+    /// The stream stopped short; every subscriber ends abnormally.
+    Broken(BodyError),
+}
+
+/// One upstream response, shared.
+pub struct Flight {
+    key: Key,
+    settings: Arc<Settings>,
+    /// Everything subscribers read. A std `Mutex`: it is held for a few
+    /// instructions per chunk and never across an `.await`.
+    state: Mutex<State>,
+    /// Wakes the pump when the last subscriber leaves; `notify_one` keeps a
+    /// permit, so a leave just before the pump starts waiting is not lost.
+    deserted: Notify,
+}
+
+struct State {
+    head: Option<Head>,
+    log: Log,
+    end: Option<End>,
+    /// Whether an identical request may still join.
+    joinable: bool,
+    subscribers: usize,
+    /// Subscribers that ever joined, for the flight's log line.
+    joined: usize,
+    /// When the subscriber count last dropped to zero (None while anyone is here).
+    deserted_since: Option<Instant>,
+    /// Subscribers waiting for the next change; drained on every change.
+    waiters: Vec<Waker>,
+    /// Counts the drains, so a subscriber registers its waker once per change.
+    generation: u64,
+}
+
+impl Flight {
+    /// A new flight with its first subscriber, the leader.
+    pub fn lead(key: Key, settings: Arc<Settings>) -> (Arc<Flight>, Subscriber) {
+        let flight = Arc::new(Flight {
+            key,
+            settings,
+            state: Mutex::new(State {
+                head: None,
+                log: Log::default(),
+                end: None,
+                joinable: true,
+                subscribers: 0,
+                joined: 0,
+                deserted_since: None,
+                waiters: Vec::new(),
+                generation: 0,
+            }),
+            deserted: Notify::new(),
+        });
+        let leader = flight.subscribe(flight.state());
+        (flight, leader)
+    }
+
+    /// Subscribes to this flight, or `None` when it takes no more joiners.
+    pub fn join(self: &Arc<Self>) -> Option<Subscriber> {
+        let state = self.state();
+        if !state.joinable || state.subscribers >= self.settings.max_subscribers {
+            return None;
+        }
+        Some(self.subscribe(state))
+    }
+
+    fn subscribe(self: &Arc<Self>, mut state: MutexGuard<'_, State>) -> Subscriber {
+        state.subscribers += 1;
+        state.joined += 1;
+        state.deserted_since = None;
+        let next = state.log.enter();
+        let replay_until = state.log.len();
+        drop(state);
+        self.settings.metrics.subscribers_active.inc();
+        Subscriber {
+            flight: Arc::clone(self),
+            next,
+            replay_until,
+            registered: None,
+        }
+    }
+
+    /// The key this flight answers.
+    pub fn key(&self) -> Key {
+        self.key
+    }
+
+    /// The route's settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Publishes the response head.
+    pub(crate) fn set_head(&self, head: ResponseHead) {
+        let mut state = self.state();
+        state.head = Some(Head::Response(Arc::new(head)));
+        self.wake(state);
+    }
+
+    /// Ends the flight before any head: every subscriber gets this error
+    /// (and no body, so the recorded end is never read).
+    pub(crate) fn fail(&self, error: GatewayError) {
+        let mut state = self.state();
+        if state.head.is_none() {
+            state.head = Some(Head::Failed(error));
+        }
+        self.end(&mut state, End::Broken(BodyError::Cancelled));
+        self.wake(state);
+    }
+
+    /// Appends a chunk; `last` ends the stream cleanly in the same step, so
+    /// no request can join between the last byte and the end.
+    pub(crate) fn append(&self, chunk: Bytes, last: bool) {
+        let len = chunk.len() as u64;
+        let mut state = self.state();
+        state.log.append(chunk);
+        if state.log.bytes > self.settings.max_replay_bytes {
+            state.joinable = false;
+        }
+        if last {
+            self.end(&mut state, End::Complete);
+        }
+        self.settings.buffered.inc_by(len as i64);
+        let released = state.release();
+        self.wake(state);
+        self.settings.buffered.dec_by(released as i64);
+    }
+
+    /// Ends the stream. A clean end of a 2xx stays joinable when the route
+    /// lingers; anything else closes the flight to joiners.
+    pub(crate) fn finish(&self, end: End) {
+        let mut state = self.state();
+        self.end(&mut state, end);
+        let released = state.release();
+        self.wake(state);
+        self.settings.buffered.dec_by(released as i64);
+    }
+
+    fn end(&self, state: &mut State, end: End) {
+        if state.end.is_some() {
+            return;
+        }
+        let success = matches!(&state.head, Some(Head::Response(head)) if head.status.is_success());
+        let lingers = matches!(end, End::Complete) && success && !self.settings.linger.is_zero();
+        state.joinable &= lingers;
+        if state.head.is_none() {
+            let error = match &end {
+                End::Broken(error) => error.clone(),
+                End::Complete => BodyError::FlightAborted,
+            };
+            state.head = Some(Head::Failed(GatewayError::Interrupted(error)));
+        }
+        state.end = Some(end);
+    }
+
+    /// Whether the flight ended cleanly and is answering joiners from its log.
+    pub fn lingering(&self) -> bool {
+        let state = self.state();
+        state.joinable && matches!(state.end, Some(End::Complete))
+    }
+
+    /// Takes no more joiners (the linger is over).
+    pub(crate) fn close(&self) {
+        let mut state = self.state();
+        state.joinable = false;
+        let released = state.release();
+        drop(state);
+        self.settings.buffered.dec_by(released as i64);
+    }
+
+    /// Resolves once nobody has been subscribed for `grace`; the flight is
+    /// then closed to joiners, and the caller cancels the upstream.
+    pub(crate) async fn deserted(&self, grace: Duration) {
+        loop {
+            let since = self.state().deserted_since;
+            match since {
+                None => self.deserted.notified().await,
+                Some(since) => {
+                    tokio::time::sleep_until(since + grace).await;
+                    let mut state = self.state();
+                    // Nobody rejoined (or left again later) in the meantime.
+                    if state.deserted_since == Some(since) {
+                        state.joinable = false;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// What the flight's log line reports: subscribers that joined, bytes.
+    pub(crate) fn tally(&self) -> (usize, u64) {
+        let state = self.state();
+        (state.joined, state.log.bytes)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // No code panics while holding the lock; if one did, the state is
+        // still consistent enough to end every subscriber.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wakes everyone who waits for a change, after unlocking.
+    fn wake(&self, mut state: MutexGuard<'_, State>) {
+        let waiters = std::mem::take(&mut state.waiters);
+        state.generation += 1;
+        drop(state);
+        for waker in waiters {
+            waker.wake();
+        }
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        let held = self.state().log.held;
+        self.settings.buffered.dec_by(held as i64);
+    }
+}
+
+impl State {
+    /// Releases chunks every subscriber has read, once nobody can join to
+    /// replay them. Returns the bytes released.
+    fn release(&mut self) -> u64 {
+        if self.joinable { 0 } else { self.log.release() }
+    }
+
+    /// Registers `waker` for the next change, once per change.
+    fn wait(&mut self, registered: &mut Option<(u64, Waker)>, waker: &Waker) {
+        if let Some((generation, known)) = registered
+            && *generation == self.generation
+            && known.will_wake(waker)
+        {
+            return;
+        }
+        self.waiters.push(waker.clone());
+        *registered = Some((self.generation, waker.clone()));
+    }
+}
+
+/// The chunk log with per-position reader counts, so that chunks everyone
+/// has read can be released in O(1) per read.
+struct Log {
+    chunks: VecDeque<Bytes>,
+    /// Absolute index of `chunks[0]`; earlier chunks were released.
+    first: usize,
+    /// `readers[i]`: subscribers whose next chunk is `first + i`. One slot
+    /// more than `chunks`, for the subscribers that are caught up.
+    readers: VecDeque<usize>,
+    /// Bytes ever appended.
+    bytes: u64,
+    /// Bytes held now.
+    held: u64,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            chunks: VecDeque::new(),
+            first: 0,
+            readers: VecDeque::from([0]),
+            bytes: 0,
+            held: 0,
+        }
+    }
+}
+
+impl Log {
+    fn len(&self) -> usize {
+        self.first + self.chunks.len()
+    }
+
+    fn get(&self, index: usize) -> Option<&Bytes> {
+        self.chunks.get(index.checked_sub(self.first)?)
+    }
+
+    fn append(&mut self, chunk: Bytes) {
+        self.bytes += chunk.len() as u64;
+        self.held += chunk.len() as u64;
+        self.chunks.push_back(chunk);
+        self.readers.push_back(0);
+    }
+
+    /// A new reader at the first chunk (only while nothing was released).
+    fn enter(&mut self) -> usize {
+        self.slot(self.first, 1);
+        self.first
+    }
+
+    fn advance(&mut self, from: usize) {
+        self.slot(from, -1);
+        self.slot(from + 1, 1);
+    }
+
+    fn leave(&mut self, at: usize) {
+        self.slot(at, -1);
+    }
+
+    fn slot(&mut self, index: usize, delta: isize) {
+        // A reader is never behind `first`: chunks are released only once
+        // no reader is at them.
+        let slot = index.checked_sub(self.first);
+        if let Some(count) = slot.and_then(|slot| self.readers.get_mut(slot)) {
+            *count = count.saturating_add_signed(delta);
+        }
+    }
+
+    fn release(&mut self) -> u64 {
+        let mut released = 0;
+        while !self.chunks.is_empty() && self.readers.front() == Some(&0) {
+            if let Some(chunk) = self.chunks.pop_front() {
+                released += chunk.len() as u64;
+            }
+            self.readers.pop_front();
+            self.first += 1;
+        }
+        self.held -= released;
+        released
+    }
+}
+
+/// One client's view of a flight: an `http_body::Body` that walks the log
+/// from the first chunk, then follows the live tail.
+pub struct Subscriber {
+    flight: Arc<Flight>,
+    /// Absolute index of the next chunk to hand out.
+    next: usize,
+    /// Chunks below this index were in the log when this subscriber joined.
+    replay_until: usize,
+    /// The change generation and waker last registered, to register once.
+    registered: Option<(u64, Waker)>,
+}
+
+impl Subscriber {
+    /// Waits for the response head (or the reason there is none).
+    pub async fn head(&mut self) -> Head {
+        std::future::poll_fn(|cx| {
+            let mut state = self.flight.state();
+            match &state.head {
+                Some(head) => Poll::Ready(head.clone()),
+                None => {
+                    state.wait(&mut self.registered, cx.waker());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// The flight this subscriber reads.
+    pub fn flight(&self) -> &Arc<Flight> {
+        &self.flight
+    }
+}
+
+impl Body for Subscriber {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let flight = &*this.flight;
+        let mut state = flight.state();
+        if let Some(chunk) = state.log.get(this.next).cloned() {
+            state.log.advance(this.next);
+            this.next += 1;
+            let released = state.release();
+            drop(state);
+            flight.settings.buffered.dec_by(released as i64);
+            if this.next <= this.replay_until {
+                flight
+                    .settings
+                    .metrics
+                    .replayed_bytes
+                    .inc_by(chunk.len() as u64);
+            }
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        match &state.end {
+            // Caught up with a clean end.
+            Some(End::Complete) => Poll::Ready(None),
+            // Caught up with a broken stream: end abnormally, like the upstream.
+            Some(End::Broken(error)) => Poll::Ready(Some(Err(error.clone()))),
+            // Caught up with a live stream: wait for the pump.
+            None => {
+                state.wait(&mut this.registered, cx.waker());
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let state = self.flight.state();
+        self.next >= state.log.len() && matches!(state.end, Some(End::Complete))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let flight = &*self.flight;
+        let mut state = flight.state();
+        state.log.leave(self.next);
+        state.subscribers -= 1;
+        let deserted = state.subscribers == 0;
+        if deserted {
+            state.deserted_since = Some(Instant::now());
+        }
+        let released = state.release();
+        drop(state);
+        flight.settings.buffered.dec_by(released as i64);
+        flight.settings.metrics.subscribers_active.dec();
+        if deserted {
+            flight.deserted.notify_one();
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! The pump: the one task per flight that sends the upstream request and
+//! reads its response into the flight's log.
+//!
+//! The fetch belongs to the flight, not to the client that started it: the
+//! leader leaving changes nothing while anyone else is subscribed. The pump
+//! never waits for a client. It stops early in two cases only: nobody has been
+//! subscribed for `cancel_grace` (the upstream request is dropped, closing its
+//! connection so the backend stops generating), or the gateway's shutdown
+//! grace ran out. Whatever ends it, a panic included, a drop guard ends the
+//! flight for every subscriber and removes it from the registry.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::flight::{End, Flight, ResponseHead};
+use super::registry::Registry;
+use crate::error::{BodyError, GatewayError};
+use crate::headers;
+use crate::upstream::Upstream;
+
+/// Everything a flight's pump needs.
+pub struct Pump {
+    /// The flight to fill.
+    pub flight: Arc<Flight>,
+    /// Where the flight is registered, to remove it at the end.
+    pub registry: Registry,
+    /// The route's upstream.
+    pub upstream: Arc<Upstream>,
+    /// The leader's request, rewritten for the upstream (or why it could not be).
+    pub request: Result<Request<Full<Bytes>>, GatewayError>,
+    /// Cancelled when the gateway's shutdown grace runs out.
+    pub shutdown: CancellationToken,
+}
+
+/// How the upstream part of a flight ended, for its log line.
+enum Outcome {
+    /// The body ended cleanly.
+    Complete(StatusCode),
+    /// The upstream could not be asked or did not answer in time.
+    Failed(StatusCode),
+    /// The body stopped short.
+    Broken(BodyError),
+    /// Nobody was left to read it.
+    Cancelled,
+    /// The gateway shut down first.
+    Shutdown,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Complete(status) => write!(f, "complete ({})", status.as_u16()),
+            Self::Failed(status) => write!(f, "failed ({})", status.as_u16()),
+            Self::Broken(error) => write!(f, "broken ({error})"),
+            Self::Cancelled => f.write_str("cancelled"),
+            Self::Shutdown => f.write_str("shutdown"),
+        }
+    }
+}
+
+impl Pump {
+    /// Runs the pump on its own task.
+    pub fn spawn(self) {
+        tokio::spawn(self.run());
+    }
+
+    async fn run(self) {
+        let Pump {
+            flight,
+            registry,
+            upstream,
+            request,
+            shutdown,
+        } = self;
+        let settings = flight.settings();
+        settings.metrics.flights_active.inc();
+        let mut guard = Guard {
+            flight: Arc::clone(&flight),
+            registry,
+            active: true,
+        };
+
+        let outcome = stream(&flight, &upstream, request, &shutdown).await;
+        guard.active = false;
+        settings.metrics.flights_active.dec();
+        let (subscribers, bytes) = flight.tally();
+        tracing::debug!(
+            key = %flight.key().short(),
+            subscribers,
+            bytes,
+            outcome = %outcome,
+            "flight ended"
+        );
+
+        if flight.lingering() {
+            tokio::select! {
+                () = tokio::time::sleep(settings.linger) => {}
+                () = shutdown.cancelled() => {}
+            }
+            flight.close();
+        }
+        // `guard` removes the flight from the registry here.
+    }
+}
+
+/// Sends the request and reads the response into the flight.
+async fn stream(
+    flight: &Flight,
+    upstream: &Upstream,
+    request: Result<Request<Full<Bytes>>, GatewayError>,
+    shutdown: &CancellationToken,
+) -> Outcome {
+    let settings = flight.settings();
+    let request = match request {
+        Ok(request) => request,
+        Err(error) => return failed(flight, error),
+    };
+    let deserted = flight.deserted(settings.cancel_grace);
+    let shut_down = shutdown.cancelled();
+    tokio::pin!(deserted, shut_down);
+
+    settings.metrics.upstream_requests.inc();
+    let sent = Instant::now();
+    let response = tokio::select! {
+        biased;
+        () = &mut deserted => return cancelled(flight),
+        () = &mut shut_down => return interrupted(flight),
+        response = upstream.send(request) => response,
+    };
+    let response = match response {
+        Ok(response) => response,
+        Err(error) => return failed(flight, error),
+    };
+    settings.metrics.first_byte(sent.elapsed());
+
+    let (parts, body) = response.into_parts();
+    let status = parts.status;
+    let mut headers = parts.headers;
+    headers::to_downstream(&mut headers);
+    flight.set_head(ResponseHead { status, headers });
+
+    let mut body = upstream.body(body);
+    if body.is_end_stream() {
+        flight.finish(End::Complete);
+        return Outcome::Complete(status);
+    }
+    loop {
+        let frame = tokio::select! {
+            biased;
+            () = &mut deserted => return cancelled(flight),
+            () = &mut shut_down => return interrupted(flight),
+            frame = body.frame() => frame,
+        };
+        match frame {
+            // The upstream ended its body.
+            None => {
+                flight.finish(End::Complete);
+                return Outcome::Complete(status);
+            }
+            // The upstream broke or went silent mid-body.
+            Some(Err(error)) => {
+                flight.finish(End::Broken(error.clone()));
+                return Outcome::Broken(error);
+            }
+            // A data frame: append it, ending the flight with it if it is the last.
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    // Trailers are not relayed.
+                    continue;
+                };
+                let last = body.is_end_stream();
+                if !data.is_empty() {
+                    flight.append(data, last);
+                } else if last {
+                    flight.finish(End::Complete);
+                }
+                if last {
+                    return Outcome::Complete(status);
+                }
+            }
+        }
+    }
+}
+
+fn failed(flight: &Flight, error: GatewayError) -> Outcome {
+    let status = error.status();
+    tracing::warn!(
+        key = %flight.key().short(),
+        status = status.as_u16(),
+        error = %crate::error::describe(&error),
+        "flight failed"
+    );
+    flight.fail(error);
+    Outcome::Failed(status)
+}
+
+fn cancelled(flight: &Flight) -> Outcome {
+    flight.settings().metrics.upstream_cancelled.inc();
+    flight.finish(End::Broken(BodyError::Cancelled));
+    Outcome::Cancelled
+}
+
+fn interrupted(flight: &Flight) -> Outcome {
+    flight.finish(End::Broken(BodyError::Shutdown));
+    Outcome::Shutdown
+}
+
+/// Ends the flight and removes it from the registry however the pump ends,
+/// a panic included, so that no subscriber hangs and no entry leaks.
+struct Guard {
+    flight: Arc<Flight>,
+    registry: Registry,
+    /// Whether the upstream part is still counted in `flights_active`.
+    active: bool,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if self.active {
+            self.flight.settings().metrics.flights_active.dec();
+        }
+        // A no-op when the flight already ended.
+        self.flight.finish(End::Broken(BodyError::FlightAborted));
+        self.flight.close();
+        self.registry.remove(&self.flight);
+    }
+}

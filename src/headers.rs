@@ -1,0 +1,250 @@
+//! Header rewriting at the proxy boundary: hop-by-hop removal both ways,
+//! `X-Forwarded-*` and `Host` on the way up, the SSE anti-buffering rewrite on
+//! the way down, and the gateway's own `x-chorus-*` headers.
+
+use std::net::IpAddr;
+
+use http::header::{
+    ACCEPT_ENCODING, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, TE,
+    TRANSFER_ENCODING, UPGRADE,
+};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
+
+/// Which of leader, follower or bypass answered a request.
+pub const X_CHORUS_ROLE: HeaderName = HeaderName::from_static("x-chorus-role");
+/// `x-chorus-coalesce: off` sends a request upstream on its own.
+pub const X_CHORUS_COALESCE: HeaderName = HeaderName::from_static("x-chorus-coalesce");
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+
+/// Hop-by-hop headers of RFC 9110 §7.6.1 (and the legacy ones proxies still
+/// meet); the names listed in `Connection` are removed as well.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    TE,
+    TRANSFER_ENCODING,
+    UPGRADE,
+    HeaderName::from_static("http2-settings"),
+];
+
+/// What the upstream is told about the client's side of the connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSide {
+    /// The peer address of the client connection.
+    pub ip: IpAddr,
+    /// Whether the client connection is TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
+}
+
+/// Removes hop-by-hop headers, including every header named in `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Whether the client opted out of coalescing with `x-chorus-coalesce: off`.
+pub fn coalesce_opted_out(headers: &HeaderMap) -> bool {
+    headers
+        .get(X_CHORUS_COALESCE)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"off"))
+}
+
+/// Turns a client request's headers into the upstream request's headers.
+///
+/// `uri` is the request URI as received (its authority stands in for `Host`
+/// on HTTP/2); `upstream_authority` becomes `Host`; `coalesced` requests ask
+/// for identity encoding so that no subscriber gets an encoding it did not
+/// accept.
+pub fn to_upstream(
+    headers: &mut HeaderMap,
+    uri: &Uri,
+    client: ClientSide,
+    upstream_authority: &HeaderValue,
+    extra: &[(HeaderName, HeaderValue)],
+    coalesced: bool,
+) {
+    let client_host = headers.get(HOST).cloned().or_else(|| {
+        uri.authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+
+    remove_hop_by_hop(headers);
+    remove_gateway_headers(headers);
+    // The body was read in full, so the client's expectation was already met,
+    // and its length is set by the client library from the buffered body.
+    headers.remove(EXPECT);
+    headers.remove(CONTENT_LENGTH);
+
+    append_forwarded_for(headers, client.ip);
+    let proto = if client.tls { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    match client_host {
+        Some(host) => headers.insert(X_FORWARDED_HOST, host),
+        None => headers.remove(X_FORWARDED_HOST),
+    };
+    headers.insert(HOST, upstream_authority.clone());
+    if coalesced {
+        headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    }
+    for (name, value) in extra {
+        headers.insert(name.clone(), value.clone());
+    }
+}
+
+/// Turns an upstream response's headers into the client response's headers.
+pub fn to_downstream(headers: &mut HeaderMap) {
+    remove_hop_by_hop(headers);
+    remove_gateway_headers(headers);
+    if is_event_stream(headers) {
+        // Tell every proxy in front of us not to buffer, and let the stream
+        // be delimited by the connection rather than a length.
+        headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.remove(CONTENT_LENGTH);
+    }
+}
+
+/// Whether the media type is `text/event-stream`.
+pub fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("text/event-stream"))
+}
+
+fn remove_gateway_headers(headers: &mut HeaderMap) {
+    let ours: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-chorus-"))
+        .cloned()
+        .collect();
+    for name in ours {
+        headers.remove(name);
+    }
+}
+
+/// Appends the client to `X-Forwarded-For`, keeping what earlier proxies wrote.
+fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
+    let earlier: Vec<&str> = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+        .collect();
+    let ip = ip.to_canonical().to_string();
+    let value = if earlier.is_empty() {
+        ip
+    } else {
+        format!("{}, {ip}", earlier.join(", "))
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        headers
+    }
+
+    fn upstream(headers: &mut HeaderMap, coalesced: bool) {
+        let client = ClientSide {
+            ip: "10.0.0.7".parse().unwrap(),
+            tls: false,
+        };
+        let uri: Uri = "/v1/chat".parse().unwrap();
+        let authority = HeaderValue::from_static("backend:9000");
+        to_upstream(headers, &uri, client, &authority, &[], coalesced);
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_go() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, x-secret-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret-hop", "1"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("proxy-connection", "keep-alive"),
+            ("x-kept", "yes"),
+        ]);
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers["x-kept"], "yes");
+    }
+
+    #[test]
+    fn forwarded_headers_are_set_and_appended() {
+        let mut headers = map(&[
+            ("host", "chat.example.com"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "5.6.7.8"),
+            ("x-chorus-coalesce", "off"),
+        ]);
+        upstream(&mut headers, false);
+        assert_eq!(headers["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 10.0.0.7");
+        assert_eq!(headers["x-forwarded-host"], "chat.example.com");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["host"], "backend:9000");
+        assert!(headers.get("x-chorus-coalesce").is_none());
+        assert!(headers.get("accept-encoding").is_none());
+    }
+
+    #[test]
+    fn coalesced_requests_ask_for_identity() {
+        let mut headers = map(&[("accept-encoding", "gzip, br")]);
+        upstream(&mut headers, true);
+        assert_eq!(headers["accept-encoding"], "identity");
+    }
+
+    #[test]
+    fn event_streams_are_marked_unbuffered() {
+        let mut headers = map(&[
+            ("content-type", "text/event-stream; charset=utf-8"),
+            ("content-length", "100"),
+            ("cache-control", "private"),
+            ("transfer-encoding", "chunked"),
+        ]);
+        to_downstream(&mut headers);
+        assert_eq!(headers["x-accel-buffering"], "no");
+        assert_eq!(headers["cache-control"], "no-cache");
+        assert!(headers.get("content-length").is_none());
+        assert!(headers.get("transfer-encoding").is_none());
+    }
+
+    #[test]
+    fn other_responses_keep_their_length() {
+        let mut headers = map(&[
+            ("content-type", "application/json"),
+            ("content-length", "2"),
+        ]);
+        to_downstream(&mut headers);
+        assert_eq!(headers["content-length"], "2");
+        assert!(headers.get("x-accel-buffering").is_none());
+    }
+}

@@ -1,0 +1,156 @@
+//! chorus: a reverse-proxy gateway for streaming LLM backends that fans
+//! identical in-flight requests in onto ONE upstream request, and fans its
+//! response out, byte for byte, to every one of them — without buffering.
+//!
+//! # Layout
+//!
+//! - `main.rs`: the command line (run, check, demo, mock-upstream); logging set-up.
+//! - [`config`]: the TOML schema, defaults, `${VAR}` expansion, validation.
+//! - [`server`]: the listener, TLS, HTTP/1.1 + HTTP/2, connection limits, drain.
+//! - [`proxy`]: the request handler: route, limits, body, coalesce or pass through.
+//! - [`route`]: the route table and its longest-prefix match.
+//! - [`headers`]: hop-by-hop removal, `X-Forwarded-*`, `Host`, the SSE rewrite.
+//! - [`upstream`]: the pooled upstream client, request building, timeouts.
+//! - [`coalesce`]: the key, the flight (a shared append-only log), its pump,
+//!   and the registry of open flights.
+//! - [`response`]: the response body served to clients and its access log line.
+//! - [`admin`] and [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`error`]: request-path errors and their one mapping to status and JSON.
+//! - [`tls`]: rustls configuration for both sides.
+//! - [`mock`]: the built-in mock LLM upstream for the demo, tests and benchmarks.
+//!
+//! # Life of a request
+//!
+//! ```text
+//! client ─► server ─► proxy ─► route (longest prefix)
+//!                        │
+//!                        ├─ not coalescible ─► upstream ─► body streamed straight back
+//!                        │
+//!                        └─ coalescible ─► coalesce::key (blake3 of the canonical request)
+//!                                            │
+//!                              coalesce::registry: join-or-lead
+//!                      leader: spawn the pump │ follower: subscribe
+//!                                            ▼
+//!          upstream ─► pump ─► flight (append-only log of Bytes) ─► every Subscriber body
+//! ```
+
+pub mod admin;
+pub mod coalesce;
+pub mod config;
+pub mod error;
+pub mod headers;
+pub mod metrics;
+pub mod mock;
+pub mod proxy;
+pub mod response;
+pub mod route;
+pub mod server;
+pub mod tls;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::{Limits, Proxy};
+use crate::route::{Route, RouteTable};
+use crate::tls::TlsError;
+
+/// The sockets a gateway serves on, bound by the caller (tests bind port 0).
+pub struct Listeners {
+    /// The client-facing listener.
+    pub gateway: TcpListener,
+    /// The admin listener, if any.
+    pub admin: Option<TcpListener>,
+}
+
+/// Why a gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A route's upstream TLS files are unusable.
+    #[error("routes[{index}].upstream TLS: {source}")]
+    UpstreamTls { index: usize, source: TlsError },
+    /// The server certificate or key is unusable.
+    #[error("server.tls: {0}")]
+    ServerTls(TlsError),
+}
+
+/// Runs a gateway on `listeners` until `shutdown` resolves, then drains:
+/// the listener closes, `/readyz` turns 503, streams in flight get up to
+/// `server.shutdown_grace` to finish.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let routes = config
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(index, route)| {
+            Route::new(route, &metrics, &metrics.buffered_bytes)
+                .map_err(|source| StartError::UpstreamTls { index, source })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let tls = match &config.server.tls {
+        Some(tls) => Some(TlsAcceptor::from(Arc::new(
+            tls::server_config(&tls.cert, &tls.key).map_err(StartError::ServerTls)?,
+        ))),
+        None => None,
+    };
+
+    let cut = CancellationToken::new();
+    let drain = CancellationToken::new();
+    let stop_admin = CancellationToken::new();
+    let proxy = Arc::new(Proxy::new(
+        RouteTable::new(routes),
+        Arc::clone(&metrics),
+        Limits::from(&config.server),
+        cut.clone(),
+    ));
+    let ready = Arc::new(AtomicBool::new(true));
+    let admin = listeners.admin.map(|listener| {
+        let admin = Arc::new(Admin {
+            metrics: Arc::clone(&metrics),
+            ready: Arc::clone(&ready),
+        });
+        tokio::spawn(admin::serve(listener, admin, stop_admin.clone()))
+    });
+
+    let listener = server::Listener {
+        tcp: listeners.gateway,
+        tls,
+    };
+    let server = server::serve(
+        listener,
+        proxy,
+        Arc::clone(&metrics),
+        &config.server,
+        drain.clone(),
+        cut.clone(),
+    );
+    tokio::pin!(server);
+    tokio::select! {
+        () = &mut server => {}
+        () = shutdown => {
+            tracing::info!("draining: no new connections, streams in flight go on");
+            ready.store(false, Ordering::Relaxed);
+            drain.cancel();
+            server.await;
+        }
+    }
+    cut.cancel();
+    stop_admin.cancel();
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,253 @@
+//! The `chorus` command line: run the gateway, check a config, run the demo,
+//! or run the built-in mock upstream. Parses, loads, binds, and hands over to
+//! [`chorus::run`].
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::net::TcpListener;
+
+use chorus::config::{AdminConfig, Config, RouteConfig, ServerConfig};
+use chorus::mock::{self, MockOptions, MockStats};
+use chorus::{Listeners, StartError};
+
+/// Exit status for a configuration that cannot start.
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "chorus",
+    version,
+    about = "A streaming gateway that coalesces identical in-flight LLM requests"
+)]
+struct Cli {
+    /// The config file (default: $CHORUS_CONFIG, else config/chorus.toml).
+    #[arg(
+        long,
+        global = true,
+        env = "CHORUS_CONFIG",
+        default_value = "config/chorus.toml"
+    )]
+    config: PathBuf,
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "CHORUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the gateway (the default).
+    Run,
+    /// Validates the config: exit 0, or every problem and exit 2.
+    Check,
+    /// Starts the mock upstream and the gateway in front of it, to try things.
+    Demo {
+        /// Where the gateway listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Where the admin endpoints listen.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: SocketAddr,
+    },
+    /// Runs the built-in mock OpenAI-compatible SSE upstream alone.
+    MockUpstream(MockOptions),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("chorus: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => runtime.block_on(run(cli.config)),
+        Command::Check => check(&cli.config),
+        Command::Demo { listen, admin } => runtime.block_on(demo(listen, admin)),
+        Command::MockUpstream(options) => runtime.block_on(mock_upstream(options)),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|error| {
+        eprintln!("{error}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match load(path) {
+        Ok(_) => {
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+async fn run(path: PathBuf) -> ExitCode {
+    let config = match load(&path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let listeners = match bind(&config).await {
+        Ok(listeners) => listeners,
+        Err(code) => return code,
+    };
+    tracing::info!(
+        listen = %config.server.listen,
+        admin = ?config.admin.as_ref().map(|admin| admin.listen),
+        routes = config.routes.len(),
+        "chorus is ready"
+    );
+    serve(config, listeners).await
+}
+
+async fn serve(config: Config, listeners: Listeners) -> ExitCode {
+    match chorus::run(config, listeners, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error @ (StartError::UpstreamTls { .. } | StartError::ServerTls(_))) => {
+            eprintln!("chorus: {error}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+async fn bind(config: &Config) -> Result<Listeners, ExitCode> {
+    let gateway = bind_one("server.listen", config.server.listen).await?;
+    let admin = match &config.admin {
+        Some(admin) => Some(bind_one("admin.listen", admin.listen).await?),
+        None => None,
+    };
+    Ok(Listeners { gateway, admin })
+}
+
+async fn bind_one(key: &str, address: SocketAddr) -> Result<TcpListener, ExitCode> {
+    TcpListener::bind(address).await.map_err(|error| {
+        eprintln!("chorus: {key}: cannot listen on {address}: {error}");
+        ExitCode::FAILURE
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
+async fn demo(listen: SocketAddr, admin: SocketAddr) -> ExitCode {
+    let upstream = match TcpListener::bind("127.0.0.1:0").await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("chorus: cannot start the mock upstream: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let upstream_addr = match upstream.local_addr() {
+        Ok(addr) => addr,
+        Err(error) => {
+            eprintln!("chorus: cannot start the mock upstream: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = MockOptions {
+        listen: upstream_addr,
+        ..MockOptions::default()
+    };
+    tokio::spawn(mock::serve(
+        upstream,
+        options,
+        Arc::new(MockStats::default()),
+        std::future::pending(),
+    ));
+
+    let upstream_url = format!("http://{upstream_addr}");
+    let route = match upstream_url.parse() {
+        Ok(uri) => RouteConfig::new("llm".to_owned(), "/".to_owned(), uri),
+        Err(error) => {
+            eprintln!("chorus: bad mock upstream address {upstream_url}: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = Config {
+        server: ServerConfig::new(listen),
+        admin: Some(AdminConfig { listen: admin }),
+        routes: vec![route],
+    };
+    let listeners = match bind(&config).await {
+        Ok(listeners) => listeners,
+        Err(code) => return code,
+    };
+    println!(
+        r#"chorus demo
+  gateway    http://{listen}   (route "llm" -> mock upstream {upstream_url}, coalescing on)
+  metrics    http://{admin}/metrics
+  upstream   {upstream_url}/stats   (what the mock upstream actually received)
+
+Stream a chat completion (run it in three terminals at once: three streams, one upstream request):
+  curl -N http://{listen}/v1/chat/completions -H 'content-type: application/json' -d '{{"model":"mock","stream":true,"messages":[{{"role":"user","content":"Hello"}}]}}'
+
+Ctrl-C drains and stops."#
+    );
+    serve(config, listeners).await
+}
+
+async fn mock_upstream(options: MockOptions) -> ExitCode {
+    let listener = match TcpListener::bind(options.listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("chorus: cannot listen on {}: {error}", options.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(listen = %options.listen, "mock upstream is ready");
+    let stats = Arc::new(MockStats::default());
+    match mock::serve(listener, options, stats, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("chorus: mock upstream failed: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

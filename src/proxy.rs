@@ -1,0 +1,392 @@
+//! The request handler: pick the route, enforce the request limits, read the
+//! body, then either join (or lead) a flight or pass the request through on
+//! its own, and build the response.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
+use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::coalesce::Role;
+use crate::coalesce::flight::Head;
+use crate::coalesce::key::{Key, KeyInput};
+use crate::coalesce::pump::Pump;
+use crate::coalesce::registry::{Joined, Registry};
+use crate::config::ServerConfig;
+use crate::error::GatewayError;
+use crate::headers::{self, ClientSide, X_CHORUS_ROLE};
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::response::{AccessLog, ResponseBody, Source};
+use crate::route::{Route, RouteTable};
+
+/// An over-size body is still read and discarded up to this much, so the
+/// client sees the 413 instead of a reset of a connection it is writing to.
+const DISCARD_LIMIT: u64 = 64 << 20;
+const DISCARD_TIME: Duration = Duration::from_secs(10);
+
+/// The limits a request must fit in before anything is sent upstream.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Request line plus headers.
+    pub max_header_bytes: usize,
+    /// The request body.
+    pub max_request_body_bytes: u64,
+    /// Time for the whole request body to arrive.
+    pub request_body_timeout: Duration,
+    /// Bytes all flight logs may hold before new requests stop coalescing.
+    pub max_buffered_bytes: u64,
+}
+
+impl From<&ServerConfig> for Limits {
+    fn from(server: &ServerConfig) -> Self {
+        Self {
+            max_header_bytes: server.max_header_bytes,
+            max_request_body_bytes: server.max_request_body_bytes,
+            request_body_timeout: server.request_body_timeout,
+            max_buffered_bytes: server.max_buffered_bytes,
+        }
+    }
+}
+
+/// The gateway's request handler and everything it shares across requests.
+pub struct Proxy {
+    routes: RouteTable,
+    registry: Registry,
+    metrics: Arc<Metrics>,
+    /// Counts requests that match no route.
+    unrouted: RouteMetrics,
+    limits: Limits,
+    /// Cancelled when the shutdown grace runs out: pumps stop then.
+    shutdown: CancellationToken,
+}
+
+type Answer = Response<Source>;
+
+impl Proxy {
+    /// A handler over `routes`.
+    pub fn new(
+        routes: RouteTable,
+        metrics: Arc<Metrics>,
+        limits: Limits,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let unrouted = metrics.unrouted();
+        Self {
+            routes,
+            registry: Registry::default(),
+            metrics,
+            unrouted,
+            limits,
+            shutdown,
+        }
+    }
+
+    /// The open flights.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Answers one request. Never fails: every problem is a response.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        client: ClientSide,
+    ) -> Response<ResponseBody> {
+        let mut log = AccessLog::start(&request, &self.metrics.requests_active);
+        let answer = self.answer(request, client, &mut log).await;
+        let (parts, source) = answer.into_parts();
+        Response::from_parts(parts, ResponseBody::new(source, log))
+    }
+
+    async fn answer(
+        &self,
+        request: Request<Incoming>,
+        client: ClientSide,
+        log: &mut AccessLog,
+    ) -> Answer {
+        let route = self.check_head(&request).and_then(|()| {
+            self.routes
+                .find(request.uri().path())
+                .ok_or(GatewayError::NoRoute)
+        });
+        let route = match route {
+            Ok(route) => route,
+            Err(error) => {
+                self.unrouted.request(Role::Bypass);
+                log.route(Arc::from(""), self.unrouted.clone());
+                return refuse(error, Role::Bypass, log);
+            }
+        };
+        log.route(Arc::clone(&route.name), route.metrics.clone());
+
+        let (parts, body) = request.into_parts();
+        let body = match read_body(body, &parts.headers, &self.limits).await {
+            Ok(body) => body,
+            Err(error) => {
+                route.metrics.request(Role::Bypass);
+                return refuse(error, Role::Bypass, log);
+            }
+        };
+
+        let coalesce = route.coalesces(&parts.method)
+            && !headers::coalesce_opted_out(&parts.headers)
+            && self.has_buffer_room();
+        if coalesce {
+            self.coalesced(route, parts, body, client, log).await
+        } else {
+            self.bypass(route, parts, body, client, log).await
+        }
+    }
+
+    /// Limits on the request head that hyper does not enforce exactly.
+    fn check_head(&self, request: &Request<Incoming>) -> Result<(), GatewayError> {
+        if request.method() == Method::CONNECT {
+            return Err(GatewayError::BadRequest("CONNECT is not supported"));
+        }
+        let limit = self.limits.max_header_bytes;
+        if head_size(request) > limit {
+            return Err(GatewayError::HeadersTooLarge { limit });
+        }
+        Ok(())
+    }
+
+    /// Whether the flight logs together are under the global budget.
+    fn has_buffer_room(&self) -> bool {
+        let held = self.metrics.buffered_bytes.get().max(0) as u64;
+        held < self.limits.max_buffered_bytes
+    }
+
+    /// Joins the flight for this request, or leads a new one.
+    async fn coalesced(
+        &self,
+        route: &Arc<Route>,
+        parts: http::request::Parts,
+        body: Bytes,
+        client: ClientSide,
+        log: &mut AccessLog,
+    ) -> Answer {
+        let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let key = Key::compute(&KeyInput {
+            route: &route.name,
+            method: &parts.method,
+            path_and_query,
+            headers: &parts.headers,
+            key_headers: &route.key_headers,
+            json_ignore_fields: &route.json_ignore_fields,
+            body: &body,
+        });
+        let waiting = Instant::now();
+        let (role, mut subscriber) = match self.registry.join_or_lead(key, &route.flights) {
+            // A new flight: its pump sends this request upstream.
+            Joined::Leader(flight, subscriber) => {
+                Pump {
+                    flight,
+                    registry: self.registry.clone(),
+                    upstream: Arc::clone(&route.upstream),
+                    request: route.upstream.request(parts, body, client, true),
+                    shutdown: self.shutdown.clone(),
+                }
+                .spawn();
+                (Role::Leader, subscriber)
+            }
+            // An open flight: this request never reaches the upstream.
+            Joined::Follower(subscriber) => (Role::Follower, subscriber),
+        };
+        route.metrics.request(role);
+        log.role(role);
+
+        match subscriber.head().await {
+            Head::Response(head) => {
+                log.head(head.status, Some(waiting.elapsed()));
+                let mut response = Response::new(Source::Subscriber(subscriber));
+                *response.status_mut() = head.status;
+                *response.headers_mut() = head.headers.clone();
+                set_role(response.headers_mut(), role);
+                response
+            }
+            Head::Failed(error) => refuse(error, role, log),
+        }
+    }
+
+    /// Sends the request upstream on its own and streams the answer back.
+    async fn bypass(
+        &self,
+        route: &Arc<Route>,
+        parts: http::request::Parts,
+        body: Bytes,
+        client: ClientSide,
+        log: &mut AccessLog,
+    ) -> Answer {
+        route.metrics.request(Role::Bypass);
+        let request = match route.upstream.request(parts, body, client, false) {
+            Ok(request) => request,
+            Err(error) => return refuse(error, Role::Bypass, log),
+        };
+        route.metrics.upstream_requests.inc();
+        log.upstream_sent();
+        let sent = Instant::now();
+        let response = match route.upstream.send(request).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::warn!(
+                    route = &*route.name,
+                    status = error.status().as_u16(),
+                    error = %crate::error::describe(&error),
+                    "upstream request failed"
+                );
+                return refuse(error, Role::Bypass, log);
+            }
+        };
+        let waited = sent.elapsed();
+        route.metrics.first_byte(waited);
+
+        let (upstream_parts, upstream_body) = response.into_parts();
+        let mut response = Response::new(Source::Upstream(route.upstream.body(upstream_body)));
+        *response.status_mut() = upstream_parts.status;
+        *response.headers_mut() = upstream_parts.headers;
+        headers::to_downstream(response.headers_mut());
+        set_role(response.headers_mut(), Role::Bypass);
+        log.head(upstream_parts.status, Some(waited));
+        response
+    }
+}
+
+/// The gateway's own answer to a request it will not or cannot forward.
+fn refuse(error: GatewayError, role: Role, log: &mut AccessLog) -> Answer {
+    let status = error.status();
+    log.role(role);
+    log.head(status, None);
+    let mut response = Response::new(Source::Full(Some(error.response_body())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    set_role(headers, role);
+    response
+}
+
+fn set_role(headers: &mut HeaderMap, role: Role) {
+    headers.insert(X_CHORUS_ROLE, HeaderValue::from_static(role.as_str()));
+}
+
+/// The size of the request line and headers as a client would send them.
+fn head_size<B>(request: &Request<B>) -> usize {
+    let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    request.headers().iter().fold(line, |size, (name, value)| {
+        size + name.as_str().len() + value.len() + 4
+    })
+}
+
+/// Reads the whole request body within the size and time limits.
+async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    limits: &Limits,
+) -> Result<Bytes, GatewayError> {
+    let limit = limits.max_request_body_bytes;
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        discard(body, headers);
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
+    match tokio::time::timeout(limits.request_body_timeout, collect(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(Oversize(body))) => {
+            discard(body, headers);
+            Err(GatewayError::BodyTooLarge { limit })
+        }
+        Ok(Err(Unreadable(error))) => Err(GatewayError::BodyUnreadable(Arc::new(error))),
+        Err(_) => Err(GatewayError::BodyTimeout(limits.request_body_timeout)),
+    }
+}
+
+enum CollectError {
+    /// Over the limit; the rest of the body is still unread.
+    Oversize(Incoming),
+    /// The body could not be read.
+    Unreadable(hyper::Error),
+}
+use CollectError::{Oversize, Unreadable};
+
+async fn collect(mut body: Incoming, limit: u64) -> Result<Bytes, CollectError> {
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(Unreadable)?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len() as u64;
+            if total > limit {
+                return Err(Oversize(body));
+            }
+            chunks.push(data);
+        }
+    }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => {
+            let mut joined = BytesMut::with_capacity(total as usize);
+            for chunk in chunks {
+                joined.extend_from_slice(&chunk);
+            }
+            joined.freeze()
+        }
+    })
+}
+
+/// Reads and drops the rest of an over-size body in the background, so the
+/// client gets to read the 413 (closing a socket with unread input resets
+/// it). A client that waits for `100 Continue` never sends the body at all.
+fn discard(mut body: Incoming, headers: &HeaderMap) {
+    if headers.contains_key(EXPECT) {
+        return;
+    }
+    tokio::spawn(async move {
+        let drain = async {
+            let mut total = 0u64;
+            while let Some(Ok(frame)) = body.frame().await {
+                total += frame.data_ref().map_or(0, |data| data.len() as u64);
+                if total > DISCARD_LIMIT {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+
+    #[test]
+    fn head_size_counts_line_and_headers() {
+        let request = Request::builder()
+            .uri("/abc")
+            .header("x-a", "12345")
+            .body(())
+            .unwrap();
+        // "GET /abc HTTP/1.1\r\n" plus "x-a: 12345\r\n"
+        assert_eq!(head_size(&request), 3 + 4 + 12 + 3 + 5 + 4);
+    }
+
+    #[test]
+    fn refusals_carry_the_role_and_json() {
+        let gauge = prometheus_client::metrics::gauge::Gauge::default();
+        let request = Request::new(());
+        let mut log = AccessLog::start(&request, &gauge);
+        let response = refuse(GatewayError::NoRoute, Role::Bypass, &mut log);
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(response.headers()["x-chorus-role"], "bypass");
+        assert_eq!(response.headers()["content-type"], "application/json");
+    }
+}

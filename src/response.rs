@@ -1,0 +1,228 @@
+//! The response body the gateway serves, and the access log line written
+//! when it ends.
+//!
+//! A response ends in one of three ways: its body ran to the end, it broke
+//! (the upstream stopped short), or the client went away first — before the
+//! head or mid-body. The last is logged and counted as status 499, and an
+//! upstream request still open for it is counted as cancelled.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::time::Instant;
+
+use crate::coalesce::Role;
+use crate::coalesce::flight::Subscriber;
+use crate::error::BodyError;
+use crate::metrics::RouteMetrics;
+use crate::upstream::UpstreamBody;
+
+/// Where a response's bytes come from.
+pub enum Source {
+    /// A body the gateway made (errors), or none.
+    Full(Option<Bytes>),
+    /// An upstream body streamed to one client.
+    Upstream(UpstreamBody),
+    /// One reader of a shared flight.
+    Subscriber(Subscriber),
+}
+
+impl Source {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Full(bytes) => bytes.is_none(),
+            Self::Upstream(body) => body.is_end_stream(),
+            Self::Subscriber(subscriber) => subscriber.is_end_stream(),
+        }
+    }
+}
+
+/// How far a request got; decides the status logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// No response head yet.
+    Waiting,
+    /// The head was sent; the body is streaming.
+    Streaming,
+    /// The body ran to its end.
+    Complete,
+    /// The body ended abnormally (the upstream broke).
+    Broken,
+}
+
+/// What is known about a request, logged once when its response ends.
+pub struct AccessLog {
+    started: Instant,
+    method: Method,
+    /// The path without the query: queries may carry credentials.
+    path: String,
+    route: Option<(Arc<str>, RouteMetrics)>,
+    role: Role,
+    status: Option<StatusCode>,
+    upstream_wait: Option<Duration>,
+    bytes: u64,
+    progress: Progress,
+    /// A bypass upstream request is open and would be cancelled by a leave.
+    upstream_open: bool,
+    active: Gauge,
+}
+
+impl AccessLog {
+    /// Starts the record of a request, counted in `active` until it ends.
+    pub fn start<B>(request: &Request<B>, active: &Gauge) -> Self {
+        active.inc();
+        Self {
+            started: Instant::now(),
+            method: request.method().clone(),
+            path: request.uri().path().to_owned(),
+            route: None,
+            role: Role::Bypass,
+            status: None,
+            upstream_wait: None,
+            bytes: 0,
+            progress: Progress::Waiting,
+            upstream_open: false,
+            active: active.clone(),
+        }
+    }
+
+    /// The route that serves the request.
+    pub fn route(&mut self, name: Arc<str>, metrics: RouteMetrics) {
+        self.route = Some((name, metrics));
+    }
+
+    /// The role that answers the request.
+    pub fn role(&mut self, role: Role) {
+        self.role = role;
+    }
+
+    /// A bypass request was sent upstream.
+    pub fn upstream_sent(&mut self) {
+        self.upstream_open = true;
+    }
+
+    /// The response head: its status and how long the upstream took.
+    pub fn head(&mut self, status: StatusCode, upstream_wait: Option<Duration>) {
+        self.status = Some(status);
+        self.upstream_wait = upstream_wait;
+        self.progress = Progress::Streaming;
+    }
+
+    fn end(&mut self, progress: Progress) {
+        self.progress = progress;
+        self.upstream_open = false;
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        self.active.dec();
+        let client_left = matches!(self.progress, Progress::Waiting | Progress::Streaming);
+        let status = match self.status {
+            Some(status) if !client_left => status.as_u16(),
+            _ => 499,
+        };
+        let (route, metrics) = match &self.route {
+            Some((name, metrics)) => (&**name, Some(metrics)),
+            None => ("", None),
+        };
+        if let Some(metrics) = metrics {
+            metrics.response(status);
+            if client_left && self.upstream_open {
+                metrics.upstream_cancelled.inc();
+            }
+        }
+        let upstream_ms = self.upstream_wait.map(millis);
+        let outcome = match self.progress {
+            Progress::Waiting => "client left before the response",
+            Progress::Streaming => "client left mid-body",
+            Progress::Complete => "complete",
+            Progress::Broken => "upstream broke mid-body",
+        };
+        tracing::info!(
+            route,
+            method = %self.method,
+            path = %self.path,
+            status,
+            role = self.role.as_str(),
+            upstream_ms,
+            bytes = self.bytes,
+            ms = millis(self.started.elapsed()),
+            outcome,
+            "request"
+        );
+    }
+}
+
+/// Milliseconds with microsecond precision, for log lines.
+fn millis(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// The body of every response the gateway serves.
+pub struct ResponseBody {
+    source: Source,
+    log: AccessLog,
+}
+
+impl ResponseBody {
+    /// A body from `source`, logged by `log` when it ends.
+    pub fn new(source: Source, mut log: AccessLog) -> Self {
+        // An empty body may never be polled: it is complete as it stands.
+        if source.is_end_stream() {
+            log.end(Progress::Complete);
+        }
+        Self { source, log }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let polled = match &mut this.source {
+            Source::Full(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
+            Source::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Source::Subscriber(subscriber) => Pin::new(subscriber).poll_frame(cx),
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.log.bytes += data.len() as u64;
+                }
+                // The server stops polling once the body says it is done.
+                if this.source.is_end_stream() {
+                    this.log.end(Progress::Complete);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.log.end(Progress::Broken),
+            Poll::Ready(None) => this.log.end(Progress::Complete),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.source.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.source {
+            Source::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            Source::Full(None) => SizeHint::with_exact(0),
+            Source::Upstream(body) => body.size_hint(),
+            Source::Subscriber(subscriber) => subscriber.size_hint(),
+        }
+    }
+}

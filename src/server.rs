@@ -1,0 +1,190 @@
+//! The client-facing listener: accepting connections (plain TCP, or TLS via
+//! tokio-rustls), serving HTTP/1.1 and HTTP/2 on the same port with
+//! hyper-util's auto builder, the connection cap, and the drain.
+//!
+//! Drain: on `drain` the listener is closed at once, every connection is
+//! told to shut down gracefully (idle keep-alive connections close, HTTP/2
+//! clients get GOAWAY, streams in flight go on), and after `shutdown_grace`
+//! whatever is left is cut.
+
+use std::convert::Infallible;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServerConfig;
+use crate::headers::ClientSide;
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+
+/// A TLS handshake must finish within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after an accept error that is not the peer's fault (out of file
+/// descriptors, say), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// hyper answers 431 itself past this many bytes of head; below it the
+/// handler checks `max_header_bytes` and answers with the gateway's JSON.
+const HEAD_SLACK: usize = 16 * 1024;
+/// HTTP/2 pings find clients that vanished without a FIN.
+const H2_KEEPALIVE: Duration = Duration::from_secs(20);
+
+/// What the listener needs besides the handler.
+pub struct Listener {
+    /// The bound socket.
+    pub tcp: TcpListener,
+    /// Terminates TLS when set.
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// Everything a connection task shares.
+struct Shared {
+    builder: auto::Builder<TokioExecutor>,
+    proxy: Arc<Proxy>,
+    metrics: Arc<Metrics>,
+    tls: Option<TlsAcceptor>,
+    /// Cancelled when the shutdown grace ran out.
+    cut: CancellationToken,
+}
+
+/// Accepts and serves until `drain`, then drains for up to `shutdown_grace`.
+pub async fn serve(
+    listener: Listener,
+    proxy: Arc<Proxy>,
+    metrics: Arc<Metrics>,
+    config: &ServerConfig,
+    drain: CancellationToken,
+    cut: CancellationToken,
+) {
+    let shared = Arc::new(Shared {
+        builder: builder(config),
+        proxy,
+        metrics,
+        tls: listener.tls,
+        cut,
+    });
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+
+    loop {
+        let permit = tokio::select! {
+            () = drain.cancelled() => break,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            () = drain.cancelled() => break,
+            accepted = listener.tcp.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    accept_failed(&error).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let watcher = graceful.watcher();
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            shared.metrics.connections_active.inc();
+            let client = ClientSide {
+                ip: peer.ip(),
+                tls: shared.tls.is_some(),
+            };
+            tokio::select! {
+                () = connection(&shared, stream, client, watcher) => {}
+                () = shared.cut.cancelled() => {}
+            }
+            shared.metrics.connections_active.dec();
+            drop(permit);
+        });
+    }
+    // Closing the listener refuses new connections from here on.
+    drop(listener.tcp);
+
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(config.shutdown_grace) => {
+            let cut = shared.metrics.requests_active.get();
+            tracing::warn!(streams = cut, "shutdown grace ran out: cutting the streams still open");
+            shared.cut.cancel();
+        }
+    }
+}
+
+/// The HTTP/1.1 + HTTP/2 builder with the server's limits.
+fn builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let head_limit = config.max_header_bytes.saturating_add(HEAD_SLACK);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        // hyper's read buffer bounds the request head (hyper's minimum is 8 KiB).
+        .max_buf_size(head_limit.max(8192))
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(config.http2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(head_limit).unwrap_or(u32::MAX))
+        .keep_alive_interval(H2_KEEPALIVE)
+        .keep_alive_timeout(H2_KEEPALIVE);
+    builder
+}
+
+/// Serves one connection: the TLS handshake if any, then HTTP.
+async fn connection(shared: &Shared, stream: TcpStream, client: ClientSide, watcher: Watcher) {
+    match &shared.tls {
+        None => http(shared, stream, client, watcher).await,
+        Some(acceptor) => {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => http(shared, stream, client, watcher).await,
+                Ok(Err(error)) => {
+                    tracing::debug!(peer = %client.ip, %error, "TLS handshake failed")
+                }
+                Err(_) => tracing::debug!(peer = %client.ip, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+async fn http<I>(shared: &Shared, io: I, client: ClientSide, watcher: Watcher)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let proxy = Arc::clone(&shared.proxy);
+    let service = service_fn(move |request: hyper::Request<Incoming>| {
+        let proxy = Arc::clone(&proxy);
+        async move { Ok::<_, Infallible>(proxy.handle(request, client).await) }
+    });
+    let connection = shared.builder.serve_connection(TokioIo::new(io), service);
+    if let Err(error) = watcher.watch(connection).await {
+        // Malformed requests, resets, timeouts: the client's problem, not ours.
+        tracing::debug!(peer = %client.ip, error = %error, "connection ended with an error");
+    }
+}
+
+/// Handles an accept error: the peer's own failures are skipped, anything
+/// else (EMFILE, ENOBUFS) is logged and waited out.
+async fn accept_failed(error: &io::Error) {
+    match error.kind() {
+        io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionRefused => {}
+        _ => {
+            tracing::warn!(%error, "accept failed; pausing");
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! A route's upstream: the pooled hyper-util client (HTTP/1.1, or HTTP/2 when
+//! an https upstream offers it by ALPN), building the upstream request, and
+//! the three timeouts: connect, first byte, and idle between body chunks.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderName, HeaderValue, Request, Response, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::{Instant, Sleep};
+
+use crate::config::RouteConfig;
+use crate::error::{BodyError, GatewayError};
+use crate::headers::{self, ClientSide};
+use crate::tls::{self, TlsError};
+
+type PooledClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// How long an unused pooled connection is kept.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+
+/// The upstream of one route.
+pub struct Upstream {
+    client: PooledClient,
+    scheme: Scheme,
+    authority: Authority,
+    /// `Host` for upstream requests.
+    host: HeaderValue,
+    /// The upstream URL's own path, without a trailing slash ("" for none).
+    base_path: String,
+    extra_headers: Vec<(HeaderName, HeaderValue)>,
+    first_byte_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Upstream {
+    /// Builds the client for a route; fails only on unusable TLS files.
+    pub fn new(route: &RouteConfig) -> Result<Self, TlsError> {
+        let client_cert = route
+            .upstream_client_cert
+            .as_deref()
+            .zip(route.upstream_client_key.as_deref());
+        let tls = tls::client_config(route.upstream_ca_file.as_deref(), client_cert)?;
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(route.connect_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .build(connector);
+
+        let upstream = &route.upstream;
+        let scheme = upstream.scheme().cloned().unwrap_or(Scheme::HTTP);
+        // The config guarantees an authority; an empty one would fail every
+        // request with a clear 502 rather than here.
+        let authority = upstream
+            .authority()
+            .cloned()
+            .unwrap_or_else(|| Authority::from_static("localhost"));
+        let host = HeaderValue::from_str(authority.as_str())
+            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        Ok(Self {
+            client,
+            scheme,
+            authority,
+            host,
+            base_path: upstream.path().trim_end_matches('/').to_owned(),
+            extra_headers: route.upstream_headers.clone(),
+            first_byte_timeout: route.first_byte_timeout,
+            idle_timeout: route.idle_timeout,
+        })
+    }
+
+    /// The upstream request for a client request whose body was read in full.
+    pub fn request(
+        &self,
+        mut parts: http::request::Parts,
+        body: Bytes,
+        client: ClientSide,
+        coalesced: bool,
+    ) -> Result<Request<Full<Bytes>>, GatewayError> {
+        let uri = self.uri_for(&parts.uri)?;
+        headers::to_upstream(
+            &mut parts.headers,
+            &parts.uri,
+            client,
+            &self.host,
+            &self.extra_headers,
+            coalesced,
+        );
+        parts.uri = uri;
+        // The client library picks HTTP/1.1 or HTTP/2 by what the upstream offers.
+        parts.version = Version::HTTP_11;
+        Ok(Request::from_parts(parts, Full::new(body)))
+    }
+
+    fn uri_for(&self, client_uri: &Uri) -> Result<Uri, GatewayError> {
+        let path_and_query = client_uri
+            .path_and_query()
+            .map_or("/", PathAndQuery::as_str);
+        let path_and_query = if self.base_path.is_empty() {
+            PathAndQuery::try_from(path_and_query)
+        } else {
+            PathAndQuery::try_from(format!("{}{path_and_query}", self.base_path))
+        }
+        .map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded"))?;
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded"))
+    }
+
+    /// Sends a request; the response head must arrive within `first_byte_timeout`.
+    pub async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        match tokio::time::timeout(self.first_byte_timeout, self.client.request(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(GatewayError::from_client(error)),
+            Err(_) => Err(GatewayError::FirstByteTimeout(self.first_byte_timeout)),
+        }
+    }
+
+    /// Wraps an upstream body with the route's idle timeout.
+    pub fn body(&self, body: Incoming) -> UpstreamBody {
+        UpstreamBody::new(body, self.idle_timeout)
+    }
+}
+
+/// An upstream response body that fails when the upstream stays silent for
+/// longer than `idle_timeout` while someone is waiting for it.
+pub struct UpstreamBody {
+    inner: Incoming,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+    /// Whether `timer` measures the current wait; cleared by every frame.
+    armed: bool,
+}
+
+impl UpstreamBody {
+    fn new(inner: Incoming, idle: Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            armed: false,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.armed = false;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                Poll::Ready(Some(Err(BodyError::UpstreamBroke(Arc::new(error)))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                // Silence is measured from when we started waiting, so a slow
+                // client that polls late is not mistaken for a silent upstream.
+                if !this.armed {
+                    this.armed = true;
+                    this.timer.as_mut().reset(Instant::now() + this.idle);
+                }
+                match this.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::UpstreamIdle(this.idle)))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

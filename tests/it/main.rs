@@ -1,0 +1,8 @@
+//! End-to-end tests: a real gateway and the built-in mock upstream on
+//! ephemeral loopback ports, talked to over sockets.
+
+#![allow(unreachable_pub)]
+
+mod support;
+
+mod smoke;

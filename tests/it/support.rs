@@ -1,0 +1,284 @@
+//! The fixtures every integration test uses: the built-in mock upstream and a
+//! real gateway, each on an ephemeral loopback port, and small HTTP clients
+//! (HTTP/1.1, h2c, and raw TCP for the bytes on the wire).
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use chorus::config::Config;
+use chorus::mock::{self, MockOptions, MockStats};
+use chorus::{Listeners, StartError};
+
+/// Generous bound for anything a test awaits: a loaded 2-core machine is slow,
+/// but a hang must still fail the test rather than the whole run.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The built-in mock LLM upstream, in process.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub stats: Arc<MockStats>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Upstream {
+    /// A mock with the default pace (20 tokens, 50 ms apart).
+    pub async fn start() -> Self {
+        Self::start_with(MockOptions::default()).await
+    }
+
+    pub async fn start_with(mut options: MockOptions) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        options.listen = addr;
+        let stats = Arc::new(MockStats::default());
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(mock::serve(listener, options, Arc::clone(&stats), async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            stats,
+            stop: Some(stop),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Waits until `condition` holds for the mock's counters.
+    pub async fn wait_for(&self, condition: impl Fn(&MockStats) -> bool) -> bool {
+        self.stats.wait_for(condition, PATIENCE).await
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A gateway config with one route "llm" on `/` in front of `upstream`;
+/// `route_extra` is appended inside the route (e.g. a `[routes.coalesce]` table).
+pub fn one_route(upstream: &str, route_extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "5s"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[routes]]
+name = "llm"
+path_prefix = "/"
+upstream = "{upstream}"
+{route_extra}
+"#
+    )
+}
+
+/// A real gateway on ephemeral ports, with its admin listener.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), StartError>>>,
+}
+
+impl Gateway {
+    /// Starts a gateway from TOML (its listen addresses are replaced by
+    /// ephemeral ports bound here).
+    pub async fn start(toml: &str) -> Self {
+        let config = Config::parse(toml, "test.toml", |name| std::env::var(name).ok())
+            .unwrap_or_else(|error| panic!("test config rejected:\n{error}"));
+        let gateway = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = gateway.local_addr().unwrap();
+        let admin_addr = admin.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let listeners = Listeners {
+            gateway,
+            admin: Some(admin),
+        };
+        let task = tokio::spawn(chorus::run(config, listeners, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            admin: admin_addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// `http://ADDR{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The admin `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let response = get(&format!("http://{}/metrics", self.admin)).await;
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    /// The value of one series, e.g. `chorus_flights_active{route="llm"}`;
+    /// 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics().await, series)
+    }
+
+    /// Waits until a series satisfies `condition`; returns its last value.
+    pub async fn wait_metric(&self, series: &str, condition: impl Fn(f64) -> bool) -> f64 {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let value = self.metric(series).await;
+            if condition(value) || tokio::time::Instant::now() > deadline {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until no flight is active and nobody is subscribed, as after
+    /// every test; panics with the metrics if that never happens.
+    pub async fn assert_idle(&self) {
+        let flights = self
+            .wait_metric("chorus_flights_active{route=\"llm\"}", |v| v == 0.0)
+            .await;
+        let subscribers = self
+            .wait_metric("chorus_subscribers_active{route=\"llm\"}", |v| v == 0.0)
+            .await;
+        assert_eq!((flights, subscribers), (0.0, 0.0), "gateway not idle");
+    }
+
+    /// Drains the gateway and waits for it to stop.
+    pub async fn stop(mut self) -> Result<(), StartError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("gateway did not stop")
+            .expect("gateway task panicked")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The value of a series in a Prometheus text exposition (0 when absent).
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// An HTTP/1.1 client with its own connection pool.
+pub fn http1() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An h2c (prior knowledge) client.
+pub fn http2() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// A chat completion request body for the mock; `mock` overrides its pace
+/// and faults (e.g. `json!({"tokens": 5, "interval_ms": 20})`).
+pub fn chat(content: &str, mock: serde_json::Value) -> String {
+    serde_json::json!({
+        "model": "mock",
+        "stream": true,
+        "messages": [{"role": "user", "content": content}],
+        "mock": mock,
+    })
+    .to_string()
+}
+
+/// A POST of `body` as JSON.
+pub fn post(url: &str, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+    Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(body.into()))
+        .unwrap()
+}
+
+/// Sends a request with `client`, failing the test on a transport error.
+pub async fn send(client: &HttpClient, request: Request<Full<Bytes>>) -> Response<Incoming> {
+    tokio::time::timeout(PATIENCE, client.request(request))
+        .await
+        .expect("no response head in time")
+        .expect("request failed")
+}
+
+/// A GET with a fresh HTTP/1.1 client.
+pub async fn get(url: &str) -> Response<Incoming> {
+    let request = Request::get(url).body(Full::new(Bytes::new())).unwrap();
+    send(&http1(), request).await
+}
+
+/// The whole body, or the error that ended it abnormally.
+pub async fn body(response: Response<Incoming>) -> Result<Bytes, hyper::Error> {
+    tokio::time::timeout(PATIENCE, response.into_body().collect())
+        .await
+        .expect("body did not end in time")
+        .map(|collected| collected.to_bytes())
+}
+
+/// The whole body as text; panics if it ended abnormally.
+pub async fn text(response: Response<Incoming>) -> String {
+    String::from_utf8(body(response).await.unwrap().to_vec()).unwrap()
+}
+
+/// The `data:` payloads of an SSE body, in order.
+pub fn events(body: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(body)
+        .split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Writes raw bytes on a new connection and reads until the peer closes
+/// (or `PATIENCE` passes); returns what was read.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response)).await;
+    String::from_utf8_lossy(&response).into_owned()
+}
