@@ -5,4 +5,4 @@
 
 mod support;
 
-mod smoke;
+mod coalesce;
