@@ -15,10 +15,12 @@ use http::{Request, StatusCode, Uri};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{SignalKind, signal};
 
 use chorus::config::{AdminConfig, Config, RouteConfig, ServerConfig};
 use chorus::mock::{self, MockOptions, MockStats};
-use chorus::{Listeners, StartError};
+use chorus::tls::{ReloadError, ReloadHandle};
+use chorus::{Listeners, RunOptions, StartError};
 
 /// Exit status for a configuration that cannot start.
 const EXIT_CONFIG: u8 = 2;
@@ -125,9 +127,21 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
+/// The TLS files a valid config names must be usable too.
+fn check_tls(config: &Config, path: &std::path::Path) -> Result<(), ExitCode> {
+    let problems = chorus::tls::check(config, &path.display().to_string());
+    if problems.is_empty() {
+        return Ok(());
+    }
+    for problem in &problems {
+        eprintln!("{problem}");
+    }
+    Err(ExitCode::from(EXIT_CONFIG))
+}
+
 fn check(path: &std::path::Path) -> ExitCode {
-    match load(path) {
-        Ok(_) => {
+    match load(path).and_then(|config| check_tls(&config, path)) {
+        Ok(()) => {
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
         }
@@ -145,6 +159,9 @@ async fn run(path: PathBuf) -> ExitCode {
             return code;
         }
     };
+    if let Err(code) = check_tls(&config, &path) {
+        return code;
+    }
     let listeners = match bind(&config).await {
         Ok(listeners) => listeners,
         Err(code) => return code,
@@ -159,7 +176,13 @@ async fn run(path: PathBuf) -> ExitCode {
 }
 
 async fn serve(config: Config, listeners: Listeners) -> ExitCode {
-    match chorus::run(config, listeners, shutdown_signal()).await {
+    let (reload, requests) = chorus::tls::reload_channel();
+    tokio::spawn(reload_on_sighup(reload));
+    let options = RunOptions {
+        reload: Some(requests),
+        ..RunOptions::default()
+    };
+    match chorus::run_with(config, listeners, shutdown_signal(), options).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error @ (StartError::UpstreamTls { .. } | StartError::ServerTls(_))) => {
             eprintln!("chorus: {error}");
@@ -182,6 +205,24 @@ async fn bind_one(key: &str, address: SocketAddr) -> Result<TcpListener, ExitCod
         eprintln!("chorus: {key}: cannot listen on {address}: {error}");
         ExitCode::FAILURE
     })
+}
+
+/// Reloads the server certificate on every SIGHUP (the gateway logs how it
+/// went), instead of SIGHUP's default of ending the process.
+async fn reload_on_sighup(reload: ReloadHandle) {
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP: certificate reload on SIGHUP is off");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the server certificate");
+        if let Err(ReloadError::Stopped) = reload.reload().await {
+            return;
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

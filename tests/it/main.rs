@@ -7,3 +7,4 @@ mod support;
 
 mod coalesce;
 mod deploy;
+mod tls;

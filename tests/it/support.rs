@@ -22,7 +22,8 @@ use tokio::task::JoinHandle;
 
 use chorus::config::Config;
 use chorus::mock::{self, MockOptions, MockStats};
-use chorus::{Listeners, StartError};
+use chorus::tls::ReloadHandle;
+use chorus::{Listeners, RunOptions, StartError};
 
 /// Generous bound for anything a test awaits: a loaded 2-core machine is slow,
 /// but a hang must still fail the test rather than the whole run.
@@ -100,6 +101,8 @@ upstream = "{upstream}"
 pub struct Gateway {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// Reloads the server certificate, as SIGHUP does.
+    pub reload: ReloadHandle,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), StartError>>>,
 }
@@ -108,6 +111,13 @@ impl Gateway {
     /// Starts a gateway from TOML (its listen addresses are replaced by
     /// ephemeral ports bound here).
     pub async fn start(toml: &str) -> Self {
+        Self::start_with(toml, RunOptions::default()).await
+    }
+
+    /// [`Gateway::start`] with run options (its `reload` is replaced).
+    pub async fn start_with(toml: &str, mut options: RunOptions) -> Self {
+        let (reload, requests) = chorus::tls::reload_channel();
+        options.reload = Some(requests);
         let config = Config::parse(toml, "test.toml", |name| std::env::var(name).ok())
             .unwrap_or_else(|error| panic!("test config rejected:\n{error}"));
         let gateway = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -119,12 +129,18 @@ impl Gateway {
             gateway,
             admin: Some(admin),
         };
-        let task = tokio::spawn(chorus::run(config, listeners, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(chorus::run_with(
+            config,
+            listeners,
+            async {
+                let _ = stopped.await;
+            },
+            options,
+        ));
         Self {
             addr,
             admin: admin_addr,
+            reload,
             stop: Some(stop),
             task: Some(task),
         }
