@@ -125,17 +125,38 @@ async fn run(path: PathBuf) -> ExitCode {
         Ok(listeners) => listeners,
         Err(code) => return code,
     };
+    let shutdown = shutdown_signal();
+    let (listen, admin) = bound(&config, &listeners);
     tracing::info!(
-        listen = %config.server.listen,
-        admin = ?config.admin.as_ref().map(|admin| admin.listen),
+        listen = %listen,
+        admin = admin.map_or_else(|| "none".to_owned(), |admin| admin.to_string()),
         routes = config.routes.len(),
         "chorus is ready"
     );
-    serve(config, listeners).await
+    serve(config, listeners, shutdown).await
 }
 
-async fn serve(config: Config, listeners: Listeners) -> ExitCode {
-    match chorus::run(config, listeners, shutdown_signal()).await {
+/// The addresses actually listened on: a configured port 0 becomes the
+/// port the system picked.
+fn bound(config: &Config, listeners: &Listeners) -> (SocketAddr, Option<SocketAddr>) {
+    let listen = listeners
+        .gateway
+        .local_addr()
+        .unwrap_or(config.server.listen);
+    let admin = match (&listeners.admin, &config.admin) {
+        (Some(listener), Some(admin)) => Some(listener.local_addr().unwrap_or(admin.listen)),
+        (Some(listener), None) => listener.local_addr().ok(),
+        (None, _) => None,
+    };
+    (listen, admin)
+}
+
+async fn serve(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> ExitCode {
+    match chorus::run(config, listeners, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error @ (StartError::UpstreamTls { .. } | StartError::ServerTls(_))) => {
             eprintln!("chorus: {error}");
@@ -160,19 +181,35 @@ async fn bind_one(key: &str, address: SocketAddr) -> Result<TcpListener, ExitCod
     })
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
+/// Starts listening for SIGTERM and SIGINT; the future resolves on either.
+/// Called before readiness is announced: until a handler is registered, a
+/// signal kills the process instead of draining it.
+fn shutdown_signal() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = |kind: SignalKind| {
+        let registered = signal(kind);
+        if let Err(error) = &registered {
+            tracing::warn!(%error, "cannot listen for a shutdown signal");
+        }
+        registered.ok()
+    };
+    let (terminate, interrupt) = (
+        listen(SignalKind::terminate()),
+        listen(SignalKind::interrupt()),
+    );
+    let received = |signal: Option<tokio::signal::unix::Signal>| async move {
+        match signal {
+            Some(mut signal) => {
                 signal.recv().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+            None => std::future::pending::<()>().await,
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
+    async move {
+        tokio::select! {
+            () = received(terminate) => {}
+            () = received(interrupt) => {}
+        }
     }
 }
 
@@ -219,6 +256,10 @@ async fn demo(listen: SocketAddr, admin: SocketAddr) -> ExitCode {
         Ok(listeners) => listeners,
         Err(code) => return code,
     };
+    let shutdown = shutdown_signal();
+    // With port 0 asked for, print the ports actually picked.
+    let (listen, bound_admin) = bound(&config, &listeners);
+    let admin = bound_admin.unwrap_or(admin);
     println!(
         r#"chorus demo
   gateway    http://{listen}   (route "llm" -> mock upstream {upstream_url}, coalescing on)
@@ -230,7 +271,7 @@ Stream a chat completion (run it in three terminals at once: three streams, one 
 
 Ctrl-C drains and stops."#
     );
-    serve(config, listeners).await
+    serve(config, listeners, shutdown).await
 }
 
 async fn mock_upstream(options: MockOptions) -> ExitCode {
@@ -241,9 +282,11 @@ async fn mock_upstream(options: MockOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(listen = %options.listen, "mock upstream is ready");
+    let shutdown = shutdown_signal();
+    let listen = listener.local_addr().unwrap_or(options.listen);
+    tracing::info!(listen = %listen, "mock upstream is ready");
     let stats = Arc::new(MockStats::default());
-    match mock::serve(listener, options, stats, shutdown_signal()).await {
+    match mock::serve(listener, options, stats, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("chorus: mock upstream failed: {error}");
