@@ -5,4 +5,7 @@
 
 mod support;
 
+mod cli;
+mod limits;
+mod proxy;
 mod smoke;
