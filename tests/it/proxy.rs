@@ -438,6 +438,33 @@ async fn a_path_no_route_matches_is_a_404_json() {
 }
 
 #[tokio::test]
+async fn head_requests_get_heads_only_and_count_as_answered() {
+    let upstream = Upstream::start().await;
+    let toml =
+        one_route(&upstream.url(), "").replace("path_prefix = \"/\"", "path_prefix = \"/echo\"");
+    let gateway = Gateway::start(&toml).await;
+    for client in [http1(), http2()] {
+        for (path, status) in [("/nothing", 404), ("/echo", 200)] {
+            let request = Request::head(gateway.url(path))
+                .body(Full::new(bytes::Bytes::new()))
+                .unwrap();
+            let response = send(&client, request).await;
+            assert_eq!(response.status(), status);
+            assert_eq!(header(&response, "x-chorus-role"), "bypass");
+            assert!(header(&response, "content-length").parse::<u64>().unwrap() > 0);
+            assert_eq!(body_of(response).await, "");
+        }
+    }
+    let answered = r#"chorus_responses_total{route="",status="404"}"#;
+    assert_eq!(gateway.wait_metric(answered, |n| n >= 2.0).await, 2.0);
+    let answered = r#"chorus_responses_total{route="llm",status="200"}"#;
+    assert_eq!(gateway.wait_metric(answered, |n| n >= 2.0).await, 2.0);
+    let metrics = gateway.metrics().await;
+    assert!(!metrics.contains(r#"status="499""#), "{metrics}");
+    gateway.assert_idle().await;
+}
+
+#[tokio::test]
 async fn admin_serves_health_readiness_and_the_contract_metrics() {
     let upstream = Upstream::start().await;
     let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
