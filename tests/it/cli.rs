@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -186,6 +189,22 @@ async fn chorus_config_names_the_config_when_no_flag_does() {
     let (status, _, stderr) = chorus(&[], &[("CHORUS_CONFIG", &bad)]).await;
     assert_eq!(status.code(), Some(2));
     assert!(stderr.contains("bad.toml"), "{stderr}");
+    // Without either, config/chorus.toml in the working directory.
+    std::fs::create_dir_all(dir.0.join("config")).unwrap();
+    dir.file("config/chorus.toml", BAD_CONFIG);
+    let output = Command::new(CHORUS)
+        .arg("check")
+        .env_remove("CHORUS_CONFIG")
+        .current_dir(&dir.0)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("config/chorus.toml: server.listen: "),
+        "{stderr}"
+    );
     // The flag wins over the variable.
     let (status, _, stderr) = chorus(
         &["check", "--config", good.to_str().unwrap()],
@@ -211,7 +230,7 @@ impl Running {
         let mut child = Command::new(CHORUS)
             .args(args)
             .env_remove("CHORUS_CONFIG")
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,chorus=debug")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -256,9 +275,13 @@ impl Running {
     }
 
     fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    fn signal(&self, name: &str) {
         let pid = self.child.id().expect("chorus already exited");
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([&format!("-{name}"), &pid.to_string()])
             .status()
             .unwrap();
         assert!(status.success());
@@ -339,13 +362,16 @@ async fn sigterm_drains_streams_in_flight_then_exits_0() {
 
     // Two streams of about 4 s, over HTTP/1.1 and HTTP/2.
     let mut streams = Vec::new();
-    for (client, content) in [(http1(), "drain h1"), (http2(), "drain h2")] {
+    for (client, content) in [(http1(), "drain h1 words"), (http2(), "drain h2 words")] {
         let body = chat(content, json!({"tokens": 40, "interval_ms": 100}));
-        let response = send(
-            &client,
-            post(&format!("{gateway}/v1/chat/completions"), body),
-        )
-        .await;
+        let mut request = post(
+            &format!("{gateway}/v1/chat/completions?key=query-secret"),
+            body,
+        );
+        request
+            .headers_mut()
+            .insert("authorization", "Bearer sk-log-secret".parse().unwrap());
+        let response = send(&client, request).await;
         assert_eq!(response.status(), 200);
         let mut stream = EventReader::new(response);
         stream.next().await.unwrap().expect("a first event");
@@ -372,11 +398,31 @@ async fn sigterm_drains_streams_in_flight_then_exits_0() {
     }
     assert_eq!(upstream.stats.completed(), 2);
     assert_eq!(running.exit().await.code(), Some(0), "{}", running.output());
-    assert!(
-        !running.output().contains("cutting"),
-        "{}",
-        running.output()
-    );
+    let output = running.output();
+    assert!(!output.contains("cutting"), "{output}");
+    // One line per request, and no secrets: bodies, key headers, queries.
+    let logged: Vec<Value> = output
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|log| log["fields"]["message"] == "request")
+        .map(|log| log["fields"].clone())
+        .filter(|fields| fields["path"] == "/v1/chat/completions")
+        .collect();
+    assert_eq!(logged.len(), 2, "{output}");
+    for fields in logged {
+        assert_eq!(fields["route"], "llm");
+        assert_eq!(fields["status"], 200);
+        assert!(fields["bytes"].as_u64().unwrap() > 1000, "{fields}");
+        assert!(fields["upstream_ms"].is_number(), "{fields}");
+    }
+    for secret in [
+        "drain h1 words",
+        "drain h2 words",
+        "sk-log-secret",
+        "query-secret",
+    ] {
+        assert!(!output.contains(secret), "{secret} logged:\n{output}");
+    }
 }
 
 #[tokio::test]
@@ -487,12 +533,30 @@ async fn body_bytes(response: http::Response<hyper::body::Incoming>) -> bytes::B
 }
 
 #[tokio::test]
-async fn sigterm_right_after_ready_is_a_clean_exit() {
+async fn a_signal_right_after_ready_exits_0_without_waiting_for_idle_connections() {
+    let nothing = closed_port().await;
     let dir = Dir::new();
-    let config = dir.file("early.toml", &good_config("http://127.0.0.1:9000", "5s"));
-    let (mut running, listen, _) = start_gateway(&config).await;
-    running.terminate();
-    let status = running.exit().await;
-    assert_eq!(status.code(), Some(0), "{status:?}: {}", running.output());
-    assert!(TcpStream::connect(listen).await.is_err());
+    let config = dir.file(
+        "early.toml",
+        &good_config(&format!("http://{nothing}"), "60s"),
+    );
+    for signal in ["TERM", "INT"] {
+        let (mut running, listen, _) = start_gateway(&config).await;
+        // Connections with no request in flight do not hold the drain up.
+        let _silent = TcpStream::connect(listen).await.unwrap();
+        let idle = http2();
+        let request = Request::get(format!("http://{listen}/none"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(send(&idle, request).await.status(), 502);
+        running.signal(signal);
+        let status = running.exit().await;
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "SIG{signal}: {status:?}: {}",
+            running.output()
+        );
+        assert!(TcpStream::connect(listen).await.is_err());
+    }
 }
