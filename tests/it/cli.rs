@@ -382,6 +382,8 @@ async fn sigterm_drains_streams_in_flight_then_exits_0() {
     wait_refused(listen).await;
     let readyz = get(&format!("http://{admin}/readyz")).await;
     assert_eq!(readyz.status(), 503);
+    let healthz = get(&format!("http://{admin}/healthz")).await;
+    assert_eq!(healthz.status(), 200);
     assert_eq!(
         upstream.stats.completed(),
         0,

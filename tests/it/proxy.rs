@@ -258,6 +258,37 @@ async fn upstream_requests_lose_hop_by_hop_headers_and_gain_forwarding_ones_coal
 }
 
 #[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
+    for (index, coalesce) in ["off", "on", "off", "on"].into_iter().enumerate() {
+        let mut request = post(
+            &gateway.url("/v1/chat/completions"),
+            chat(
+                &format!("reuse {index}"),
+                json!({"tokens": 2, "interval_ms": 1}),
+            ),
+        );
+        request
+            .headers_mut()
+            .insert("x-chorus-coalesce", coalesce.parse().unwrap());
+        let events = events(&body_of(send(&http1(), request).await).await);
+        assert_eq!(events.last().unwrap(), "[DONE]");
+        // The connection goes back to the pool once its response has ended.
+        assert!(upstream.wait_for(|s| s.completed() > index as u64).await);
+    }
+    assert_eq!(upstream.stats.requests(), 4);
+    // One connection, unless a response's connection raced back to the pool
+    // behind the next request (its return is asynchronous).
+    assert!(
+        upstream.stats.connections() <= 2,
+        "{} connections for 4 sequential requests",
+        upstream.stats.connections()
+    );
+    gateway.assert_idle().await;
+}
+
+#[tokio::test]
 async fn http2_requests_forward_their_authority_as_forwarded_host() {
     let upstream = Upstream::start().await;
     let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
