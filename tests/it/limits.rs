@@ -332,6 +332,39 @@ async fn malformed_http1_is_400_or_closed_and_the_next_request_is_served() {
     gateway.assert_idle().await;
 }
 
+#[tokio::test]
+async fn malformed_http2_closes_the_connection_and_the_next_one_is_served() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let garbage: [&[u8]; 3] = [
+        // A frame far over the maximum frame size.
+        b"\x00\xff\xff\x00\x00\x00\x00\x00\x01",
+        // HEADERS on stream 1 whose block is not HPACK.
+        b"\x00\x00\x04\x01\x05\x00\x00\x00\x01\xff\xff\xff\xff",
+        // DATA on stream 0.
+        b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x",
+    ];
+    for frame in garbage {
+        let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+        // An empty SETTINGS frame, then the bad frame.
+        let mut wire = preface.to_vec();
+        wire.extend_from_slice(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00");
+        wire.extend_from_slice(frame);
+        stream.write_all(&wire).await.unwrap();
+        let mut answer = Vec::new();
+        let closed = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer)).await;
+        assert!(closed.is_ok(), "the connection stayed open after {frame:?}");
+        let request = Request::get(gateway.url("/echo"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = send(&http2(), request).await;
+        assert_eq!(response.status(), 200);
+        body(response).await.unwrap();
+    }
+    gateway.assert_idle().await;
+}
+
 // ---------------------------------------------------------------------------
 // Connections
 
