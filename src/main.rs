@@ -7,9 +7,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
-use tokio::net::TcpListener;
+use http::{Request, StatusCode, Uri};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
 
 use chorus::config::{AdminConfig, Config, RouteConfig, ServerConfig};
 use chorus::mock::{self, MockOptions, MockStats};
@@ -57,7 +62,20 @@ enum Command {
     },
     /// Runs the built-in mock OpenAI-compatible SSE upstream alone.
     MockUpstream(MockOptions),
+    /// GETs an admin endpoint: exit 0 on 200 OK, else 1 (a container health check).
+    Health {
+        /// The URL to ask (plain http://).
+        #[arg(long, default_value = DEFAULT_HEALTH_URL)]
+        url: Uri,
+        /// How long the whole check may take, e.g. "2s".
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
+
+/// Where `chorus health` asks by default: the admin listener of the example
+/// config and of `chorus demo`.
+const DEFAULT_HEALTH_URL: &str = "http://127.0.0.1:9090/healthz";
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -83,6 +101,7 @@ fn main() -> ExitCode {
         Command::Check => check(&cli.config),
         Command::Demo { listen, admin } => runtime.block_on(demo(listen, admin)),
         Command::MockUpstream(options) => runtime.block_on(mock_upstream(options)),
+        Command::Health { url, timeout } => runtime.block_on(health(url, timeout)),
     }
 }
 
@@ -119,7 +138,12 @@ fn check(path: &std::path::Path) -> ExitCode {
 async fn run(path: PathBuf) -> ExitCode {
     let config = match load(&path) {
         Ok(config) => config,
-        Err(code) => return code,
+        Err(code) => {
+            if let Ok(false) = path.try_exists() {
+                eprintln!("{}", missing_config_hint(&path));
+            }
+            return code;
+        }
     };
     let listeners = match bind(&config).await {
         Ok(listeners) => listeners,
@@ -293,4 +317,95 @@ async fn mock_upstream(options: MockOptions) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What to do when the config file is not there (above all: a container
+/// started without its config mounted).
+fn missing_config_hint(path: &std::path::Path) -> String {
+    let absolute = path.is_absolute();
+    let path = path.display();
+    let mount = if absolute {
+        format!(
+            "mount yours there (docker run -v \"$PWD/chorus.toml:{path}\" ...; in Kubernetes a ConfigMap), "
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "chorus: there is no config file at {path}: {mount}name one with --config or \
+         $CHORUS_CONFIG, or try `chorus demo`. config/chorus.toml in the source \
+         documents every key."
+    )
+}
+
+/// Why `chorus health` could not get an answer.
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    #[error("only plain http:// URLs with a host are supported")]
+    Url,
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("cannot build the request: {0}")]
+    Request(http::Error),
+    #[error("{0}")]
+    Http(hyper::Error),
+}
+
+async fn health(url: Uri, timeout: Duration) -> ExitCode {
+    match tokio::time::timeout(timeout, probe(&url)).await {
+        Ok(Ok(StatusCode::OK)) => {
+            println!("{url}: 200 OK");
+            ExitCode::SUCCESS
+        }
+        Ok(Ok(status)) => {
+            eprintln!("chorus health: {url}: answered {status}, not 200 OK");
+            ExitCode::FAILURE
+        }
+        Ok(Err(error)) => {
+            eprintln!("chorus health: {url}: {error}");
+            ExitCode::FAILURE
+        }
+        Err(_elapsed) => {
+            eprintln!(
+                "chorus health: {url}: no answer within {}",
+                humantime::format_duration(timeout)
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One GET over HTTP/1.1 on a fresh connection; the status it got.
+async fn probe(url: &Uri) -> Result<StatusCode, ProbeError> {
+    if url.scheme_str() != Some("http") {
+        return Err(ProbeError::Url);
+    }
+    let authority = url.authority().ok_or(ProbeError::Url)?;
+    // An IPv6 literal comes bracketed ("[::1]"); connect wants it bare.
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(80);
+    let stream = TcpStream::connect((host, port))
+        .await
+        .map_err(ProbeError::Connect)?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(ProbeError::Http)?;
+    tokio::spawn(connection);
+    let path = url.path_and_query().map_or("/", |path| path.as_str());
+    let request = Request::get(path)
+        .header(http::header::HOST, authority.as_str())
+        .header(
+            http::header::USER_AGENT,
+            concat!("chorus-health/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(Empty::<Bytes>::new())
+        .map_err(ProbeError::Request)?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(ProbeError::Http)?;
+    Ok(response.status())
 }

@@ -6,6 +6,7 @@
 mod support;
 
 mod cli;
+mod coalesce;
+mod deploy;
 mod limits;
 mod proxy;
-mod smoke;

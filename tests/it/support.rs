@@ -450,3 +450,103 @@ impl Drop for FixedUpstream {
         self.task.abort();
     }
 }
+
+/// A purpose-built upstream for what the mock does not do: every request is
+/// answered by `respond` (after whatever it awaits), and counted.
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    hits: Arc<std::sync::atomic::AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl TestUpstream {
+    pub async fn start<F, Fut>(respond: F) -> Self
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        use hyper_util::server::conn::auto;
+        use std::sync::atomic::Ordering;
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let respond = Arc::new(respond);
+        let counter = Arc::clone(&hits);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let respond = Arc::clone(&respond);
+                let counter = Arc::clone(&counter);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let response = respond(request);
+                        async move { Ok::<_, std::convert::Infallible>(response.await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, hits, task }
+    }
+
+    /// An upstream that answers every request with `status` and `body` after `delay`.
+    pub async fn slow(delay: Duration, status: u16, body: &'static str) -> Self {
+        Self::start(move |_| async move {
+            tokio::time::sleep(delay).await;
+            Response::builder()
+                .status(status)
+                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                .unwrap()
+        })
+        .await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests received so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads frames until the SSE body holds at least `count` events; returns
+/// the bytes read so far and the rest of the body.
+pub async fn read_events(mut body: Incoming, count: usize) -> (Vec<u8>, Incoming) {
+    let mut seen = Vec::new();
+    while events(&seen).len() < count {
+        let frame = tokio::time::timeout(PATIENCE, body.frame())
+            .await
+            .expect("no frame in time")
+            .expect("body ended early")
+            .expect("body failed");
+        if let Some(data) = frame.data_ref() {
+            seen.extend_from_slice(data);
+        }
+    }
+    (seen, body)
+}
+
+/// Reads the rest of a body after `prefix`.
+pub async fn finish(prefix: Vec<u8>, body: Incoming) -> Result<Vec<u8>, hyper::Error> {
+    let rest = tokio::time::timeout(PATIENCE, body.collect())
+        .await
+        .expect("body did not end in time")?
+        .to_bytes();
+    let mut all = prefix;
+    all.extend_from_slice(&rest);
+    Ok(all)
+}
