@@ -15,10 +15,12 @@ use http::{Request, StatusCode, Uri};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use chorus::config::{AdminConfig, Config, RouteConfig, ServerConfig};
 use chorus::mock::{self, MockOptions, MockStats};
-use chorus::{Listeners, StartError};
+use chorus::tls::{ReloadError, ReloadHandle};
+use chorus::{Listeners, RunOptions, StartError};
 
 /// Exit status for a configuration that cannot start.
 const EXIT_CONFIG: u8 = 2;
@@ -125,9 +127,21 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
+/// The TLS files a valid config names must be usable too.
+fn check_tls(config: &Config, path: &std::path::Path) -> Result<(), ExitCode> {
+    let problems = chorus::tls::check(config, &path.display().to_string());
+    if problems.is_empty() {
+        return Ok(());
+    }
+    for problem in &problems {
+        eprintln!("{problem}");
+    }
+    Err(ExitCode::from(EXIT_CONFIG))
+}
+
 fn check(path: &std::path::Path) -> ExitCode {
-    match load(path) {
-        Ok(_) => {
+    match load(path).and_then(|config| check_tls(&config, path)) {
+        Ok(()) => {
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
         }
@@ -145,11 +159,14 @@ async fn run(path: PathBuf) -> ExitCode {
             return code;
         }
     };
+    if let Err(code) = check_tls(&config, &path) {
+        return code;
+    }
     let listeners = match bind(&config).await {
         Ok(listeners) => listeners,
         Err(code) => return code,
     };
-    let shutdown = shutdown_signal();
+    let signals = Signals::listen();
     let (listen, admin) = bound(&config, &listeners);
     tracing::info!(
         listen = %listen,
@@ -157,7 +174,7 @@ async fn run(path: PathBuf) -> ExitCode {
         routes = config.routes.len(),
         "chorus is ready"
     );
-    serve(config, listeners, shutdown).await
+    serve(config, listeners, signals).await
 }
 
 /// The addresses actually listened on: a configured port 0 becomes the
@@ -175,12 +192,15 @@ fn bound(config: &Config, listeners: &Listeners) -> (SocketAddr, Option<SocketAd
     (listen, admin)
 }
 
-async fn serve(
-    config: Config,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()>,
-) -> ExitCode {
-    match chorus::run(config, listeners, shutdown).await {
+async fn serve(config: Config, listeners: Listeners, signals: Signals) -> ExitCode {
+    let (reload, requests) = chorus::tls::reload_channel();
+    tokio::spawn(reload_on_sighup(signals.hangup, reload));
+    let options = RunOptions {
+        reload: Some(requests),
+        ..RunOptions::default()
+    };
+    let shutdown = Signals::shutdown(signals.terminate, signals.interrupt);
+    match chorus::run_with(config, listeners, shutdown, options).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error @ (StartError::UpstreamTls { .. } | StartError::ServerTls(_))) => {
             eprintln!("chorus: {error}");
@@ -205,34 +225,64 @@ async fn bind_one(key: &str, address: SocketAddr) -> Result<TcpListener, ExitCod
     })
 }
 
-/// Starts listening for SIGTERM and SIGINT; the future resolves on either.
-/// Called before readiness is announced: until a handler is registered, a
-/// signal kills the process instead of draining it.
-fn shutdown_signal() -> impl Future<Output = ()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let listen = |kind: SignalKind| {
-        let registered = signal(kind);
-        if let Err(error) = &registered {
-            tracing::warn!(%error, "cannot listen for a shutdown signal");
+/// The signals the process acts on: SIGTERM and SIGINT drain, SIGHUP
+/// reloads the server certificate. Registered before readiness is announced,
+/// since until a handler is registered a signal ends the process at once.
+struct Signals {
+    terminate: Option<Signal>,
+    interrupt: Option<Signal>,
+    hangup: Option<Signal>,
+}
+
+impl Signals {
+    /// Starts listening for all three.
+    fn listen() -> Self {
+        Self {
+            terminate: listen_for(SignalKind::terminate(), "SIGTERM"),
+            interrupt: listen_for(SignalKind::interrupt(), "SIGINT"),
+            hangup: listen_for(SignalKind::hangup(), "SIGHUP"),
         }
-        registered.ok()
-    };
-    let (terminate, interrupt) = (
-        listen(SignalKind::terminate()),
-        listen(SignalKind::interrupt()),
-    );
-    let received = |signal: Option<tokio::signal::unix::Signal>| async move {
-        match signal {
-            Some(mut signal) => {
-                signal.recv().await;
-            }
-            None => std::future::pending::<()>().await,
-        }
-    };
-    async move {
+    }
+
+    /// Resolves on SIGTERM or SIGINT.
+    async fn shutdown(terminate: Option<Signal>, interrupt: Option<Signal>) {
         tokio::select! {
             () = received(terminate) => {}
             () = received(interrupt) => {}
+        }
+    }
+}
+
+/// Starts listening for one signal; logs it if that is not possible.
+fn listen_for(kind: SignalKind, name: &str) -> Option<Signal> {
+    let registered = signal(kind);
+    if let Err(error) = &registered {
+        tracing::warn!(%error, "cannot listen for {name}");
+    }
+    registered.ok()
+}
+
+/// Resolves when `signal` arrives; never, if it is not listened for.
+async fn received(signal: Option<Signal>) {
+    match signal {
+        Some(mut signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Reloads the server certificate on every SIGHUP (the gateway logs how it
+/// went), instead of SIGHUP's default of ending the process.
+async fn reload_on_sighup(hangups: Option<Signal>, reload: ReloadHandle) {
+    let Some(mut hangups) = hangups else {
+        tracing::warn!("certificate reload on SIGHUP is off");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the server certificate");
+        if let Err(ReloadError::Stopped) = reload.reload().await {
+            return;
         }
     }
 }
@@ -280,7 +330,7 @@ async fn demo(listen: SocketAddr, admin: SocketAddr) -> ExitCode {
         Ok(listeners) => listeners,
         Err(code) => return code,
     };
-    let shutdown = shutdown_signal();
+    let signals = Signals::listen();
     // With port 0 asked for, print the ports actually picked.
     let (listen, bound_admin) = bound(&config, &listeners);
     let admin = bound_admin.unwrap_or(admin);
@@ -295,7 +345,7 @@ Stream a chat completion (run it in three terminals at once: three streams, one 
 
 Ctrl-C drains and stops."#
     );
-    serve(config, listeners, shutdown).await
+    serve(config, listeners, signals).await
 }
 
 async fn mock_upstream(options: MockOptions) -> ExitCode {
@@ -306,7 +356,10 @@ async fn mock_upstream(options: MockOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let shutdown = shutdown_signal();
+    let shutdown = Signals::shutdown(
+        listen_for(SignalKind::terminate(), "SIGTERM"),
+        listen_for(SignalKind::interrupt(), "SIGINT"),
+    );
     let listen = listener.local_addr().unwrap_or(options.listen);
     tracing::info!(listen = %listen, "mock upstream is ready");
     let stats = Arc::new(MockStats::default());

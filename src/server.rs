@@ -27,8 +27,10 @@ use crate::config::ServerConfig;
 use crate::headers::ClientSide;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::tls::{self, Accepted};
 
-/// A TLS handshake must finish within this.
+/// A TLS handshake must finish within this, or within `header_read_timeout`
+/// if that is shorter.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after an accept error that is not the peer's fault (out of file
 /// descriptors, say), so the loop does not spin.
@@ -57,6 +59,7 @@ struct Shared {
     proxy: Arc<Proxy>,
     metrics: Arc<Metrics>,
     tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
     /// Cancelled when the shutdown grace ran out.
     cut: CancellationToken,
     /// A new connection's first request must start within this.
@@ -77,6 +80,7 @@ pub async fn serve(
         proxy,
         metrics,
         tls: listener.tls,
+        handshake_timeout: config.header_read_timeout.min(HANDSHAKE_TIMEOUT),
         cut,
         header_read_timeout: config.header_read_timeout,
     });
@@ -155,17 +159,17 @@ fn builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
 
 /// Serves one connection: the TLS handshake if any, then HTTP.
 async fn connection(shared: &Shared, stream: TcpStream, client: ClientSide, watcher: Watcher) {
-    match &shared.tls {
-        None => http(shared, stream, client, watcher).await,
-        Some(acceptor) => {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => http(shared, stream, client, watcher).await,
-                Ok(Err(error)) => {
-                    tracing::debug!(peer = %client.ip, %error, "TLS handshake failed")
-                }
-                Err(_) => tracing::debug!(peer = %client.ip, "TLS handshake timed out"),
-            }
+    let Some(acceptor) = &shared.tls else {
+        return http(shared, stream, client, watcher).await;
+    };
+    // A failed or slow handshake costs its own connection and a debug line.
+    match tokio::time::timeout(shared.handshake_timeout, tls::accept(acceptor, stream)).await {
+        Ok(Ok(Accepted::Tls(stream))) => http(shared, stream, client, watcher).await,
+        Ok(Ok(Accepted::PlainHttp)) => {
+            tracing::debug!(peer = %client.ip, "plain HTTP on the TLS port: answered 400")
         }
+        Ok(Err(error)) => tracing::debug!(peer = %client.ip, %error, "TLS handshake failed"),
+        Err(_) => tracing::debug!(peer = %client.ip, "TLS handshake timed out"),
     }
 }
 

@@ -543,7 +543,11 @@ async fn a_signal_right_after_ready_exits_0_without_waiting_for_idle_connections
         &good_config(&format!("http://{nothing}"), "60s"),
     );
     for signal in ["TERM", "INT"] {
-        let (mut running, listen, _) = start_gateway(&config).await;
+        let (mut running, listen, admin) = start_gateway(&config).await;
+        // SIGHUP reloads certificates: it never ends the process.
+        running.signal("HUP");
+        let readyz = get(&format!("http://{admin}/readyz")).await;
+        assert_eq!(readyz.status(), 200);
         // Connections with no request in flight do not hold the drain up.
         let _silent = TcpStream::connect(listen).await.unwrap();
         let idle = http2();

@@ -107,7 +107,7 @@ async fn a_late_joiner_gets_the_stream_from_its_first_byte() {
     let upstream = Upstream::start().await;
     let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
     let url = gateway.url(COMPLETIONS);
-    let request = chat("late", json!({"tokens": 20, "interval_ms": 50}));
+    let request = chat("late", json!({"tokens": 20, "interval_ms": 80}));
 
     let first = send(&http1(), post(&url, request.clone())).await;
     let (prefix, rest) = read_events(first.into_body(), 5).await;
@@ -134,7 +134,7 @@ async fn equivalent_json_coalesces_and_different_requests_do_not() {
     let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
     let url = gateway.url(COMPLETIONS);
     let client = http1();
-    let mock = json!({"tokens": 10, "interval_ms": 50});
+    let mock = json!({"tokens": 10, "interval_ms": 100});
     let base = chat("same", mock.clone());
     let reordered = format!(
         "{{ \"mock\": {mock},\n  \"messages\": [ {{\"content\": \"same\", \"role\": \"user\"}} ],\n  \"stream\": true, \"model\": \"mock\" }}"
@@ -198,7 +198,7 @@ upstream = "{url}"
 
 #[tokio::test]
 async fn methods_not_listed_and_opted_out_requests_go_alone() {
-    let upstream = TestUpstream::slow(Duration::from_millis(300), 200, "ok").await;
+    let upstream = TestUpstream::slow(Duration::from_millis(800), 200, "ok").await;
     let route = r#"
 [routes.coalesce]
 methods = ["post"]
@@ -271,16 +271,22 @@ async fn one_client_leaving_changes_nothing_for_the_others() {
     let url = gateway.url(COMPLETIONS);
     let request = chat("stay", json!({"tokens": 20, "interval_ms": 30}));
 
-    // The leader's own client leaves mid-body; the followers stay.
+    // The leader's own client leaves mid-body, once the followers are in.
     let leader = send(&http1(), post(&url, request.clone())).await;
     assert_eq!(role(&leader), "leader");
     let (_, leader) = read_events(leader.into_body(), 3).await;
-    let followers = (0..2).map(|_| fetch(&http1(), &url, &request));
-    let followers = futures::future::join(futures::future::join_all(followers), async {
-        drop(leader);
-    })
-    .await
-    .0;
+    let followers: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(fetch(&http1(), &url, &request)))
+        .collect();
+    gateway
+        .wait_metric(r#"chorus_subscribers_active{route="llm"}"#, |v| v == 3.0)
+        .await;
+    drop(leader);
+    let followers: Vec<_> = futures::future::join_all(followers)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
 
     let bodies: Vec<_> = followers
         .into_iter()
@@ -393,7 +399,7 @@ cancel_grace = "3s"
 "#;
     let gateway = Gateway::start(&one_route(&upstream.url(), route)).await;
     let url = gateway.url(COMPLETIONS);
-    let request = chat("again", json!({"tokens": 20, "interval_ms": 30}));
+    let request = chat("again", json!({"tokens": 40, "interval_ms": 50}));
 
     let first = send(&http1(), post(&url, request.clone())).await;
     let (_, first) = read_events(first.into_body(), 3).await;
@@ -406,7 +412,7 @@ cancel_grace = "3s"
     let body = crate::support::body(again).await.unwrap();
 
     let events = events(&body);
-    assert_eq!(events.len(), 23, "every event from the first");
+    assert_eq!(events.len(), 43, "every event from the first");
     assert!(events[0].contains(r#""role":"assistant""#));
     assert_eq!(upstream.stats.requests(), 1);
     assert_eq!(upstream.stats.disconnects(), 0);
@@ -458,7 +464,7 @@ linger = "30s"
 "#;
     let gateway = Gateway::start(&one_route(&upstream.url(), route)).await;
     let url = gateway.url(COMPLETIONS);
-    let request = chat("fail", json!({"status": 429, "first_byte_delay_ms": 300}));
+    let request = chat("fail", json!({"status": 429, "first_byte_delay_ms": 800}));
     let client = http1();
 
     let pair = futures::join!(
@@ -523,7 +529,7 @@ async fn an_unreachable_upstream_is_a_502_for_every_subscriber() {
                 continue;
             };
             tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(400)).await;
+                tokio::time::sleep(Duration::from_millis(800)).await;
                 drop(stream);
             });
         }
@@ -557,7 +563,7 @@ async fn http1_and_http2_clients_share_a_flight() {
     let upstream = Upstream::start().await;
     let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
     let url = gateway.url(COMPLETIONS);
-    let request = chat("both", json!({"tokens": 10, "interval_ms": 30}));
+    let request = chat("both", json!({"tokens": 20, "interval_ms": 50}));
 
     let (h1, h2) = futures::join!(fetch(&http1(), &url, &request), async {
         assert!(upstream.wait_for(|stats| stats.requests() == 1).await);
@@ -593,7 +599,7 @@ async fn sequential_identical_requests_each_go_upstream_without_linger() {
 #[tokio::test]
 async fn empty_responses_fan_out() {
     let upstream = TestUpstream::start(|request| async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
         let status = if request.uri().path() == "/none" {
             204
         } else {
@@ -680,7 +686,7 @@ max_subscribers = 2
 "#;
     let gateway = Gateway::start(&one_route(&upstream.url(), route)).await;
     let url = gateway.url(COMPLETIONS);
-    let request = chat("full", json!({"tokens": 10, "interval_ms": 50}));
+    let request = chat("full", json!({"tokens": 10, "interval_ms": 100}));
 
     let first = send(&http1(), post(&url, request.clone())).await;
     let second = send(&http1(), post(&url, request.clone())).await;

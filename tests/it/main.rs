@@ -10,3 +10,4 @@ mod coalesce;
 mod deploy;
 mod limits;
 mod proxy;
+mod tls;

@@ -22,7 +22,8 @@ use tokio::task::JoinHandle;
 
 use chorus::config::Config;
 use chorus::mock::{self, MockOptions, MockStats};
-use chorus::{Listeners, StartError};
+use chorus::tls::ReloadHandle;
+use chorus::{Listeners, RunOptions, StartError};
 
 /// Generous bound for anything a test awaits: a loaded 2-core machine is slow,
 /// but a hang must still fail the test rather than the whole run.
@@ -106,6 +107,8 @@ upstream = "{upstream}"
 pub struct Gateway {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// Reloads the server certificate, as SIGHUP does.
+    pub reload: ReloadHandle,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), StartError>>>,
 }
@@ -114,12 +117,23 @@ impl Gateway {
     /// Starts a gateway from TOML (its listen addresses are replaced by
     /// ephemeral ports bound here).
     pub async fn start(toml: &str) -> Self {
-        Self::start_with_env(toml, &[]).await
+        Self::launch(toml, &[], RunOptions::default()).await
+    }
+
+    /// [`Gateway::start`] with run options (its `reload` is replaced).
+    pub async fn start_with(toml: &str, options: RunOptions) -> Self {
+        Self::launch(toml, &[], options).await
     }
 
     /// Like [`Gateway::start`], with `${NAME}` looked up in `env` first
     /// (tests cannot set process variables: `unsafe_code` is forbidden).
     pub async fn start_with_env(toml: &str, env: &[(&str, &str)]) -> Self {
+        Self::launch(toml, env, RunOptions::default()).await
+    }
+
+    async fn launch(toml: &str, env: &[(&str, &str)], mut options: RunOptions) -> Self {
+        let (reload, requests) = chorus::tls::reload_channel();
+        options.reload = Some(requests);
         let lookup = |name: &str| {
             env.iter()
                 .find(|(key, _)| *key == name)
@@ -137,12 +151,18 @@ impl Gateway {
             gateway,
             admin: Some(admin),
         };
-        let task = tokio::spawn(chorus::run(config, listeners, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(chorus::run_with(
+            config,
+            listeners,
+            async {
+                let _ = stopped.await;
+            },
+            options,
+        ));
         Self {
             addr,
             admin: admin_addr,
+            reload,
             stop: Some(stop),
             task: Some(task),
         }
