@@ -15,7 +15,7 @@ use http::{Request, StatusCode, Uri};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use chorus::config::{AdminConfig, Config, RouteConfig, ServerConfig};
 use chorus::mock::{self, MockOptions, MockStats};
@@ -166,23 +166,41 @@ async fn run(path: PathBuf) -> ExitCode {
         Ok(listeners) => listeners,
         Err(code) => return code,
     };
+    let signals = Signals::listen();
+    let (listen, admin) = bound(&config, &listeners);
     tracing::info!(
-        listen = %config.server.listen,
-        admin = ?config.admin.as_ref().map(|admin| admin.listen),
+        listen = %listen,
+        admin = admin.map_or_else(|| "none".to_owned(), |admin| admin.to_string()),
         routes = config.routes.len(),
         "chorus is ready"
     );
-    serve(config, listeners).await
+    serve(config, listeners, signals).await
 }
 
-async fn serve(config: Config, listeners: Listeners) -> ExitCode {
+/// The addresses actually listened on: a configured port 0 becomes the
+/// port the system picked.
+fn bound(config: &Config, listeners: &Listeners) -> (SocketAddr, Option<SocketAddr>) {
+    let listen = listeners
+        .gateway
+        .local_addr()
+        .unwrap_or(config.server.listen);
+    let admin = match (&listeners.admin, &config.admin) {
+        (Some(listener), Some(admin)) => Some(listener.local_addr().unwrap_or(admin.listen)),
+        (Some(listener), None) => listener.local_addr().ok(),
+        (None, _) => None,
+    };
+    (listen, admin)
+}
+
+async fn serve(config: Config, listeners: Listeners, signals: Signals) -> ExitCode {
     let (reload, requests) = chorus::tls::reload_channel();
-    tokio::spawn(reload_on_sighup(reload));
+    tokio::spawn(reload_on_sighup(signals.hangup, reload));
     let options = RunOptions {
         reload: Some(requests),
         ..RunOptions::default()
     };
-    match chorus::run_with(config, listeners, shutdown_signal(), options).await {
+    let shutdown = Signals::shutdown(signals.terminate, signals.interrupt);
+    match chorus::run_with(config, listeners, shutdown, options).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error @ (StartError::UpstreamTls { .. } | StartError::ServerTls(_))) => {
             eprintln!("chorus: {error}");
@@ -207,37 +225,65 @@ async fn bind_one(key: &str, address: SocketAddr) -> Result<TcpListener, ExitCod
     })
 }
 
+/// The signals the process acts on: SIGTERM and SIGINT drain, SIGHUP
+/// reloads the server certificate. Registered before readiness is announced,
+/// since until a handler is registered a signal ends the process at once.
+struct Signals {
+    terminate: Option<Signal>,
+    interrupt: Option<Signal>,
+    hangup: Option<Signal>,
+}
+
+impl Signals {
+    /// Starts listening for all three.
+    fn listen() -> Self {
+        Self {
+            terminate: listen_for(SignalKind::terminate(), "SIGTERM"),
+            interrupt: listen_for(SignalKind::interrupt(), "SIGINT"),
+            hangup: listen_for(SignalKind::hangup(), "SIGHUP"),
+        }
+    }
+
+    /// Resolves on SIGTERM or SIGINT.
+    async fn shutdown(terminate: Option<Signal>, interrupt: Option<Signal>) {
+        tokio::select! {
+            () = received(terminate) => {}
+            () = received(interrupt) => {}
+        }
+    }
+}
+
+/// Starts listening for one signal; logs it if that is not possible.
+fn listen_for(kind: SignalKind, name: &str) -> Option<Signal> {
+    let registered = signal(kind);
+    if let Err(error) = &registered {
+        tracing::warn!(%error, "cannot listen for {name}");
+    }
+    registered.ok()
+}
+
+/// Resolves when `signal` arrives; never, if it is not listened for.
+async fn received(signal: Option<Signal>) {
+    match signal {
+        Some(mut signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
 /// Reloads the server certificate on every SIGHUP (the gateway logs how it
 /// went), instead of SIGHUP's default of ending the process.
-async fn reload_on_sighup(reload: ReloadHandle) {
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(hangups) => hangups,
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGHUP: certificate reload on SIGHUP is off");
-            return;
-        }
+async fn reload_on_sighup(hangups: Option<Signal>, reload: ReloadHandle) {
+    let Some(mut hangups) = hangups else {
+        tracing::warn!("certificate reload on SIGHUP is off");
+        return;
     };
     while hangups.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading the server certificate");
         if let Err(ReloadError::Stopped) = reload.reload().await {
             return;
         }
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
     }
 }
 
@@ -284,6 +330,10 @@ async fn demo(listen: SocketAddr, admin: SocketAddr) -> ExitCode {
         Ok(listeners) => listeners,
         Err(code) => return code,
     };
+    let signals = Signals::listen();
+    // With port 0 asked for, print the ports actually picked.
+    let (listen, bound_admin) = bound(&config, &listeners);
+    let admin = bound_admin.unwrap_or(admin);
     println!(
         r#"chorus demo
   gateway    http://{listen}   (route "llm" -> mock upstream {upstream_url}, coalescing on)
@@ -295,7 +345,7 @@ Stream a chat completion (run it in three terminals at once: three streams, one 
 
 Ctrl-C drains and stops."#
     );
-    serve(config, listeners).await
+    serve(config, listeners, signals).await
 }
 
 async fn mock_upstream(options: MockOptions) -> ExitCode {
@@ -306,9 +356,14 @@ async fn mock_upstream(options: MockOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(listen = %options.listen, "mock upstream is ready");
+    let shutdown = Signals::shutdown(
+        listen_for(SignalKind::terminate(), "SIGTERM"),
+        listen_for(SignalKind::interrupt(), "SIGINT"),
+    );
+    let listen = listener.local_addr().unwrap_or(options.listen);
+    tracing::info!(listen = %listen, "mock upstream is ready");
     let stats = Arc::new(MockStats::default());
-    match mock::serve(listener, options, stats, shutdown_signal()).await {
+    match mock::serve(listener, options, stats, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("chorus: mock upstream failed: {error}");

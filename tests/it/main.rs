@@ -5,6 +5,9 @@
 
 mod support;
 
+mod cli;
 mod coalesce;
 mod deploy;
+mod limits;
+mod proxy;
 mod tls;

@@ -76,6 +76,12 @@ impl Drop for Upstream {
     }
 }
 
+/// `toml` with `lines` added to its `[server]` table.
+pub fn server_extra(toml: &str, lines: &str) -> String {
+    assert!(toml.contains("[server]\n"), "no [server] table");
+    toml.replacen("[server]\n", &format!("[server]\n{lines}\n"), 1)
+}
+
 /// A gateway config with one route "llm" on `/` in front of `upstream`;
 /// `route_extra` is appended inside the route (e.g. a `[routes.coalesce]` table).
 pub fn one_route(upstream: &str, route_extra: &str) -> String {
@@ -111,14 +117,30 @@ impl Gateway {
     /// Starts a gateway from TOML (its listen addresses are replaced by
     /// ephemeral ports bound here).
     pub async fn start(toml: &str) -> Self {
-        Self::start_with(toml, RunOptions::default()).await
+        Self::launch(toml, &[], RunOptions::default()).await
     }
 
     /// [`Gateway::start`] with run options (its `reload` is replaced).
-    pub async fn start_with(toml: &str, mut options: RunOptions) -> Self {
+    pub async fn start_with(toml: &str, options: RunOptions) -> Self {
+        Self::launch(toml, &[], options).await
+    }
+
+    /// Like [`Gateway::start`], with `${NAME}` looked up in `env` first
+    /// (tests cannot set process variables: `unsafe_code` is forbidden).
+    pub async fn start_with_env(toml: &str, env: &[(&str, &str)]) -> Self {
+        Self::launch(toml, env, RunOptions::default()).await
+    }
+
+    async fn launch(toml: &str, env: &[(&str, &str)], mut options: RunOptions) -> Self {
         let (reload, requests) = chorus::tls::reload_channel();
         options.reload = Some(requests);
-        let config = Config::parse(toml, "test.toml", |name| std::env::var(name).ok())
+        let lookup = |name: &str| {
+            env.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| (*value).to_owned())
+                .or_else(|| std::env::var(name).ok())
+        };
+        let config = Config::parse(toml, "test.toml", lookup)
             .unwrap_or_else(|error| panic!("test config rejected:\n{error}"));
         let gateway = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -297,6 +319,156 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     let mut response = Vec::new();
     let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response)).await;
     String::from_utf8_lossy(&response).into_owned()
+}
+
+/// The body as JSON; panics if it is not.
+pub fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|error| panic!("not JSON ({error}): {}", String::from_utf8_lossy(body)))
+}
+
+/// Checks a gateway-made error: the contract's JSON body with `error.type`
+/// and `error.message`, as `application/json`; returns `error.type`.
+pub async fn error_type(response: Response<Incoming>) -> String {
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let error = json(&body(response).await.unwrap());
+    assert!(error["error"]["message"].is_string(), "no message: {error}");
+    error["error"]["type"]
+        .as_str()
+        .expect("no error.type")
+        .to_owned()
+}
+
+/// A header's value as text (panics when absent).
+pub fn header<'a>(response: &'a Response<Incoming>, name: &str) -> &'a str {
+    response
+        .headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header in {:?}", response.headers()))
+        .to_str()
+        .unwrap()
+}
+
+/// The headers the mock's `/echo` saw, in order, as (name, value) pairs.
+pub fn echoed_headers(echo: &serde_json::Value) -> Vec<(String, String)> {
+    serde_json::from_value(echo["headers"].clone()).expect("echo has header pairs")
+}
+
+/// Every value the mock's `/echo` saw for `name`.
+pub fn echoed(echo: &serde_json::Value, name: &str) -> Vec<String> {
+    echoed_headers(echo)
+        .into_iter()
+        .filter(|(key, _)| key == name)
+        .map(|(_, value)| value)
+        .collect()
+}
+
+/// An address on which nothing listens (bound, then released).
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Reads an SSE response body event by event, as its frames arrive.
+pub struct EventReader {
+    body: Incoming,
+    pending: Vec<u8>,
+    /// Data frames read so far.
+    pub frames: usize,
+}
+
+impl EventReader {
+    pub fn new(response: Response<Incoming>) -> Self {
+        Self {
+            body: response.into_body(),
+            pending: Vec::new(),
+            frames: 0,
+        }
+    }
+
+    /// The `data:` payload of the next event; `Ok(None)` at a clean end of
+    /// the body, `Err` when it ended abnormally.
+    pub async fn next(&mut self) -> Result<Option<String>, hyper::Error> {
+        loop {
+            if let Some(end) = self.pending.windows(2).position(|w| w == b"\n\n") {
+                let event: Vec<u8> = self.pending.drain(..end + 2).collect();
+                let event = String::from_utf8(event).unwrap();
+                return Ok(Some(
+                    event.trim_end().trim_start_matches("data: ").to_owned(),
+                ));
+            }
+            let frame = tokio::time::timeout(PATIENCE, self.body.frame())
+                .await
+                .expect("no frame in time");
+            match frame {
+                None => return Ok(None),
+                Some(frame) => {
+                    if let Ok(data) = frame?.into_data() {
+                        self.frames += 1;
+                        self.pending.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every remaining event, to the end of the body.
+    pub async fn rest(&mut self) -> Result<Vec<String>, hyper::Error> {
+        let mut events = Vec::new();
+        while let Some(event) = self.next().await? {
+            events.push(event);
+        }
+        Ok(events)
+    }
+}
+
+/// A purpose-built upstream on a raw socket: answers every request with
+/// `response` (bytes on the wire, connection closed after) and keeps each
+/// request head it read.
+pub struct FixedUpstream {
+    pub addr: SocketAddr,
+    pub heads: Arc<std::sync::Mutex<Vec<String>>>,
+    task: JoinHandle<()>,
+}
+
+impl FixedUpstream {
+    pub async fn start(response: &'static [u8]) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&heads);
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    seen.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&head).into_owned());
+                    let _ = stream.write_all(response).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        Self { addr, heads, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for FixedUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// A purpose-built upstream for what the mock does not do: every request is
