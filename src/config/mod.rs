@@ -75,7 +75,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     /// `listen`: the `IP:PORT` to accept clients on, e.g. `"0.0.0.0:8080"` or
-    /// `"[::]:8080"` (host names are not accepted). Required.
+    /// `"[::]:8080"`; `localhost:PORT` means `127.0.0.1:PORT`, other host names
+    /// are not accepted. Required.
     pub listen: SocketAddr,
     /// `max_request_body_bytes`: a request body larger than this gets 413 and
     /// the upstream is never contacted. Default 1048576 (1 MiB); > 0.

@@ -15,14 +15,20 @@ use super::raw::RawDuration;
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 pub(super) fn socket_addr(problems: &mut Problems, key: &str, text: &str) -> Option<SocketAddr> {
-    match text.parse() {
-        Ok(addr) => Some(addr),
-        Err(_) => {
+    // `localhost` is the one name people write for loopback; any other name
+    // would need a lookup whose answer can change under a running server.
+    let loopback = text
+        .strip_prefix("localhost:")
+        .and_then(|port| port.parse::<u16>().ok())
+        .map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
+    match text.parse().ok().or(loopback) {
+        Some(addr) => Some(addr),
+        None => {
             problems.push(
                 key,
                 format!(
                     "must be an IP:PORT address such as \"0.0.0.0:8080\" or \"[::]:8080\" \
-                     (host names are not accepted), got {text:?}"
+                     (or localhost:PORT; other host names are not accepted), got {text:?}"
                 ),
             );
             None
@@ -194,11 +200,16 @@ mod tests {
     #[test]
     fn listen_must_be_ip_and_port() {
         let line = rejects(
-            &MINIMAL.replace("127.0.0.1:8080", "localhost:8080"),
+            &MINIMAL.replace("127.0.0.1:8080", "example.com:8080"),
             "server.listen",
         );
-        assert!(line.contains("\"localhost:8080\""), "{line}");
+        assert!(line.contains("\"example.com:8080\""), "{line}");
         assert!(line.contains("IP:PORT"), "{line}");
+        let config = parse(&MINIMAL.replace("127.0.0.1:8080", "localhost:8080")).unwrap();
+        assert_eq!(
+            config.server.listen,
+            std::net::SocketAddr::from(([127, 0, 0, 1], 8080))
+        );
         rejects(
             &MINIMAL.replace("127.0.0.1:8080", "127.0.0.1"),
             "server.listen",
