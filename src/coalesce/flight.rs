@@ -272,7 +272,9 @@ impl Flight {
 
     /// Wakes everyone who waits for a change, after unlocking.
     fn wake(&self, mut state: MutexGuard<'_, State>) {
-        let waiters = std::mem::take(&mut state.waiters);
+        // The same subscribers will wait again: size the next list for them.
+        let room = state.waiters.len();
+        let waiters = std::mem::replace(&mut state.waiters, Vec::with_capacity(room));
         state.generation += 1;
         drop(state);
         for waker in waiters {
