@@ -37,16 +37,16 @@ pub enum GatewayError {
     BodyUnreadable(Arc<hyper::Error>),
     /// The upstream could not be reached: refused, reset, unresolvable, bad TLS.
     #[error("upstream unreachable: {0}")]
-    Unreachable(Arc<hyper_util::client::legacy::Error>),
+    Unreachable(#[source] Arc<hyper_util::client::legacy::Error>),
     /// Connecting to the upstream took longer than `connect_timeout`.
     #[error("connecting to the upstream timed out: {0}")]
-    ConnectTimeout(Arc<hyper_util::client::legacy::Error>),
+    ConnectTimeout(#[source] Arc<hyper_util::client::legacy::Error>),
     /// The upstream response head did not arrive within `first_byte_timeout`.
     #[error("upstream sent no response head within {0:?}")]
     FirstByteTimeout(Duration),
     /// The upstream connection failed after it was established (reset, malformed response).
     #[error("upstream failed: {0}")]
-    UpstreamFailed(Arc<hyper_util::client::legacy::Error>),
+    UpstreamFailed(#[source] Arc<hyper_util::client::legacy::Error>),
     /// The flight ended before the upstream answered (shutdown, or a fault in the gateway).
     #[error("{0}")]
     Interrupted(BodyError),

@@ -16,7 +16,8 @@
 //! - [`response`]: the response body served to clients and its access log line.
 //! - [`admin`] and [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`error`]: request-path errors and their one mapping to status and JSON.
-//! - [`tls`]: rustls configuration for both sides.
+//! - [`tls`]: rustls for both sides; the server certificate and its reload;
+//!   the TLS file checks of `chorus check`.
 //! - [`mock`]: the built-in mock LLM upstream for the demo, tests and benchmarks.
 //!
 //! # Life of a request
@@ -50,6 +51,7 @@ pub mod upstream;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -60,7 +62,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::{Limits, Proxy};
 use crate::route::{Route, RouteTable};
-use crate::tls::TlsError;
+use crate::tls::{ServerCert, TlsError};
 
 /// The sockets a gateway serves on, bound by the caller (tests bind port 0).
 pub struct Listeners {
@@ -81,6 +83,26 @@ pub enum StartError {
     ServerTls(TlsError),
 }
 
+/// What [`run_with`] takes besides the config, the sockets and the shutdown.
+#[derive(Debug)]
+pub struct RunOptions {
+    /// Where reloads of the server certificate are asked for (`main` asks on
+    /// SIGHUP), from [`tls::reload_channel`]. Default: none.
+    pub reload: Option<tls::ReloadRequests>,
+    /// How often the server certificate and key files are looked at, to
+    /// reload them when they change; `None` turns that off. Default: 5 s.
+    pub cert_poll: Option<Duration>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            reload: None,
+            cert_poll: Some(tls::reload::POLL_INTERVAL),
+        }
+    }
+}
+
 /// Runs a gateway on `listeners` until `shutdown` resolves, then drains:
 /// the listener closes, `/readyz` turns 503, streams in flight get up to
 /// `server.shutdown_grace` to finish.
@@ -88,6 +110,17 @@ pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    run_with(config, listeners, shutdown, RunOptions::default()).await
+}
+
+/// [`run`], with reloads of the server certificate asked for through
+/// `options.reload` and its files watched every `options.cert_poll`.
+pub async fn run_with(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+    options: RunOptions,
 ) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
     let routes = config
@@ -99,12 +132,27 @@ pub async fn run(
                 .map_err(|source| StartError::UpstreamTls { index, source })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let tls = match &config.server.tls {
-        Some(tls) => Some(TlsAcceptor::from(Arc::new(
-            tls::server_config(&tls.cert, &tls.key).map_err(StartError::ServerTls)?,
-        ))),
+    let server_cert = match &config.server.tls {
+        Some(tls) => Some(
+            ServerCert::load(&tls.cert, &tls.key)
+                .map_err(|problems| StartError::ServerTls(problems.into()))?,
+        ),
         None => None,
     };
+    let tls = match &server_cert {
+        Some(cert) => {
+            let config = tls::server_config(Arc::clone(cert)).map_err(StartError::ServerTls)?;
+            tracing::info!(sha256 = %cert.fingerprint(), "serving HTTPS (TLS 1.2 and 1.3, ALPN h2 and http/1.1)");
+            Some(TlsAcceptor::from(Arc::new(config)))
+        }
+        None => None,
+    };
+    // Aborted when the gateway stops; pending reload requests then fail.
+    let reloads = tokio::spawn(tls::reload::watch(
+        server_cert,
+        options.reload,
+        options.cert_poll,
+    ));
 
     let cut = CancellationToken::new();
     let drain = CancellationToken::new();
@@ -151,6 +199,7 @@ pub async fn run(
     if let Some(admin) = admin {
         let _ = admin.await;
     }
+    reloads.abort();
     tracing::info!("stopped");
     Ok(())
 }

@@ -7,13 +7,20 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
-use tokio::net::TcpListener;
+use http::{Request, StatusCode, Uri};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use chorus::config::{AdminConfig, Config, RouteConfig, ServerConfig};
 use chorus::mock::{self, MockOptions, MockStats};
-use chorus::{Listeners, StartError};
+use chorus::tls::{ReloadError, ReloadHandle};
+use chorus::{Listeners, RunOptions, StartError};
 
 /// Exit status for a configuration that cannot start.
 const EXIT_CONFIG: u8 = 2;
@@ -57,7 +64,20 @@ enum Command {
     },
     /// Runs the built-in mock OpenAI-compatible SSE upstream alone.
     MockUpstream(MockOptions),
+    /// GETs an admin endpoint: exit 0 on 200 OK, else 1 (a container health check).
+    Health {
+        /// The URL to ask (plain http://).
+        #[arg(long, default_value = DEFAULT_HEALTH_URL)]
+        url: Uri,
+        /// How long the whole check may take, e.g. "2s".
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
+
+/// Where `chorus health` asks by default: the admin listener of the example
+/// config and of `chorus demo`.
+const DEFAULT_HEALTH_URL: &str = "http://127.0.0.1:9090/healthz";
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -83,6 +103,7 @@ fn main() -> ExitCode {
         Command::Check => check(&cli.config),
         Command::Demo { listen, admin } => runtime.block_on(demo(listen, admin)),
         Command::MockUpstream(options) => runtime.block_on(mock_upstream(options)),
+        Command::Health { url, timeout } => runtime.block_on(health(url, timeout)),
     }
 }
 
@@ -106,9 +127,21 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
+/// The TLS files a valid config names must be usable too.
+fn check_tls(config: &Config, path: &std::path::Path) -> Result<(), ExitCode> {
+    let problems = chorus::tls::check(config, &path.display().to_string());
+    if problems.is_empty() {
+        return Ok(());
+    }
+    for problem in &problems {
+        eprintln!("{problem}");
+    }
+    Err(ExitCode::from(EXIT_CONFIG))
+}
+
 fn check(path: &std::path::Path) -> ExitCode {
-    match load(path) {
-        Ok(_) => {
+    match load(path).and_then(|config| check_tls(&config, path)) {
+        Ok(()) => {
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
         }
@@ -119,23 +152,55 @@ fn check(path: &std::path::Path) -> ExitCode {
 async fn run(path: PathBuf) -> ExitCode {
     let config = match load(&path) {
         Ok(config) => config,
-        Err(code) => return code,
+        Err(code) => {
+            if let Ok(false) = path.try_exists() {
+                eprintln!("{}", missing_config_hint(&path));
+            }
+            return code;
+        }
     };
+    if let Err(code) = check_tls(&config, &path) {
+        return code;
+    }
     let listeners = match bind(&config).await {
         Ok(listeners) => listeners,
         Err(code) => return code,
     };
+    let signals = Signals::listen();
+    let (listen, admin) = bound(&config, &listeners);
     tracing::info!(
-        listen = %config.server.listen,
-        admin = ?config.admin.as_ref().map(|admin| admin.listen),
+        listen = %listen,
+        admin = admin.map_or_else(|| "none".to_owned(), |admin| admin.to_string()),
         routes = config.routes.len(),
         "chorus is ready"
     );
-    serve(config, listeners).await
+    serve(config, listeners, signals).await
 }
 
-async fn serve(config: Config, listeners: Listeners) -> ExitCode {
-    match chorus::run(config, listeners, shutdown_signal()).await {
+/// The addresses actually listened on: a configured port 0 becomes the
+/// port the system picked.
+fn bound(config: &Config, listeners: &Listeners) -> (SocketAddr, Option<SocketAddr>) {
+    let listen = listeners
+        .gateway
+        .local_addr()
+        .unwrap_or(config.server.listen);
+    let admin = match (&listeners.admin, &config.admin) {
+        (Some(listener), Some(admin)) => Some(listener.local_addr().unwrap_or(admin.listen)),
+        (Some(listener), None) => listener.local_addr().ok(),
+        (None, _) => None,
+    };
+    (listen, admin)
+}
+
+async fn serve(config: Config, listeners: Listeners, signals: Signals) -> ExitCode {
+    let (reload, requests) = chorus::tls::reload_channel();
+    tokio::spawn(reload_on_sighup(signals.hangup, reload));
+    let options = RunOptions {
+        reload: Some(requests),
+        ..RunOptions::default()
+    };
+    let shutdown = Signals::shutdown(signals.terminate, signals.interrupt);
+    match chorus::run_with(config, listeners, shutdown, options).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error @ (StartError::UpstreamTls { .. } | StartError::ServerTls(_))) => {
             eprintln!("chorus: {error}");
@@ -160,19 +225,65 @@ async fn bind_one(key: &str, address: SocketAddr) -> Result<TcpListener, ExitCod
     })
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// The signals the process acts on: SIGTERM and SIGINT drain, SIGHUP
+/// reloads the server certificate. Registered before readiness is announced,
+/// since until a handler is registered a signal ends the process at once.
+struct Signals {
+    terminate: Option<Signal>,
+    interrupt: Option<Signal>,
+    hangup: Option<Signal>,
+}
+
+impl Signals {
+    /// Starts listening for all three.
+    fn listen() -> Self {
+        Self {
+            terminate: listen_for(SignalKind::terminate(), "SIGTERM"),
+            interrupt: listen_for(SignalKind::interrupt(), "SIGINT"),
+            hangup: listen_for(SignalKind::hangup(), "SIGHUP"),
         }
+    }
+
+    /// Resolves on SIGTERM or SIGINT.
+    async fn shutdown(terminate: Option<Signal>, interrupt: Option<Signal>) {
+        tokio::select! {
+            () = received(terminate) => {}
+            () = received(interrupt) => {}
+        }
+    }
+}
+
+/// Starts listening for one signal; logs it if that is not possible.
+fn listen_for(kind: SignalKind, name: &str) -> Option<Signal> {
+    let registered = signal(kind);
+    if let Err(error) = &registered {
+        tracing::warn!(%error, "cannot listen for {name}");
+    }
+    registered.ok()
+}
+
+/// Resolves when `signal` arrives; never, if it is not listened for.
+async fn received(signal: Option<Signal>) {
+    match signal {
+        Some(mut signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Reloads the server certificate on every SIGHUP (the gateway logs how it
+/// went), instead of SIGHUP's default of ending the process.
+async fn reload_on_sighup(hangups: Option<Signal>, reload: ReloadHandle) {
+    let Some(mut hangups) = hangups else {
+        tracing::warn!("certificate reload on SIGHUP is off");
+        return;
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the server certificate");
+        if let Err(ReloadError::Stopped) = reload.reload().await {
+            return;
+        }
     }
 }
 
@@ -219,6 +330,10 @@ async fn demo(listen: SocketAddr, admin: SocketAddr) -> ExitCode {
         Ok(listeners) => listeners,
         Err(code) => return code,
     };
+    let signals = Signals::listen();
+    // With port 0 asked for, print the ports actually picked.
+    let (listen, bound_admin) = bound(&config, &listeners);
+    let admin = bound_admin.unwrap_or(admin);
     println!(
         r#"chorus demo
   gateway    http://{listen}   (route "llm" -> mock upstream {upstream_url}, coalescing on)
@@ -230,7 +345,7 @@ Stream a chat completion (run it in three terminals at once: three streams, one 
 
 Ctrl-C drains and stops."#
     );
-    serve(config, listeners).await
+    serve(config, listeners, signals).await
 }
 
 async fn mock_upstream(options: MockOptions) -> ExitCode {
@@ -241,13 +356,109 @@ async fn mock_upstream(options: MockOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(listen = %options.listen, "mock upstream is ready");
+    let shutdown = Signals::shutdown(
+        listen_for(SignalKind::terminate(), "SIGTERM"),
+        listen_for(SignalKind::interrupt(), "SIGINT"),
+    );
+    let listen = listener.local_addr().unwrap_or(options.listen);
+    tracing::info!(listen = %listen, "mock upstream is ready");
     let stats = Arc::new(MockStats::default());
-    match mock::serve(listener, options, stats, shutdown_signal()).await {
+    match mock::serve(listener, options, stats, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("chorus: mock upstream failed: {error}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// What to do when the config file is not there (above all: a container
+/// started without its config mounted).
+fn missing_config_hint(path: &std::path::Path) -> String {
+    let absolute = path.is_absolute();
+    let path = path.display();
+    let mount = if absolute {
+        format!(
+            "mount yours there (docker run -v \"$PWD/chorus.toml:{path}\" ...; in Kubernetes a ConfigMap), "
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "chorus: there is no config file at {path}: {mount}name one with --config or \
+         $CHORUS_CONFIG, or try `chorus demo`. config/chorus.toml in the source \
+         documents every key."
+    )
+}
+
+/// Why `chorus health` could not get an answer.
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    #[error("only plain http:// URLs with a host are supported")]
+    Url,
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("cannot build the request: {0}")]
+    Request(http::Error),
+    #[error("{0}")]
+    Http(hyper::Error),
+}
+
+async fn health(url: Uri, timeout: Duration) -> ExitCode {
+    match tokio::time::timeout(timeout, probe(&url)).await {
+        Ok(Ok(StatusCode::OK)) => {
+            println!("{url}: 200 OK");
+            ExitCode::SUCCESS
+        }
+        Ok(Ok(status)) => {
+            eprintln!("chorus health: {url}: answered {status}, not 200 OK");
+            ExitCode::FAILURE
+        }
+        Ok(Err(error)) => {
+            eprintln!("chorus health: {url}: {error}");
+            ExitCode::FAILURE
+        }
+        Err(_elapsed) => {
+            eprintln!(
+                "chorus health: {url}: no answer within {}",
+                humantime::format_duration(timeout)
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One GET over HTTP/1.1 on a fresh connection; the status it got.
+async fn probe(url: &Uri) -> Result<StatusCode, ProbeError> {
+    if url.scheme_str() != Some("http") {
+        return Err(ProbeError::Url);
+    }
+    let authority = url.authority().ok_or(ProbeError::Url)?;
+    // An IPv6 literal comes bracketed ("[::1]"); connect wants it bare.
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(80);
+    let stream = TcpStream::connect((host, port))
+        .await
+        .map_err(ProbeError::Connect)?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(ProbeError::Http)?;
+    tokio::spawn(connection);
+    let path = url.path_and_query().map_or("/", |path| path.as_str());
+    let request = Request::get(path)
+        .header(http::header::HOST, authority.as_str())
+        .header(
+            http::header::USER_AGENT,
+            concat!("chorus-health/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(Empty::<Bytes>::new())
+        .map_err(ProbeError::Request)?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(ProbeError::Http)?;
+    Ok(response.status())
 }

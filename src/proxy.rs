@@ -99,8 +99,15 @@ impl Proxy {
         client: ClientSide,
     ) -> Response<ResponseBody> {
         let mut log = AccessLog::start(&request, &self.metrics.requests_active);
+        let head_only = request.method() == Method::HEAD;
         let answer = self.answer(request, client, &mut log).await;
-        let (parts, source) = answer.into_parts();
+        let (parts, mut source) = answer.into_parts();
+        if head_only {
+            // A response to HEAD has no content: hyper's HTTP/1.1 server
+            // never polls it (so it would never be logged as complete), and
+            // its HTTP/2 server would send it.
+            source = Source::Full(None);
+        }
         Response::from_parts(parts, ResponseBody::new(source, log))
     }
 
@@ -119,11 +126,11 @@ impl Proxy {
             Ok(route) => route,
             Err(error) => {
                 self.unrouted.request(Role::Bypass);
-                log.route(Arc::from(""), self.unrouted.clone());
+                log.route(self.unrouted.clone());
                 return refuse(error, Role::Bypass, log);
             }
         };
-        log.route(Arc::clone(&route.name), route.metrics.clone());
+        log.route(route.metrics.clone());
 
         let (parts, body) = request.into_parts();
         let body = match read_body(body, &parts.headers, &self.limits).await {
@@ -262,10 +269,14 @@ fn refuse(error: GatewayError, role: Role, log: &mut AccessLog) -> Answer {
     let status = error.status();
     log.role(role);
     log.head(status, None);
-    let mut response = Response::new(Source::Full(Some(error.response_body())));
+    let body = error.response_body();
+    // Set here rather than left to hyper, so that HEAD answers carry it too.
+    let length = HeaderValue::from(body.len());
+    let mut response = Response::new(Source::Full(Some(body)));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CONTENT_LENGTH, length);
     set_role(headers, role);
     response
 }
@@ -276,7 +287,12 @@ fn set_role(headers: &mut HeaderMap, role: Role) {
 
 /// The size of the request line and headers as a client would send them.
 fn head_size<B>(request: &Request<B>) -> usize {
-    let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    let uri = request.uri();
+    let target = uri
+        .authority()
+        .map_or(0, |authority| authority.as_str().len())
+        + uri.path_and_query().map_or(1, |pq| pq.as_str().len());
+    let line = request.method().as_str().len() + target + 12;
     request.headers().iter().fold(line, |size, (name, value)| {
         size + name.as_str().len() + value.len() + 4
     })

@@ -27,14 +27,20 @@ use crate::config::ServerConfig;
 use crate::headers::ClientSide;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::tls::{self, Accepted};
 
-/// A TLS handshake must finish within this.
+/// A TLS handshake must finish within this, or within `header_read_timeout`
+/// if that is shorter.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after an accept error that is not the peer's fault (out of file
 /// descriptors, say), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-/// hyper answers 431 itself past this many bytes of head; below it the
-/// handler checks `max_header_bytes` and answers with the gateway's JSON.
+/// hyper answers a bare 431 itself (no JSON, no `x-chorus-role`) once a head
+/// outgrows its read buffer; below that the handler checks `max_header_bytes`
+/// and answers with the gateway's JSON. The buffer only grows as a client
+/// sends, so it is sized for any plausible over-size head to reach the
+/// handler: `HEAD_ALLOWANCE` times the limit, and at least `HEAD_SLACK` over it.
+const HEAD_ALLOWANCE: usize = 4;
 const HEAD_SLACK: usize = 16 * 1024;
 /// HTTP/2 pings find clients that vanished without a FIN.
 const H2_KEEPALIVE: Duration = Duration::from_secs(20);
@@ -53,8 +59,11 @@ struct Shared {
     proxy: Arc<Proxy>,
     metrics: Arc<Metrics>,
     tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
     /// Cancelled when the shutdown grace ran out.
     cut: CancellationToken,
+    /// A new connection's first request must start within this.
+    header_read_timeout: Duration,
 }
 
 /// Accepts and serves until `drain`, then drains for up to `shutdown_grace`.
@@ -71,7 +80,9 @@ pub async fn serve(
         proxy,
         metrics,
         tls: listener.tls,
+        handshake_timeout: config.header_read_timeout.min(HANDSHAKE_TIMEOUT),
         cut,
+        header_read_timeout: config.header_read_timeout,
     });
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
@@ -126,7 +137,10 @@ pub async fn serve(
 
 /// The HTTP/1.1 + HTTP/2 builder with the server's limits.
 fn builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
-    let head_limit = config.max_header_bytes.saturating_add(HEAD_SLACK);
+    let head_limit = config
+        .max_header_bytes
+        .saturating_mul(HEAD_ALLOWANCE)
+        .max(config.max_header_bytes.saturating_add(HEAD_SLACK));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -145,17 +159,17 @@ fn builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
 
 /// Serves one connection: the TLS handshake if any, then HTTP.
 async fn connection(shared: &Shared, stream: TcpStream, client: ClientSide, watcher: Watcher) {
-    match &shared.tls {
-        None => http(shared, stream, client, watcher).await,
-        Some(acceptor) => {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => http(shared, stream, client, watcher).await,
-                Ok(Err(error)) => {
-                    tracing::debug!(peer = %client.ip, %error, "TLS handshake failed")
-                }
-                Err(_) => tracing::debug!(peer = %client.ip, "TLS handshake timed out"),
-            }
+    let Some(acceptor) = &shared.tls else {
+        return http(shared, stream, client, watcher).await;
+    };
+    // A failed or slow handshake costs its own connection and a debug line.
+    match tokio::time::timeout(shared.handshake_timeout, tls::accept(acceptor, stream)).await {
+        Ok(Ok(Accepted::Tls(stream))) => http(shared, stream, client, watcher).await,
+        Ok(Ok(Accepted::PlainHttp)) => {
+            tracing::debug!(peer = %client.ip, "plain HTTP on the TLS port: answered 400")
         }
+        Ok(Err(error)) => tracing::debug!(peer = %client.ip, %error, "TLS handshake failed"),
+        Err(_) => tracing::debug!(peer = %client.ip, "TLS handshake timed out"),
     }
 }
 
@@ -164,14 +178,40 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let proxy = Arc::clone(&shared.proxy);
+    let requested = CancellationToken::new();
+    let first_request = requested.clone();
     let service = service_fn(move |request: hyper::Request<Incoming>| {
+        if !first_request.is_cancelled() {
+            first_request.cancel();
+        }
         let proxy = Arc::clone(&proxy);
         async move { Ok::<_, Infallible>(proxy.handle(request, client).await) }
     });
     let connection = shared.builder.serve_connection(TokioIo::new(io), service);
-    if let Err(error) = watcher.watch(connection).await {
-        // Malformed requests, resets, timeouts: the client's problem, not ours.
-        tracing::debug!(peer = %client.ip, error = %error, "connection ended with an error");
+    // hyper times an HTTP/1.1 head only once it has told HTTP/1.1 from
+    // HTTP/2 by the first bytes, and never times HTTP/2's first request: a
+    // client that connects and stays silent would hold its connection (and a
+    // `max_connections` permit) for ever. Until the first request arrives,
+    // `header_read_timeout` bounds the connection here.
+    let silent = async {
+        let timeout = shared.header_read_timeout;
+        if tokio::time::timeout(timeout, requested.cancelled())
+            .await
+            .is_ok()
+        {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = watcher.watch(connection) => {
+            if let Err(error) = result {
+                // Malformed requests, resets, timeouts: the client's problem, not ours.
+                tracing::debug!(peer = %client.ip, error = %error, "connection ended with an error");
+            }
+        }
+        () = silent => {
+            tracing::debug!(peer = %client.ip, "no request within header_read_timeout: closing");
+        }
     }
 }
 

@@ -2,6 +2,8 @@
 //! an https upstream offers it by ALPN), building the upstream request, and
 //! the three timeouts: connect, first byte, and idle between body chunks.
 
+use std::error::Error as StdError;
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -18,13 +20,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::{Instant, Sleep};
+use tower_service::Service;
 
 use crate::config::RouteConfig;
 use crate::error::{BodyError, GatewayError};
 use crate::headers::{self, ClientSide};
 use crate::tls::{self, TlsError};
 
-type PooledClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type PooledClient = Client<ConnectWithin<HttpsConnector<HttpConnector>>, Full<Bytes>>;
 
 /// How long an unused pooled connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(90);
@@ -62,6 +65,10 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
+        let connector = ConnectWithin {
+            inner: connector,
+            timeout: route.connect_timeout,
+        };
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
@@ -146,6 +153,45 @@ impl Upstream {
     /// Wraps an upstream body with the route's idle timeout.
     pub fn body(&self, body: Incoming) -> UpstreamBody {
         UpstreamBody::new(body, self.idle_timeout)
+    }
+}
+
+/// Bounds connecting, TCP and TLS handshake together, by the route's
+/// `connect_timeout` (`HttpConnector`'s own timeout covers TCP only). Past
+/// it the error is a `TimedOut` I/O error, which makes a 504.
+#[derive(Clone)]
+struct ConnectWithin<C> {
+    inner: C,
+    timeout: Duration,
+}
+
+impl<C> Service<Uri> for ConnectWithin<C>
+where
+    C: Service<Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    type Response = C::Response;
+    type Error = Box<dyn StdError + Send + Sync>;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let timeout = self.timeout;
+        let connecting = self.inner.call(uri);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connecting (TCP and TLS) took longer than {timeout:?}"),
+                )
+                .into()),
+            }
+        })
     }
 }
 

@@ -496,3 +496,7 @@ impl Drop for Subscriber {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "flight_tests.rs"]
+mod tests;

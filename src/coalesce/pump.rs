@@ -232,3 +232,105 @@ impl Drop for Guard {
         self.registry.remove(&self.flight);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::{HeaderMap, Method, StatusCode};
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::coalesce::flight::{Head, Settings};
+    use crate::coalesce::key::{Key, KeyInput};
+    use crate::coalesce::registry::Joined;
+    use crate::error::GatewayError;
+    use crate::metrics::Metrics;
+
+    fn lead(
+        registry: &Registry,
+        metrics: &Metrics,
+    ) -> (Arc<Flight>, crate::coalesce::flight::Subscriber) {
+        let key = Key::compute(&KeyInput {
+            route: "test",
+            method: &Method::POST,
+            path_and_query: "/",
+            headers: &HeaderMap::new(),
+            key_headers: &[],
+            json_ignore_fields: &[],
+            body: b"",
+        });
+        let settings = Arc::new(Settings {
+            max_replay_bytes: 1 << 20,
+            max_subscribers: 10,
+            linger: Duration::from_secs(60),
+            cancel_grace: Duration::ZERO,
+            metrics: metrics.route("test"),
+            buffered: metrics.buffered_bytes.clone(),
+        });
+        match registry.join_or_lead(key, &settings) {
+            Joined::Leader(flight, subscriber) => (flight, subscriber),
+            Joined::Follower(_) => panic!("an empty registry has no flight to follow"),
+        }
+    }
+
+    /// Runs `body` as a pump would, holding the guard, and lets it panic.
+    async fn panic_with_guard(
+        flight: Arc<Flight>,
+        registry: Registry,
+        body: impl FnOnce(&Flight) + Send + 'static,
+    ) {
+        let task = tokio::spawn(async move {
+            let _guard = Guard {
+                flight: Arc::clone(&flight),
+                registry,
+                active: false,
+            };
+            body(&flight);
+            panic!("a fault inside the pump");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+    }
+
+    #[tokio::test]
+    async fn a_panic_before_the_head_fails_every_subscriber_and_removes_the_flight() {
+        let (registry, metrics) = (Registry::default(), Metrics::new());
+        let (flight, mut leader) = lead(&registry, &metrics);
+        let mut follower = flight.join().unwrap();
+        panic_with_guard(flight, registry.clone(), |_| {}).await;
+
+        for subscriber in [&mut leader, &mut follower] {
+            match subscriber.head().await {
+                Head::Failed(GatewayError::Interrupted(BodyError::FlightAborted)) => {}
+                other => panic!("expected an aborted flight, got {other:?}"),
+            }
+        }
+        assert!(registry.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_panic_mid_body_ends_every_subscriber_abnormally_and_removes_the_flight() {
+        let (registry, metrics) = (Registry::default(), Metrics::new());
+        let (flight, mut leader) = lead(&registry, &metrics);
+        panic_with_guard(flight, registry.clone(), |flight| {
+            flight.set_head(ResponseHead {
+                status: StatusCode::OK,
+                headers: HeaderMap::new(),
+            });
+            flight.append(Bytes::from_static(b"data: 1\n\n"), false);
+        })
+        .await;
+
+        let first = leader.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "data: 1\n\n");
+        assert!(matches!(
+            leader.frame().await,
+            Some(Err(BodyError::FlightAborted))
+        ));
+        // An aborted flight is never lingered, whatever the route's linger.
+        assert!(registry.is_empty());
+        drop(leader);
+        assert_eq!(metrics.buffered_bytes.get(), 0);
+    }
+}

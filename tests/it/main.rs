@@ -5,4 +5,9 @@
 
 mod support;
 
-mod smoke;
+mod cli;
+mod coalesce;
+mod deploy;
+mod limits;
+mod proxy;
+mod tls;

@@ -22,7 +22,8 @@ use tokio::task::JoinHandle;
 
 use chorus::config::Config;
 use chorus::mock::{self, MockOptions, MockStats};
-use chorus::{Listeners, StartError};
+use chorus::tls::ReloadHandle;
+use chorus::{Listeners, RunOptions, StartError};
 
 /// Generous bound for anything a test awaits: a loaded 2-core machine is slow,
 /// but a hang must still fail the test rather than the whole run.
@@ -75,6 +76,12 @@ impl Drop for Upstream {
     }
 }
 
+/// `toml` with `lines` added to its `[server]` table.
+pub fn server_extra(toml: &str, lines: &str) -> String {
+    assert!(toml.contains("[server]\n"), "no [server] table");
+    toml.replacen("[server]\n", &format!("[server]\n{lines}\n"), 1)
+}
+
 /// A gateway config with one route "llm" on `/` in front of `upstream`;
 /// `route_extra` is appended inside the route (e.g. a `[routes.coalesce]` table).
 pub fn one_route(upstream: &str, route_extra: &str) -> String {
@@ -100,6 +107,8 @@ upstream = "{upstream}"
 pub struct Gateway {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// Reloads the server certificate, as SIGHUP does.
+    pub reload: ReloadHandle,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), StartError>>>,
 }
@@ -108,7 +117,30 @@ impl Gateway {
     /// Starts a gateway from TOML (its listen addresses are replaced by
     /// ephemeral ports bound here).
     pub async fn start(toml: &str) -> Self {
-        let config = Config::parse(toml, "test.toml", |name| std::env::var(name).ok())
+        Self::launch(toml, &[], RunOptions::default()).await
+    }
+
+    /// [`Gateway::start`] with run options (its `reload` is replaced).
+    pub async fn start_with(toml: &str, options: RunOptions) -> Self {
+        Self::launch(toml, &[], options).await
+    }
+
+    /// Like [`Gateway::start`], with `${NAME}` looked up in `env` first
+    /// (tests cannot set process variables: `unsafe_code` is forbidden).
+    pub async fn start_with_env(toml: &str, env: &[(&str, &str)]) -> Self {
+        Self::launch(toml, env, RunOptions::default()).await
+    }
+
+    async fn launch(toml: &str, env: &[(&str, &str)], mut options: RunOptions) -> Self {
+        let (reload, requests) = chorus::tls::reload_channel();
+        options.reload = Some(requests);
+        let lookup = |name: &str| {
+            env.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| (*value).to_owned())
+                .or_else(|| std::env::var(name).ok())
+        };
+        let config = Config::parse(toml, "test.toml", lookup)
             .unwrap_or_else(|error| panic!("test config rejected:\n{error}"));
         let gateway = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -119,12 +151,18 @@ impl Gateway {
             gateway,
             admin: Some(admin),
         };
-        let task = tokio::spawn(chorus::run(config, listeners, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(chorus::run_with(
+            config,
+            listeners,
+            async {
+                let _ = stopped.await;
+            },
+            options,
+        ));
         Self {
             addr,
             admin: admin_addr,
+            reload,
             stop: Some(stop),
             task: Some(task),
         }
@@ -203,7 +241,7 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 /// An HTTP/1.1 client with its own connection pool.
 pub fn http1() -> HttpClient {
@@ -281,4 +319,254 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     let mut response = Vec::new();
     let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response)).await;
     String::from_utf8_lossy(&response).into_owned()
+}
+
+/// The body as JSON; panics if it is not.
+pub fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|error| panic!("not JSON ({error}): {}", String::from_utf8_lossy(body)))
+}
+
+/// Checks a gateway-made error: the contract's JSON body with `error.type`
+/// and `error.message`, as `application/json`; returns `error.type`.
+pub async fn error_type(response: Response<Incoming>) -> String {
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let error = json(&body(response).await.unwrap());
+    assert!(error["error"]["message"].is_string(), "no message: {error}");
+    error["error"]["type"]
+        .as_str()
+        .expect("no error.type")
+        .to_owned()
+}
+
+/// A header's value as text (panics when absent).
+pub fn header<'a>(response: &'a Response<Incoming>, name: &str) -> &'a str {
+    response
+        .headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header in {:?}", response.headers()))
+        .to_str()
+        .unwrap()
+}
+
+/// The headers the mock's `/echo` saw, in order, as (name, value) pairs.
+pub fn echoed_headers(echo: &serde_json::Value) -> Vec<(String, String)> {
+    serde_json::from_value(echo["headers"].clone()).expect("echo has header pairs")
+}
+
+/// Every value the mock's `/echo` saw for `name`.
+pub fn echoed(echo: &serde_json::Value, name: &str) -> Vec<String> {
+    echoed_headers(echo)
+        .into_iter()
+        .filter(|(key, _)| key == name)
+        .map(|(_, value)| value)
+        .collect()
+}
+
+/// An address on which nothing listens (bound, then released).
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Reads an SSE response body event by event, as its frames arrive.
+pub struct EventReader {
+    body: Incoming,
+    pending: Vec<u8>,
+    /// Data frames read so far.
+    pub frames: usize,
+}
+
+impl EventReader {
+    pub fn new(response: Response<Incoming>) -> Self {
+        Self {
+            body: response.into_body(),
+            pending: Vec::new(),
+            frames: 0,
+        }
+    }
+
+    /// The `data:` payload of the next event; `Ok(None)` at a clean end of
+    /// the body, `Err` when it ended abnormally.
+    pub async fn next(&mut self) -> Result<Option<String>, hyper::Error> {
+        loop {
+            if let Some(end) = self.pending.windows(2).position(|w| w == b"\n\n") {
+                let event: Vec<u8> = self.pending.drain(..end + 2).collect();
+                let event = String::from_utf8(event).unwrap();
+                return Ok(Some(
+                    event.trim_end().trim_start_matches("data: ").to_owned(),
+                ));
+            }
+            let frame = tokio::time::timeout(PATIENCE, self.body.frame())
+                .await
+                .expect("no frame in time");
+            match frame {
+                None => return Ok(None),
+                Some(frame) => {
+                    if let Ok(data) = frame?.into_data() {
+                        self.frames += 1;
+                        self.pending.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every remaining event, to the end of the body.
+    pub async fn rest(&mut self) -> Result<Vec<String>, hyper::Error> {
+        let mut events = Vec::new();
+        while let Some(event) = self.next().await? {
+            events.push(event);
+        }
+        Ok(events)
+    }
+}
+
+/// A purpose-built upstream on a raw socket: answers every request with
+/// `response` (bytes on the wire, connection closed after) and keeps each
+/// request head it read.
+pub struct FixedUpstream {
+    pub addr: SocketAddr,
+    pub heads: Arc<std::sync::Mutex<Vec<String>>>,
+    task: JoinHandle<()>,
+}
+
+impl FixedUpstream {
+    pub async fn start(response: &'static [u8]) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&heads);
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    seen.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&head).into_owned());
+                    let _ = stream.write_all(response).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        Self { addr, heads, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for FixedUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A purpose-built upstream for what the mock does not do: every request is
+/// answered by `respond` (after whatever it awaits), and counted.
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    hits: Arc<std::sync::atomic::AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl TestUpstream {
+    pub async fn start<F, Fut>(respond: F) -> Self
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        use hyper_util::server::conn::auto;
+        use std::sync::atomic::Ordering;
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let respond = Arc::new(respond);
+        let counter = Arc::clone(&hits);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let respond = Arc::clone(&respond);
+                let counter = Arc::clone(&counter);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let response = respond(request);
+                        async move { Ok::<_, std::convert::Infallible>(response.await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, hits, task }
+    }
+
+    /// An upstream that answers every request with `status` and `body` after `delay`.
+    pub async fn slow(delay: Duration, status: u16, body: &'static str) -> Self {
+        Self::start(move |_| async move {
+            tokio::time::sleep(delay).await;
+            Response::builder()
+                .status(status)
+                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                .unwrap()
+        })
+        .await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests received so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads frames until the SSE body holds at least `count` events; returns
+/// the bytes read so far and the rest of the body.
+pub async fn read_events(mut body: Incoming, count: usize) -> (Vec<u8>, Incoming) {
+    let mut seen = Vec::new();
+    while events(&seen).len() < count {
+        let frame = tokio::time::timeout(PATIENCE, body.frame())
+            .await
+            .expect("no frame in time")
+            .expect("body ended early")
+            .expect("body failed");
+        if let Some(data) = frame.data_ref() {
+            seen.extend_from_slice(data);
+        }
+    }
+    (seen, body)
+}
+
+/// Reads the rest of a body after `prefix`.
+pub async fn finish(prefix: Vec<u8>, body: Incoming) -> Result<Vec<u8>, hyper::Error> {
+    let rest = tokio::time::timeout(PATIENCE, body.collect())
+        .await
+        .expect("body did not end in time")?
+        .to_bytes();
+    let mut all = prefix;
+    all.extend_from_slice(&rest);
+    Ok(all)
 }

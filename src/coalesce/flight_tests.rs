@@ -1,0 +1,321 @@
+//! Tests of the flight alone: seeded random interleavings of joins, leaves,
+//! slow reads and upstream ends, checked against the flight's invariants.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::BodyExt;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::coalesce::key::KeyInput;
+use crate::metrics::Metrics;
+
+/// A small deterministic generator, so a failing seed can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound.max(1)
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+fn key() -> Key {
+    Key::compute(&KeyInput {
+        route: "test",
+        method: &Method::POST,
+        path_and_query: "/",
+        headers: &HeaderMap::new(),
+        key_headers: &[],
+        json_ignore_fields: &[],
+        body: b"{}",
+    })
+}
+
+fn settings(metrics: &Metrics, max_replay_bytes: u64, max_subscribers: usize) -> Arc<Settings> {
+    Arc::new(Settings {
+        max_replay_bytes,
+        max_subscribers,
+        linger: Duration::ZERO,
+        cancel_grace: Duration::ZERO,
+        metrics: metrics.route("test"),
+        buffered: metrics.buffered_bytes.clone(),
+    })
+}
+
+fn ok_head() -> ResponseHead {
+    ResponseHead {
+        status: StatusCode::OK,
+        headers: HeaderMap::new(),
+    }
+}
+
+/// How a reader behaves.
+#[derive(Clone, Copy)]
+enum Pace {
+    /// Reads everything as fast as it can.
+    Eager,
+    /// Yields a few times between frames.
+    Slow,
+    /// Leaves after this many frames.
+    LeavesAfter(usize),
+    /// Reads nothing until the writer is done, then everything.
+    Stalled,
+}
+
+/// What a reader saw: its bytes, and whether it saw the end (clean or not).
+struct Seen {
+    bytes: Vec<u8>,
+    end: Option<Result<(), ()>>,
+}
+
+async fn read(
+    mut subscriber: Subscriber,
+    pace: Pace,
+    seed: u64,
+    writer_done: CancellationToken,
+) -> Seen {
+    let mut rng = Rng(seed | 1);
+    let mut seen = Seen {
+        bytes: Vec::new(),
+        end: None,
+    };
+    if matches!(pace, Pace::Stalled) {
+        writer_done.cancelled().await;
+    }
+    let mut frames = 0;
+    loop {
+        if let Pace::LeavesAfter(limit) = pace
+            && frames >= limit
+        {
+            return seen;
+        }
+        match subscriber.frame().await {
+            Some(Ok(frame)) => {
+                seen.bytes
+                    .extend_from_slice(frame.data_ref().map_or(&[][..], |d| &d[..]));
+                frames += 1;
+            }
+            Some(Err(_)) => {
+                seen.end = Some(Err(()));
+                return seen;
+            }
+            None => {
+                seen.end = Some(Ok(()));
+                return seen;
+            }
+        }
+        if matches!(pace, Pace::Slow) {
+            for _ in 0..rng.below(4) {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
+fn pace(rng: &mut Rng) -> Pace {
+    match rng.below(4) {
+        0 => Pace::Eager,
+        1 => Pace::Slow,
+        2 => Pace::LeavesAfter(rng.below(6) as usize),
+        _ => Pace::Stalled,
+    }
+}
+
+/// `exact`: the test runs on one thread, so nothing changes between reading
+/// the subscriber count and joining.
+async fn scenario(seed: u64, exact: bool) {
+    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let metrics = Metrics::new();
+    let max_replay = 1 + rng.below(3000);
+    let max_subscribers = 1 + rng.below(6) as usize;
+    let (flight, leader) = Flight::lead(key(), settings(&metrics, max_replay, max_subscribers));
+    let writer_done = CancellationToken::new();
+    let mut readers = vec![tokio::spawn(read(
+        leader,
+        pace(&mut rng),
+        rng.next(),
+        writer_done.clone(),
+    ))];
+
+    flight.set_head(ok_head());
+    let chunks: Vec<Bytes> = (0..rng.below(25))
+        .map(|i| Bytes::from(vec![b'a' + (i % 26) as u8; 1 + rng.below(300) as usize]))
+        .collect();
+    let broken = rng.chance(30);
+    let mut appended = 0u64;
+    for (index, chunk) in chunks.iter().enumerate() {
+        if rng.chance(40) {
+            let subscribers = metrics.route("test").subscribers_active.get() as usize;
+            let joined = flight.join();
+            // Joinable exactly while the log is small enough and there is room.
+            if exact {
+                let expected = appended <= max_replay && subscribers < max_subscribers;
+                assert_eq!(
+                    joined.is_some(),
+                    expected,
+                    "seed {seed}: join at {appended} bytes"
+                );
+            } else if appended > max_replay {
+                assert!(
+                    joined.is_none(),
+                    "seed {seed}: joined past max_replay_bytes"
+                );
+            }
+            if let Some(subscriber) = joined {
+                readers.push(tokio::spawn(read(
+                    subscriber,
+                    pace(&mut rng),
+                    rng.next(),
+                    writer_done.clone(),
+                )));
+            }
+        }
+        let last = !broken && index + 1 == chunks.len();
+        flight.append(chunk.clone(), last);
+        appended += chunk.len() as u64;
+        for _ in 0..rng.below(3) {
+            tokio::task::yield_now().await;
+        }
+    }
+    if broken {
+        flight.finish(End::Broken(BodyError::UpstreamIdle(Duration::from_secs(1))));
+    } else if chunks.is_empty() {
+        flight.finish(End::Complete);
+    }
+    assert!(
+        flight.join().is_none(),
+        "seed {seed}: an ended flight takes no joiners"
+    );
+    writer_done.cancel();
+
+    let whole: Vec<u8> = chunks
+        .iter()
+        .flat_map(|chunk| chunk.iter().copied())
+        .collect();
+    for reader in readers {
+        let seen = reader.await.expect("reader panicked");
+        // Never a missed, duplicated or reordered byte: always a prefix from byte 0.
+        assert!(
+            whole.starts_with(&seen.bytes),
+            "seed {seed}: bytes out of order"
+        );
+        match seen.end {
+            Some(Ok(())) => {
+                assert!(!broken, "seed {seed}: a clean end on a broken stream");
+                assert_eq!(
+                    seen.bytes, whole,
+                    "seed {seed}: clean end before every byte"
+                );
+            }
+            Some(Err(())) => {
+                assert!(broken, "seed {seed}: an abnormal end on a clean stream");
+                assert_eq!(seen.bytes, whole, "seed {seed}: error before every byte");
+            }
+            None => {} // left early
+        }
+    }
+    assert_eq!(metrics.route("test").subscribers_active.get(), 0);
+    drop(flight);
+    assert_eq!(
+        metrics.buffered_bytes.get(),
+        0,
+        "seed {seed}: bytes still held"
+    );
+}
+
+#[tokio::test]
+async fn random_interleavings_keep_every_byte_in_order() {
+    for seed in 0..300 {
+        scenario(seed, true).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_interleavings_across_threads() {
+    for seed in 1000..1100 {
+        scenario(seed, false).await;
+    }
+}
+
+#[tokio::test]
+async fn chunks_read_by_everyone_are_released_once_closed() {
+    let metrics = Metrics::new();
+    let (flight, mut first) = Flight::lead(key(), settings(&metrics, 10, 10));
+    let mut second = flight.join().unwrap();
+    flight.set_head(ok_head());
+    flight.append(Bytes::from_static(b"0123456789"), false);
+    flight.append(Bytes::from_static(b"abcdefghij"), false);
+    // Past max_replay_bytes: closed, but nobody has read anything yet.
+    assert!(flight.join().is_none());
+    assert_eq!(metrics.buffered_bytes.get(), 20);
+
+    first.frame().await.unwrap().unwrap();
+    assert_eq!(
+        metrics.buffered_bytes.get(),
+        20,
+        "the second reader still needs it"
+    );
+    second.frame().await.unwrap().unwrap();
+    assert_eq!(metrics.buffered_bytes.get(), 10);
+    drop(second);
+    first.frame().await.unwrap().unwrap();
+    assert_eq!(metrics.buffered_bytes.get(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deserted_waits_out_the_grace_and_a_rejoin_resets_it() {
+    let metrics = Metrics::new();
+    let (flight, leader) = Flight::lead(key(), settings(&metrics, 1 << 20, 10));
+    let deserted = flight.deserted(Duration::from_secs(5));
+    tokio::pin!(deserted);
+
+    drop(leader);
+    // Within the grace, someone comes back.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), &mut deserted)
+            .await
+            .is_err()
+    );
+    let back = flight.join().expect("rejoin within the grace");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(30), &mut deserted)
+            .await
+            .is_err()
+    );
+
+    // They leave for good: the grace runs out, and nobody can join after.
+    drop(back);
+    tokio::time::timeout(Duration::from_secs(6), &mut deserted)
+        .await
+        .expect("deserted after the grace");
+    assert!(flight.join().is_none());
+}
+
+#[tokio::test]
+async fn a_head_that_never_comes_fails_every_waiting_subscriber() {
+    let metrics = Metrics::new();
+    let (flight, mut leader) = Flight::lead(key(), settings(&metrics, 1 << 20, 10));
+    let mut follower = flight.join().unwrap();
+    flight.fail(GatewayError::FirstByteTimeout(Duration::from_secs(1)));
+    for subscriber in [&mut leader, &mut follower] {
+        match subscriber.head().await {
+            Head::Failed(error) => assert_eq!(error.status(), StatusCode::GATEWAY_TIMEOUT),
+            Head::Response(_) => panic!("a failed flight has no response head"),
+        }
+    }
+}

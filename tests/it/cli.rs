@@ -1,0 +1,568 @@
+//! The `chorus` binary: `check`, refusing a bad config, `$CHORUS_CONFIG`,
+//! the drain on SIGTERM, `demo` and `mock-upstream`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::support::*;
+
+const CHORUS: &str = env!("CARGO_BIN_EXE_chorus");
+
+/// A directory of config files, removed at the end of the test.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "chorus-cli-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `chorus` to completion; (exit status, stdout, stderr).
+async fn chorus(args: &[&str], env: &[(&str, &Path)]) -> (ExitStatus, String, String) {
+    let mut command = Command::new(CHORUS);
+    command
+        .args(args)
+        .env_remove("CHORUS_CONFIG")
+        .kill_on_drop(true);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = tokio::time::timeout(PATIENCE, command.output())
+        .await
+        .expect("chorus did not exit")
+        .unwrap();
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn good_config(upstream: &str, grace: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "{grace}"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[routes]]
+name = "llm"
+upstream = "{upstream}"
+"#
+    )
+}
+
+/// Six problems at once, each in a different key.
+const BAD_CONFIG: &str = r#"
+[server]
+listen = "not-an-address"
+max_request_body_bytes = 0
+listne = "127.0.0.1:8080"
+
+[[routes]]
+name = "llm"
+upstream = "ftp://127.0.0.1:21"
+
+[routes.upstream_headers]
+authorization = "Bearer ${CHORUS_TEST_SURELY_UNSET}"
+
+[[routes]]
+name = "llm"
+path_prefix = "/v1/"
+upstream = "http://127.0.0.1:9000"
+"#;
+
+/// The keys BAD_CONFIG gets wrong, and a word of each reason.
+const BAD_KEYS: [(&str, &str); 6] = [
+    ("server.listen", "not-an-address"),
+    ("server.max_request_body_bytes", "0"),
+    ("server.listne", "unknown"),
+    ("routes[0].upstream", "ftp://"),
+    (
+        "routes[0].upstream_headers.authorization",
+        "CHORUS_TEST_SURELY_UNSET",
+    ),
+    ("routes[1].name", "duplicate"),
+];
+
+fn assert_names_every_problem(output: &str, file: &Path) {
+    let file = file.display().to_string();
+    for (key, why) in BAD_KEYS {
+        let prefix = format!("{file}: {key}: ");
+        assert!(
+            output
+                .lines()
+                .any(|line| line.starts_with(&prefix) && line[prefix.len()..].contains(why)),
+            "no `{prefix}...{why}...` line in:\n{output}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn check_accepts_good_configs() {
+    let dir = Dir::new();
+    let good = dir.file("good.toml", &good_config("http://127.0.0.1:9000", "5s"));
+    let (status, _, stderr) = chorus(&["check", "--config", good.to_str().unwrap()], &[]).await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    // The shipped examples are valid as they stand.
+    for shipped in ["config/chorus.toml", "config/minimal.toml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(shipped);
+        let (status, _, stderr) = chorus(&["check", "--config", path.to_str().unwrap()], &[]).await;
+        assert_eq!(status.code(), Some(0), "{shipped}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn check_names_the_file_and_key_of_every_problem_and_exits_2() {
+    let dir = Dir::new();
+    let bad = dir.file("bad.toml", BAD_CONFIG);
+    let (status, stdout, stderr) = chorus(&["check", "--config", bad.to_str().unwrap()], &[]).await;
+    assert_eq!(status.code(), Some(2));
+    assert_names_every_problem(&format!("{stdout}{stderr}"), &bad);
+}
+
+#[tokio::test]
+async fn a_bad_config_never_starts() {
+    let dir = Dir::new();
+    let bad = dir.file("bad.toml", BAD_CONFIG);
+    for args in [
+        vec!["--config", bad.to_str().unwrap()],
+        vec!["run", "--config", bad.to_str().unwrap()],
+    ] {
+        let (status, stdout, stderr) = chorus(&args, &[]).await;
+        assert_eq!(status.code(), Some(2), "{args:?}");
+        assert!(!stderr.contains("chorus is ready"), "{stderr}");
+        assert_names_every_problem(&format!("{stdout}{stderr}"), &bad);
+    }
+    let missing = dir.0.join("missing.toml");
+    let (status, _, stderr) = chorus(&["--config", missing.to_str().unwrap()], &[]).await;
+    assert_eq!(status.code(), Some(2));
+    assert!(stderr.contains("missing.toml"), "{stderr}");
+}
+
+#[tokio::test]
+async fn chorus_config_names_the_config_when_no_flag_does() {
+    let dir = Dir::new();
+    let good = dir.file("good.toml", &good_config("http://127.0.0.1:9000", "5s"));
+    let bad = dir.file("bad.toml", BAD_CONFIG);
+    let (status, _, stderr) = chorus(&["check"], &[("CHORUS_CONFIG", &good)]).await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let (status, stdout, stderr) = chorus(&["check"], &[("CHORUS_CONFIG", &bad)]).await;
+    assert_eq!(status.code(), Some(2));
+    assert_names_every_problem(&format!("{stdout}{stderr}"), &bad);
+    let (status, _, stderr) = chorus(&[], &[("CHORUS_CONFIG", &bad)]).await;
+    assert_eq!(status.code(), Some(2));
+    assert!(stderr.contains("bad.toml"), "{stderr}");
+    // Without either, config/chorus.toml in the working directory.
+    std::fs::create_dir_all(dir.0.join("config")).unwrap();
+    dir.file("config/chorus.toml", BAD_CONFIG);
+    let output = Command::new(CHORUS)
+        .arg("check")
+        .env_remove("CHORUS_CONFIG")
+        .current_dir(&dir.0)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("config/chorus.toml: server.listen: "),
+        "{stderr}"
+    );
+    // The flag wins over the variable.
+    let (status, _, stderr) = chorus(
+        &["check", "--config", good.to_str().unwrap()],
+        &[("CHORUS_CONFIG", &bad)],
+    )
+    .await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------
+// A running binary
+
+/// A `chorus` process whose output lines are collected as they come.
+struct Running {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    /// Every line so far, stdout and stderr together.
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(CHORUS)
+            .args(args)
+            .env_remove("CHORUS_CONFIG")
+            .env("RUST_LOG", "info,chorus=debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let (sender, lines) = mpsc::unbounded_channel();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        collect(
+            child.stdout.take().unwrap(),
+            sender.clone(),
+            Arc::clone(&seen),
+        );
+        collect(child.stderr.take().unwrap(), sender, Arc::clone(&seen));
+        Self { child, lines, seen }
+    }
+
+    /// Waits for the first line that `pick` accepts, and returns what it picked.
+    async fn wait_line<T>(&mut self, pick: impl Fn(&str) -> Option<T>) -> T {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no such line in:\n{}", self.output()))
+                .unwrap_or_else(|| panic!("chorus exited; it said:\n{}", self.output()));
+            if let Some(picked) = pick(&line) {
+                return picked;
+            }
+        }
+    }
+
+    /// The `fields` of the first JSON log line whose message is `message`.
+    async fn wait_log(&mut self, message: &str) -> Value {
+        self.wait_line(|line| {
+            let log: Value = serde_json::from_str(line).ok()?;
+            (log["fields"]["message"] == message).then(|| {
+                let mut fields = log["fields"].clone();
+                fields["level"] = log["level"].clone();
+                fields
+            })
+        })
+        .await
+    }
+
+    fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("chorus already exited");
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    async fn exit(&mut self) -> ExitStatus {
+        tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("chorus did not exit; it said:\n{}", self.output()))
+            .unwrap()
+    }
+
+    fn output(&self) -> String {
+        self.seen.lock().unwrap().join("\n")
+    }
+}
+
+fn collect(
+    stream: impl AsyncRead + Unpin + Send + 'static,
+    sender: mpsc::UnboundedSender<String>,
+    seen: Arc<Mutex<Vec<String>>>,
+) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.lock().unwrap().push(line.clone());
+            let _ = sender.send(line);
+        }
+    });
+}
+
+fn addr(fields: &Value, name: &str) -> SocketAddr {
+    fields[name]
+        .as_str()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or_else(|| panic!("no address {name} in {fields}"))
+}
+
+/// Starts `chorus --config` on ephemeral ports; returns it and its
+/// gateway and admin addresses, learnt from its "chorus is ready" line.
+async fn start_gateway(config: &Path) -> (Running, SocketAddr, SocketAddr) {
+    let mut running =
+        Running::start(&["--config", config.to_str().unwrap(), "--log-format", "json"]);
+    let ready = running.wait_log("chorus is ready").await;
+    let (listen, admin) = (addr(&ready, "listen"), addr(&ready, "admin"));
+    assert_ne!(listen.port(), 0);
+    (running, listen, admin)
+}
+
+/// Connects until the listener refuses; panics if it never does.
+async fn wait_refused(addr: SocketAddr) {
+    let deadline = Instant::now() + PATIENCE;
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "{addr} still accepts connections"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_streams_in_flight_then_exits_0() {
+    let upstream = Upstream::start().await;
+    let dir = Dir::new();
+    let config = dir.file("drain.toml", &good_config(&upstream.url(), "20s"));
+    let (mut running, listen, admin) = start_gateway(&config).await;
+    let gateway = format!("http://{listen}");
+
+    // An idle keep-alive connection, which the drain closes.
+    let mut idle = TcpStream::connect(listen).await.unwrap();
+    idle.write_all(b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0; 1024];
+    let read = idle.read(&mut head).await.unwrap();
+    assert!(head[..read].starts_with(b"HTTP/1.1 200"));
+
+    // Two streams of about 4 s, over HTTP/1.1 and HTTP/2.
+    let mut streams = Vec::new();
+    for (client, content) in [(http1(), "drain h1 words"), (http2(), "drain h2 words")] {
+        let body = chat(content, json!({"tokens": 40, "interval_ms": 100}));
+        let mut request = post(
+            &format!("{gateway}/v1/chat/completions?key=query-secret"),
+            body,
+        );
+        request
+            .headers_mut()
+            .insert("authorization", "Bearer sk-log-secret".parse().unwrap());
+        let response = send(&client, request).await;
+        assert_eq!(response.status(), 200);
+        let mut stream = EventReader::new(response);
+        stream.next().await.unwrap().expect("a first event");
+        streams.push(stream);
+    }
+
+    running.terminate();
+    wait_refused(listen).await;
+    let readyz = get(&format!("http://{admin}/readyz")).await;
+    assert_eq!(readyz.status(), 503);
+    let healthz = get(&format!("http://{admin}/healthz")).await;
+    assert_eq!(healthz.status(), 200);
+    assert_eq!(
+        upstream.stats.completed(),
+        0,
+        "the stream ended before the drain"
+    );
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(PATIENCE, idle.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the idle keep-alive connection stayed open");
+
+    for mut stream in streams {
+        let events = stream.rest().await.expect("the stream was cut");
+        assert_eq!(events.len(), 40 + 2);
+        assert_eq!(events.last().unwrap(), "[DONE]");
+    }
+    assert_eq!(upstream.stats.completed(), 2);
+    assert_eq!(running.exit().await.code(), Some(0), "{}", running.output());
+    let output = running.output();
+    assert!(!output.contains("cutting"), "{output}");
+    // One line per request, and no secrets: bodies, key headers, queries.
+    let logged: Vec<Value> = output
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|log| log["fields"]["message"] == "request")
+        .map(|log| log["fields"].clone())
+        .filter(|fields| fields["path"] == "/v1/chat/completions")
+        .collect();
+    assert_eq!(logged.len(), 2, "{output}");
+    for fields in logged {
+        assert_eq!(fields["route"], "llm");
+        assert_eq!(fields["status"], 200);
+        assert!(fields["bytes"].as_u64().unwrap() > 1000, "{fields}");
+        assert!(fields["upstream_ms"].is_number(), "{fields}");
+    }
+    for secret in [
+        "drain h1 words",
+        "drain h2 words",
+        "sk-log-secret",
+        "query-secret",
+    ] {
+        assert!(!output.contains(secret), "{secret} logged:\n{output}");
+    }
+}
+
+#[tokio::test]
+async fn sigterm_cuts_streams_still_open_after_the_grace_and_says_how_many() {
+    let upstream = Upstream::start().await;
+    let dir = Dir::new();
+    let config = dir.file("cut.toml", &good_config(&upstream.url(), "1s"));
+    let (mut running, listen, _) = start_gateway(&config).await;
+
+    // A stream of about 20 s, far past the grace.
+    let body = chat("cut", json!({"tokens": 200, "interval_ms": 100}));
+    let response = send(
+        &http1(),
+        post(&format!("http://{listen}/v1/chat/completions"), body),
+    )
+    .await;
+    let mut stream = EventReader::new(response);
+    stream.next().await.unwrap().expect("a first event");
+
+    let signalled = Instant::now();
+    running.terminate();
+    let warning = running
+        .wait_log("shutdown grace ran out: cutting the streams still open")
+        .await;
+    assert_eq!(warning["level"], "WARN");
+    assert_eq!(warning["streams"], 1);
+    assert_eq!(running.exit().await.code(), Some(0));
+    assert!(signalled.elapsed() >= Duration::from_millis(900));
+    assert!(stream.rest().await.is_err(), "a cut stream ended cleanly");
+    assert!(upstream.wait_for(|s| s.disconnects() >= 1).await);
+}
+
+#[tokio::test]
+async fn demo_prints_a_curl_line_that_works() {
+    let mut running =
+        Running::start(&["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+    let curl = running
+        .wait_line(|line| {
+            line.trim_start()
+                .starts_with("curl -N ")
+                .then(|| line.to_owned())
+        })
+        .await;
+    let url = curl.split_whitespace().nth(2).unwrap().to_owned();
+    let body = curl
+        .split_once(" -d '")
+        .and_then(|(_, rest)| rest.strip_suffix('\''))
+        .unwrap_or_else(|| panic!("no -d '...' in {curl}"))
+        .to_owned();
+    // Printed before the curl line.
+    let metrics = running
+        .output()
+        .split_whitespace()
+        .find(|word| word.ends_with("/metrics"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no metrics URL in:\n{}", running.output()));
+    assert!(!url.contains(":0/"), "{curl}");
+
+    let response = send(&http1(), post(&url, body)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "content-type"), "text/event-stream");
+    let events = EventReader::new(response).rest().await.unwrap();
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    assert!(events.len() > 2);
+    let metrics = text(get(&metrics).await).await;
+    assert!(metrics.contains("chorus_requests_total"), "{metrics}");
+
+    running.terminate();
+    assert_eq!(running.exit().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn mock_upstream_serves_streams_and_stats() {
+    let mut running = Running::start(&[
+        "mock-upstream",
+        "--listen",
+        "127.0.0.1:0",
+        "--tokens",
+        "3",
+        "--interval",
+        "10ms",
+        "--log-format",
+        "json",
+    ]);
+    let ready = running.wait_log("mock upstream is ready").await;
+    let listen = addr(&ready, "listen");
+    assert_ne!(listen.port(), 0);
+
+    let body = json!({"model": "mock", "stream": true, "messages": []}).to_string();
+    let response = send(
+        &http1(),
+        post(&format!("http://{listen}/v1/chat/completions"), body),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let events = EventReader::new(response).rest().await.unwrap();
+    assert_eq!(events.len(), 3 + 3, "{events:?}");
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let stats = json(&body_bytes(get(&format!("http://{listen}/stats")).await).await);
+    assert_eq!(stats["requests"], 1);
+
+    running.terminate();
+    assert_eq!(running.exit().await.code(), Some(0));
+}
+
+async fn body_bytes(response: http::Response<hyper::body::Incoming>) -> bytes::Bytes {
+    body(response).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_signal_right_after_ready_exits_0_without_waiting_for_idle_connections() {
+    let nothing = closed_port().await;
+    let dir = Dir::new();
+    let config = dir.file(
+        "early.toml",
+        &good_config(&format!("http://{nothing}"), "60s"),
+    );
+    for signal in ["TERM", "INT"] {
+        let (mut running, listen, admin) = start_gateway(&config).await;
+        // SIGHUP reloads certificates: it never ends the process.
+        running.signal("HUP");
+        let readyz = get(&format!("http://{admin}/readyz")).await;
+        assert_eq!(readyz.status(), 200);
+        // Connections with no request in flight do not hold the drain up.
+        let _silent = TcpStream::connect(listen).await.unwrap();
+        let idle = http2();
+        let request = Request::get(format!("http://{listen}/none"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(send(&idle, request).await.status(), 502);
+        running.signal(signal);
+        let status = running.exit().await;
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "SIG{signal}: {status:?}: {}",
+            running.output()
+        );
+        assert!(TcpStream::connect(listen).await.is_err());
+    }
+}

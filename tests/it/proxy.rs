@@ -1,0 +1,540 @@
+//! Proxying: streaming without buffering, the SSE rewrite, roles, header
+//! rewriting both ways, routing, and the admin endpoints.
+
+use http::Request;
+use http_body_util::Full;
+use serde_json::json;
+
+use crate::support::*;
+
+/// A streamed completion of 6 tokens, one event every 200 ms: 9 events
+/// (role, 6 tokens, finish, `[DONE]`) over about 1.6 s.
+const SLOW_EVENTS: usize = 9;
+
+fn slow_stream() -> String {
+    chat("one by one", json!({"tokens": 6, "interval_ms": 200}))
+}
+
+/// Reads a slow SSE stream and checks that its events arrive as the mock
+/// sends them, not at the end: each event is read while the mock has sent at
+/// most two more (the next is 200 ms away), in frames of their own.
+async fn events_arrive_one_by_one(client: HttpClient, bypass: bool, role: &str) {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
+    let mut request = post(&gateway.url("/v1/chat/completions"), slow_stream());
+    if bypass {
+        request
+            .headers_mut()
+            .insert("x-chorus-coalesce", "off".parse().unwrap());
+    }
+    let response = send(&client, request).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-chorus-role"), role);
+    let mut reader = EventReader::new(response);
+
+    let mut sent_at_arrival = Vec::new();
+    let mut arrivals = Vec::new();
+    while let Some(event) = reader.next().await.unwrap() {
+        sent_at_arrival.push(upstream.stats.events_sent());
+        arrivals.push((tokio::time::Instant::now(), event));
+    }
+    assert_eq!(arrivals.len(), SLOW_EVENTS);
+    assert_eq!(arrivals.last().unwrap().1, "[DONE]");
+    for (index, sent) in sent_at_arrival.iter().enumerate() {
+        assert!(
+            *sent as usize <= index + 3,
+            "event {index} arrived only after the mock sent {sent}: buffered ({sent_at_arrival:?})"
+        );
+    }
+    assert!(
+        reader.frames >= SLOW_EVENTS / 2,
+        "{SLOW_EVENTS} events came in {} frames",
+        reader.frames
+    );
+    // Nominally 1.6 s from the first event to the last; a buffering gateway
+    // would deliver them all at once.
+    let spread = arrivals.last().unwrap().0 - arrivals[0].0;
+    assert!(
+        spread.as_millis() >= 800,
+        "events spread over {spread:?} only"
+    );
+    assert_eq!(upstream.stats.requests(), 1);
+    gateway.assert_idle().await;
+}
+
+#[tokio::test]
+async fn events_arrive_one_by_one_bypass_http1() {
+    events_arrive_one_by_one(http1(), true, "bypass").await;
+}
+
+#[tokio::test]
+async fn events_arrive_one_by_one_bypass_http2() {
+    events_arrive_one_by_one(http2(), true, "bypass").await;
+}
+
+#[tokio::test]
+async fn events_arrive_one_by_one_coalesced_http1() {
+    events_arrive_one_by_one(http1(), false, "leader").await;
+}
+
+#[tokio::test]
+async fn events_arrive_one_by_one_coalesced_http2() {
+    events_arrive_one_by_one(http2(), false, "leader").await;
+}
+
+fn assert_unbuffered_sse(response: &http::Response<hyper::body::Incoming>, role: &str) {
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(response, "content-type"), "text/event-stream");
+    assert_eq!(header(response, "x-accel-buffering"), "no");
+    assert_eq!(header(response, "cache-control"), "no-cache");
+    assert!(response.headers().get("content-length").is_none());
+    assert_eq!(header(response, "x-chorus-role"), role);
+    assert_eq!(
+        response.headers().get_all("x-chorus-role").iter().count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn sse_responses_are_marked_unbuffered_and_carry_their_role() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
+    let client = http1();
+    let body = chat("roles", json!({"tokens": 5, "interval_ms": 50}));
+    let url = gateway.url("/v1/chat/completions");
+
+    let leader = send(&client, post(&url, body.clone())).await;
+    assert_unbuffered_sse(&leader, "leader");
+    let mut leader = EventReader::new(leader);
+    leader.next().await.unwrap().expect("a first event");
+    // The flight is open while its leader reads: an identical request joins it.
+    let follower = send(&client, post(&url, body.clone())).await;
+    assert_unbuffered_sse(&follower, "follower");
+
+    let mut request = post(&url, body.clone());
+    request
+        .headers_mut()
+        .insert("x-chorus-coalesce", "off".parse().unwrap());
+    let bypass = send(&client, request).await;
+    assert_unbuffered_sse(&bypass, "bypass");
+
+    assert_eq!(leader.rest().await.unwrap().last().unwrap(), "[DONE]");
+    assert_eq!(events(&body_of(follower).await).last().unwrap(), "[DONE]");
+    assert_eq!(events(&body_of(bypass).await).last().unwrap(), "[DONE]");
+    assert_eq!(upstream.stats.requests(), 2);
+    gateway.assert_idle().await;
+}
+
+async fn body_of(response: http::Response<hyper::body::Incoming>) -> bytes::Bytes {
+    body(response).await.unwrap()
+}
+
+#[tokio::test]
+async fn other_responses_keep_their_length_and_are_not_marked() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
+    let plain = serde_json::json!({"model": "mock", "messages": []}).to_string();
+    let response = send(&http1(), post(&gateway.url("/v1/chat/completions"), plain)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-chorus-role"), "leader");
+    assert!(response.headers().get("x-accel-buffering").is_none());
+    let length: usize = header(&response, "content-length").parse().unwrap();
+    let completion = json(&body_of(response).await);
+    assert_eq!(completion["object"], "chat.completion");
+    assert!(length > 0);
+    gateway.assert_idle().await;
+}
+
+/// A request written byte for byte, so that every hop-by-hop header really
+/// is on the wire (HTTP client libraries drop or rewrite some of them).
+fn request_with_hop_by_hop(path: &str, coalesce: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\n\
+         Host: client.example:8443\r\n\
+         Content-Type: application/json\r\n\
+         Content-Length: {}\r\n\
+         Connection: close, x-secret-hop, Keep-Alive\r\n\
+         X-Secret-Hop: do-not-forward\r\n\
+         Keep-Alive: timeout=5\r\n\
+         TE: trailers\r\n\
+         Upgrade: websocket\r\n\
+         Proxy-Connection: keep-alive\r\n\
+         HTTP2-Settings: AAMAAABkAAQAAP__\r\n\
+         X-Chorus-Coalesce: {coalesce}\r\n\
+         X-Chorus-Debug: 1\r\n\
+         X-Forwarded-For: 203.0.113.7, 198.51.100.2\r\n\
+         X-Kept: yes\r\n\
+         \r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The upstream request as the mock's `/echo` saw it, through a route whose
+/// upstream URL has a path of its own.
+async fn forwarded(coalesce: &str) -> (serde_json::Value, String) {
+    let upstream = Upstream::start().await;
+    let route = r#"
+[routes.upstream_headers]
+authorization = "Bearer ${CHORUS_TEST_TOKEN}"
+x-tenant = "tenant-7"
+"#;
+    let gateway = Gateway::start_with_env(
+        &one_route(&format!("{}/echo/base", upstream.url()), route),
+        &[("CHORUS_TEST_TOKEN", "sk-test-123")],
+    )
+    .await;
+    let path = "/v1/a%2Fb/./c/../d?x=1&y=%20z&&q=a/b";
+    let wire = request_with_hop_by_hop(path, coalesce, r#"{"hi":1}"#);
+    let answer = raw(gateway.addr, &wire).await;
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let echo = json(body.as_bytes());
+    assert_eq!(echo["body"], r#"{"hi":1}"#);
+    gateway.assert_idle().await;
+    (echo, head.to_ascii_lowercase())
+}
+
+fn assert_forwarded_headers(echo: &serde_json::Value, upstream_authority: &str) {
+    assert_eq!(
+        echo["path"],
+        "/echo/base/v1/a%2Fb/./c/../d?x=1&y=%20z&&q=a/b"
+    );
+    for hop in [
+        "connection",
+        "x-secret-hop",
+        "keep-alive",
+        "te",
+        "upgrade",
+        "proxy-connection",
+        "http2-settings",
+        "x-chorus-coalesce",
+        "x-chorus-debug",
+        "transfer-encoding",
+    ] {
+        assert_eq!(
+            echoed(echo, hop),
+            Vec::<String>::new(),
+            "{hop} was forwarded"
+        );
+    }
+    assert_eq!(echoed(echo, "x-kept"), ["yes"]);
+    assert_eq!(
+        echoed(echo, "x-forwarded-for"),
+        ["203.0.113.7, 198.51.100.2, 127.0.0.1"]
+    );
+    assert_eq!(echoed(echo, "x-forwarded-proto"), ["http"]);
+    assert_eq!(echoed(echo, "x-forwarded-host"), ["client.example:8443"]);
+    assert_eq!(echoed(echo, "host"), [upstream_authority]);
+    assert_eq!(echoed(echo, "authorization"), ["Bearer sk-test-123"]);
+    assert_eq!(echoed(echo, "x-tenant"), ["tenant-7"]);
+    assert_eq!(echoed(echo, "content-length"), ["8"]);
+}
+
+#[tokio::test]
+async fn upstream_requests_lose_hop_by_hop_headers_and_gain_forwarding_ones_bypass() {
+    let (echo, head) = forwarded("off").await;
+    let authority = echo["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|pair| pair[0] == "host")
+        .map(|pair| pair[1].as_str().unwrap().to_owned())
+        .unwrap();
+    assert!(authority.starts_with("127.0.0.1:"));
+    assert_forwarded_headers(&echo, &authority);
+    assert!(head.contains("x-chorus-role: bypass"), "{head}");
+}
+
+#[tokio::test]
+async fn upstream_requests_lose_hop_by_hop_headers_and_gain_forwarding_ones_coalesced() {
+    let (echo, head) = forwarded("on").await;
+    let authority = echoed(&echo, "host").remove(0);
+    assert!(authority.starts_with("127.0.0.1:"));
+    assert_forwarded_headers(&echo, &authority);
+    // A coalesced request asks for identity, whatever the client accepts.
+    assert_eq!(echoed(&echo, "accept-encoding"), ["identity"]);
+    assert!(head.contains("x-chorus-role: leader"), "{head}");
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
+    for (index, coalesce) in ["off", "on", "off", "on"].into_iter().enumerate() {
+        let mut request = post(
+            &gateway.url("/v1/chat/completions"),
+            chat(
+                &format!("reuse {index}"),
+                json!({"tokens": 2, "interval_ms": 1}),
+            ),
+        );
+        request
+            .headers_mut()
+            .insert("x-chorus-coalesce", coalesce.parse().unwrap());
+        let events = events(&body_of(send(&http1(), request).await).await);
+        assert_eq!(events.last().unwrap(), "[DONE]");
+        // The connection goes back to the pool once its response has ended.
+        assert!(upstream.wait_for(|s| s.completed() > index as u64).await);
+    }
+    assert_eq!(upstream.stats.requests(), 4);
+    // One connection, unless a response's connection raced back to the pool
+    // behind the next request (its return is asynchronous).
+    assert!(
+        upstream.stats.connections() <= 2,
+        "{} connections for 4 sequential requests",
+        upstream.stats.connections()
+    );
+    gateway.assert_idle().await;
+}
+
+#[tokio::test]
+async fn http2_requests_forward_their_authority_as_forwarded_host() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
+    let request = Request::get(gateway.url("/echo/h2?q=1"))
+        .header("x-chorus-coalesce", "off")
+        .body(Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = send(&http2(), request).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-chorus-role"), "bypass");
+    let echo = json(&body_of(response).await);
+    assert_eq!(echo["path"], "/echo/h2?q=1");
+    assert_eq!(echo["version"], "HTTP/1.1");
+    assert_eq!(
+        echoed(&echo, "x-forwarded-host"),
+        [gateway.addr.to_string()]
+    );
+    assert_eq!(echoed(&echo, "host"), [upstream.addr.to_string()]);
+    assert_eq!(echoed(&echo, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(echoed(&echo, "x-forwarded-proto"), ["http"]);
+    assert!(echoed(&echo, "x-chorus-coalesce").is_empty());
+    gateway.assert_idle().await;
+}
+
+/// An upstream response full of hop-by-hop headers.
+const HOP_BY_HOP_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\n\
+    Content-Type: text/plain\r\n\
+    Content-Length: 2\r\n\
+    Connection: keep-alive, x-hop-only\r\n\
+    X-Hop-Only: secret\r\n\
+    Keep-Alive: timeout=5, max=100\r\n\
+    Proxy-Connection: keep-alive\r\n\
+    Upgrade: h2c\r\n\
+    X-Chorus-Role: leader\r\n\
+    X-Kept: yes\r\n\
+    \r\n\
+    ok";
+
+async fn response_hop_by_hop_stripped(extra: &str, role: &str) {
+    let upstream = FixedUpstream::start(HOP_BY_HOP_RESPONSE).await;
+    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
+    let request = Request::get(gateway.url("/anything"))
+        .header("x-chorus-coalesce", extra)
+        .body(Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = send(&http1(), request).await;
+    assert_eq!(response.status(), 200);
+    for hop in ["x-hop-only", "keep-alive", "proxy-connection", "upgrade"] {
+        assert!(response.headers().get(hop).is_none(), "{hop} came through");
+    }
+    // hyper's own `connection: keep-alive` would be fine; the upstream's list is not.
+    for value in response.headers().get_all("connection") {
+        assert!(!value.to_str().unwrap().contains("x-hop-only"));
+    }
+    assert_eq!(header(&response, "x-kept"), "yes");
+    assert_eq!(header(&response, "x-chorus-role"), role);
+    assert_eq!(
+        response.headers().get_all("x-chorus-role").iter().count(),
+        1
+    );
+    assert_eq!(body_of(response).await, "ok");
+    assert_eq!(upstream.heads.lock().unwrap().len(), 1);
+    gateway.assert_idle().await;
+}
+
+#[tokio::test]
+async fn upstream_hop_by_hop_response_headers_are_stripped_bypass() {
+    response_hop_by_hop_stripped("off", "bypass").await;
+}
+
+#[tokio::test]
+async fn upstream_hop_by_hop_response_headers_are_stripped_coalesced() {
+    response_hop_by_hop_stripped("on", "leader").await;
+}
+
+#[tokio::test]
+async fn an_upstream_error_status_is_passed_on_with_its_body() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
+    for (coalesce, role) in [("off", "bypass"), ("on", "leader")] {
+        let mut request = post(
+            &gateway.url("/v1/chat/completions"),
+            chat("limited", json!({"status": 429})),
+        );
+        request
+            .headers_mut()
+            .insert("x-chorus-coalesce", coalesce.parse().unwrap());
+        let response = send(&http1(), request).await;
+        assert_eq!(response.status(), 429);
+        assert_eq!(header(&response, "x-chorus-role"), role);
+        let error = json(&body_of(response).await);
+        assert!(error["error"]["message"].is_string(), "{error}");
+    }
+    assert_eq!(upstream.stats.requests(), 2);
+    gateway.assert_idle().await;
+}
+
+#[tokio::test]
+async fn the_longest_prefix_wins_across_routes_and_upstreams() {
+    let root = Upstream::start().await;
+    let v1 = Upstream::start().await;
+    let chat = Upstream::start().await;
+    let route = |name: &str, prefix: &str, upstream: &Upstream| {
+        format!(
+            "[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"{}\"\n",
+            upstream.url()
+        )
+    };
+    // Listed shortest first, so file order cannot be what decides.
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{}{}{}",
+        route("root", "/", &root),
+        route("v1", "/echo/v1", &v1),
+        route("chat", "/echo/v1/chat", &chat),
+    );
+    let gateway = Gateway::start(&toml).await;
+    let cases = [
+        ("/echo/v1/chat/completions", &chat),
+        ("/echo/v1/chat", &chat),
+        ("/echo/v1/models", &v1),
+        ("/echo/v1", &v1),
+        ("/echo/v2", &root),
+        ("/echo", &root),
+    ];
+    for (path, expected) in cases {
+        let echo = json(&body_of(get(&gateway.url(path)).await).await);
+        assert_eq!(echo["path"], path);
+        assert_eq!(
+            echoed(&echo, "host"),
+            [expected.addr.to_string()],
+            "{path} went to the wrong upstream"
+        );
+    }
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"chorus_requests_total{route="chat",role="leader"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"chorus_requests_total{route="v1",role="leader"}"#
+        ),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn a_path_no_route_matches_is_a_404_json() {
+    let upstream = Upstream::start().await;
+    let toml =
+        one_route(&upstream.url(), "").replace("path_prefix = \"/\"", "path_prefix = \"/v1/\"");
+    let gateway = Gateway::start(&toml).await;
+    for client in [http1(), http2()] {
+        let request = Request::get(gateway.url("/admin/secret"))
+            .body(Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let response = send(&client, request).await;
+        assert_eq!(response.status(), 404);
+        assert_eq!(header(&response, "x-chorus-role"), "bypass");
+        assert_eq!(error_type(response).await, "no_route");
+    }
+    let response = send(
+        &http1(),
+        post(
+            &gateway.url("/v1/chat/completions"),
+            chat("x", json!({"tokens": 1})),
+        ),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    text(response).await;
+    assert_eq!(upstream.stats.requests(), 1);
+    gateway.assert_idle().await;
+}
+
+#[tokio::test]
+async fn head_requests_get_heads_only_and_count_as_answered() {
+    let upstream = Upstream::start().await;
+    let toml =
+        one_route(&upstream.url(), "").replace("path_prefix = \"/\"", "path_prefix = \"/echo\"");
+    let gateway = Gateway::start(&toml).await;
+    for client in [http1(), http2()] {
+        for (path, status) in [("/nothing", 404), ("/echo", 200)] {
+            let request = Request::head(gateway.url(path))
+                .body(Full::new(bytes::Bytes::new()))
+                .unwrap();
+            let response = send(&client, request).await;
+            assert_eq!(response.status(), status);
+            assert_eq!(header(&response, "x-chorus-role"), "bypass");
+            assert!(header(&response, "content-length").parse::<u64>().unwrap() > 0);
+            assert_eq!(body_of(response).await, "");
+        }
+    }
+    let answered = r#"chorus_responses_total{route="",status="404"}"#;
+    assert_eq!(gateway.wait_metric(answered, |n| n >= 2.0).await, 2.0);
+    let answered = r#"chorus_responses_total{route="llm",status="200"}"#;
+    assert_eq!(gateway.wait_metric(answered, |n| n >= 2.0).await, 2.0);
+    let metrics = gateway.metrics().await;
+    assert!(!metrics.contains(r#"status="499""#), "{metrics}");
+    gateway.assert_idle().await;
+}
+
+#[tokio::test]
+async fn admin_serves_health_readiness_and_the_contract_metrics() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
+    let response = send(
+        &http1(),
+        post(
+            &gateway.url("/v1/chat/completions"),
+            chat("m", json!({"tokens": 2})),
+        ),
+    )
+    .await;
+    text(response).await;
+
+    let healthz = get(&format!("http://{}/healthz", gateway.admin)).await;
+    assert_eq!(healthz.status(), 200);
+    let readyz = get(&format!("http://{}/readyz", gateway.admin)).await;
+    assert_eq!(readyz.status(), 200);
+
+    let metrics = gateway.metrics().await;
+    for series in [
+        r#"chorus_requests_total{route="llm",role="leader"} 1"#,
+        r#"chorus_requests_total{route="llm",role="follower"} 0"#,
+        r#"chorus_requests_total{route="llm",role="bypass"} 0"#,
+        r#"chorus_upstream_requests_total{route="llm"} 1"#,
+        r#"chorus_upstream_cancelled_total{route="llm"} 0"#,
+        r#"chorus_flights_active{route="llm"} 0"#,
+        r#"chorus_subscribers_active{route="llm"} 0"#,
+        r#"chorus_responses_total{route="llm",status="200"} 1"#,
+    ] {
+        assert!(
+            metrics.lines().any(|line| line == series),
+            "no `{series}` in\n{metrics}"
+        );
+    }
+    for name in [
+        "chorus_upstream_first_byte_seconds",
+        "chorus_connections_active",
+    ] {
+        assert!(metrics.contains(&format!("# TYPE {name} ")), "no {name}");
+    }
+    gateway.assert_idle().await;
+}

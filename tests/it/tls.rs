@@ -1,0 +1,691 @@
+//! TLS both ways: HTTPS for clients (ALPN h2 and http/1.1 on one port, TLS
+//! 1.2 and 1.3 only, certificate reload, junk on the port), and HTTPS to
+//! upstreams (private CA, name check, h2 by ALPN, pooling, mutual TLS), with
+//! certificates made in the test.
+
+mod fixtures;
+
+use std::time::{Duration, Instant};
+
+use http::Version;
+use http_body_util::BodyExt;
+use rustls::ProtocolVersion;
+use rustls::version::{TLS12, TLS13};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+
+use chorus::RunOptions;
+use chorus::tls::{ReloadError, Reloaded};
+
+use self::fixtures::*;
+use crate::support::*;
+
+/// The gateway's certificate names, as clients see it.
+const GATEWAY_NAMES: &[&str] = &["localhost", "127.0.0.1"];
+
+/// `toml` with a `[server.tls]` table serving `leaf`.
+fn with_server_tls(toml: &str, leaf: &Leaf) -> String {
+    format!(
+        "{toml}\n[server.tls]\ncert = {:?}\nkey = {:?}\n",
+        leaf.cert, leaf.key
+    )
+}
+
+/// A gateway serving HTTPS with `leaf` in front of `upstream`.
+async fn tls_gateway(upstream: &str, leaf: &Leaf, options: RunOptions) -> Gateway {
+    Gateway::start_with(&with_server_tls(&one_route(upstream, ""), leaf), options).await
+}
+
+fn json_of(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|error| panic!("not JSON ({error}): {text}"))
+}
+
+fn role(response: &http::Response<hyper::body::Incoming>) -> String {
+    response.headers()["x-chorus-role"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+// ---------------------------------------------------------------------------
+// Clients over TLS
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn h2_and_http1_clients_over_tls_share_one_flight() {
+    let pki = Pki::new();
+    let leaf = pki.server("gateway", GATEWAY_NAMES);
+    let upstream = Upstream::start().await;
+    let gateway = tls_gateway(&upstream.url(), &leaf, RunOptions::default()).await;
+
+    // Both connect before either asks, so the second joins the first's flight.
+    let mut h2 = TlsClient::connect(
+        gateway.addr,
+        pki.client_config(&[H2, HTTP11], &[&TLS13, &TLS12]),
+    )
+    .await;
+    let mut h1 = TlsClient::connect(
+        gateway.addr,
+        pki.client_config(&[HTTP11], &[&TLS13, &TLS12]),
+    )
+    .await;
+    assert_eq!(h2.alpn.as_deref(), Some(H2));
+    assert_eq!(h1.alpn.as_deref(), Some(HTTP11));
+    assert_eq!(h2.peer, leaf.der);
+
+    let body = chat("over tls", json!({"tokens": 40, "interval_ms": 50}));
+    let first = h2.send(h2.post("/v1/chat/completions", body.clone())).await;
+    let second = h1.send(h1.post("/v1/chat/completions", body)).await;
+    assert_eq!(first.version(), Version::HTTP_2);
+    assert_eq!(second.version(), Version::HTTP_11);
+    assert_eq!(first.headers()["content-type"], "text/event-stream");
+    let roles = [role(&first), role(&second)];
+    assert_eq!(roles, ["leader", "follower"]);
+
+    let (first, second) = tokio::join!(text(first), text(second));
+    assert_eq!(first, second);
+    assert_eq!(
+        events(first.as_bytes()).last().map(String::as_str),
+        Some("[DONE]")
+    );
+    assert_eq!(upstream.stats.requests(), 1);
+
+    // The upstream is told the client came over https.
+    let echo = text(h2.send(h2.post("/echo", "{}")).await).await;
+    let headers = json_of(&echo)["headers"].clone();
+    assert!(
+        headers
+            .as_array()
+            .unwrap()
+            .contains(&json!(["x-forwarded-proto", "https"])),
+        "{echo}"
+    );
+    gateway.assert_idle().await;
+}
+
+#[tokio::test]
+async fn tls_port_speaks_tls_1_2_and_1_3_only() {
+    let pki = Pki::new();
+    let leaf = pki.server("gateway", GATEWAY_NAMES);
+    let upstream = Upstream::start().await;
+    let gateway = tls_gateway(&upstream.url(), &leaf, RunOptions::default()).await;
+
+    let tls13 = TlsClient::connect(gateway.addr, pki.client_config(&[H2], &[&TLS13])).await;
+    assert_eq!(tls13.version, ProtocolVersion::TLSv1_3);
+    let mut tls12 = TlsClient::connect(gateway.addr, pki.client_config(&[H2], &[&TLS12])).await;
+    assert_eq!(tls12.version, ProtocolVersion::TLSv1_2);
+    assert_eq!(tls12.alpn.as_deref(), Some(H2));
+    let response = tls12.send(tls12.post("/echo", "{}")).await;
+    assert_eq!(response.status(), 200);
+
+    // A TLS 1.1 ClientHello (no supported_versions extension) is answered
+    // with a fatal protocol_version alert, never a ServerHello.
+    let (closed, reply) = closes_after(gateway.addr, &tls_1_1_client_hello()).await;
+    assert!(closed, "the connection stayed open");
+    assert_eq!(reply.first(), Some(&0x15), "not an alert record: {reply:?}");
+    assert_eq!(
+        reply.get(5..7),
+        Some(&[2u8, 70][..]),
+        "not protocol_version: {reply:?}"
+    );
+}
+
+/// A minimal TLS 1.1 ClientHello record.
+fn tls_1_1_client_hello() -> Vec<u8> {
+    let mut hello = vec![0x03, 0x02]; // client_version TLS 1.1
+    hello.extend([7u8; 32]); // random
+    hello.push(0); // no session id
+    hello.extend([0x00, 0x04, 0xc0, 0x2b, 0xc0, 0x2f]); // ECDHE AES-128-GCM suites
+    hello.extend([0x01, 0x00]); // null compression
+    // Extensions: signature_algorithms (ecdsa_secp256r1_sha256) and
+    // supported_groups (x25519, secp256r1), so that only the version is wrong.
+    hello.extend([0x00, 0x12]);
+    hello.extend([0x00, 0x0d, 0x00, 0x04, 0x00, 0x02, 0x04, 0x03]);
+    hello.extend([0x00, 0x0a, 0x00, 0x06, 0x00, 0x04, 0x00, 0x1d, 0x00, 0x17]);
+    let mut handshake = vec![0x01, 0x00, 0x00, u8::try_from(hello.len()).unwrap()];
+    handshake.extend(hello);
+    let mut record = vec![
+        0x16,
+        0x03,
+        0x01,
+        0x00,
+        u8::try_from(handshake.len()).unwrap(),
+    ];
+    record.extend(handshake);
+    record
+}
+
+#[tokio::test]
+async fn plain_http_and_garbage_on_the_tls_port_disturb_nobody() {
+    let pki = Pki::new();
+    let leaf = pki.server("gateway", GATEWAY_NAMES);
+    let upstream = Upstream::start().await;
+    let gateway = tls_gateway(&upstream.url(), &leaf, RunOptions::default()).await;
+    let config = pki.client_config(&[H2], &[&TLS13, &TLS12]);
+
+    let mut client = TlsClient::connect(gateway.addr, config.clone()).await;
+    let body = chat("steady", json!({"tokens": 20, "interval_ms": 50}));
+    let mut stream = client
+        .send(client.post("/v1/chat/completions", body))
+        .await
+        .into_body();
+    let first = stream.frame().await.unwrap().unwrap().into_data().unwrap();
+
+    // Plain HTTP gets a plain 400 that says what to do.
+    let (closed, reply) = closes_after(
+        gateway.addr,
+        b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await;
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    assert!(closed);
+    assert!(reply.starts_with("HTTP/1.1 400 "), "{reply}");
+    assert!(reply.contains("https://"), "{reply}");
+    assert!(reply.contains("x-chorus-role: bypass"), "{reply}");
+    // A broken handshake record, and bytes that are no protocol at all.
+    let broken = [0x16, 0x03, 0x01, 0x00, 0x05, 0xde, 0xad, 0xbe, 0xef, 0x00];
+    assert!(closes_after(gateway.addr, &broken).await.0);
+    assert!(
+        closes_after(gateway.addr, &[0x00, 0xff, 0x13, 0x37, 0x0a])
+            .await
+            .0
+    );
+    // A new client is served meanwhile.
+    let mut other = TlsClient::connect(gateway.addr, config).await;
+    assert_eq!(other.send(other.post("/echo", "{}")).await.status(), 200);
+
+    let rest = stream.collect().await.unwrap().to_bytes();
+    let whole = [first, rest].concat();
+    assert_eq!(
+        events(&whole).len(),
+        23,
+        "a role, 20 tokens, a finish, [DONE]"
+    );
+    assert_eq!(events(&whole).last().map(String::as_str), Some("[DONE]"));
+    gateway.assert_idle().await;
+}
+
+#[tokio::test]
+async fn a_silent_or_stalled_handshake_is_closed_after_the_timeout() {
+    let pki = Pki::new();
+    let leaf = pki.server("gateway", GATEWAY_NAMES);
+    let upstream = Upstream::start().await;
+    let toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+header_read_timeout = "1s"
+[server.tls]
+cert = {:?}
+key = {:?}
+[[routes]]
+name = "llm"
+upstream = "{}"
+"#,
+        leaf.cert,
+        leaf.key,
+        upstream.url()
+    );
+    let gateway = Gateway::start(&toml).await;
+
+    let started = Instant::now();
+    let (silent, partial) = tokio::join!(
+        closes_after(gateway.addr, b""),
+        closes_after(gateway.addr, &[0x16, 0x03, 0x01]),
+    );
+    assert!(silent.0, "a connection that says nothing was kept open");
+    assert!(partial.0, "a handshake that stalls was kept open");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let mut client = TlsClient::connect(gateway.addr, pki.client_config(&[H2], &[&TLS13])).await;
+    assert_eq!(client.send(client.post("/echo", "{}")).await.status(), 200);
+}
+
+// ---------------------------------------------------------------------------
+// Certificate reload
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn reload_serves_the_new_certificate_to_new_connections_only() {
+    let pki = Pki::new();
+    let old = pki.server("old", GATEWAY_NAMES);
+    let new = pki.server("new", GATEWAY_NAMES);
+    let live = pki.server("live", GATEWAY_NAMES);
+    old.write_to(&live.cert, &live.key);
+    let upstream = Upstream::start().await;
+    let options = RunOptions {
+        cert_poll: None,
+        ..RunOptions::default()
+    };
+    let gateway = tls_gateway(&upstream.url(), &live, options).await;
+    let config = pki.client_config(&[H2], &[&TLS13, &TLS12]);
+
+    let mut before = TlsClient::connect(gateway.addr, config.clone()).await;
+    assert_eq!(before.peer, old.der);
+    let body = chat("rotation", json!({"tokens": 10, "interval_ms": 200}));
+    let mut stream = before
+        .send(before.post("/v1/chat/completions", body))
+        .await
+        .into_body();
+    let first = stream.frame().await.unwrap().unwrap().into_data().unwrap();
+
+    new.write_to(&live.cert, &live.key);
+    let reloaded = gateway.reload.reload().await.unwrap();
+    let Reloaded::Replaced { fingerprint } = reloaded else {
+        panic!("nothing was reloaded: {reloaded:?}");
+    };
+    assert_eq!(fingerprint.len(), 95, "{fingerprint}");
+
+    let mut after = TlsClient::connect(gateway.addr, config).await;
+    assert_eq!(after.peer, new.der);
+    assert_eq!(after.send(after.post("/echo", "{}")).await.status(), 200);
+    // The connection from before is untouched: it takes new requests too.
+    assert_eq!(before.send(before.post("/echo", "{}")).await.status(), 200);
+
+    let rest = stream.collect().await.unwrap().to_bytes();
+    let whole = [first, rest].concat();
+    assert_eq!(
+        events(&whole).len(),
+        13,
+        "a role, 10 tokens, a finish, [DONE]"
+    );
+    assert_eq!(events(&whole).last().map(String::as_str), Some("[DONE]"));
+    gateway.assert_idle().await;
+}
+
+#[tokio::test]
+async fn a_bad_new_pair_is_refused_and_the_old_one_kept() {
+    let pki = Pki::new();
+    let old = pki.server("old", GATEWAY_NAMES);
+    let new = pki.server("new", GATEWAY_NAMES);
+    let live = pki.server("live", GATEWAY_NAMES);
+    old.write_to(&live.cert, &live.key);
+    let upstream = Upstream::start().await;
+    let options = RunOptions {
+        cert_poll: None,
+        ..RunOptions::default()
+    };
+    let gateway = tls_gateway(&upstream.url(), &live, options).await;
+    let config = pki.client_config(&[H2], &[&TLS13]);
+    // Up and serving before the files change under it.
+    assert_eq!(
+        TlsClient::connect(gateway.addr, config.clone()).await.peer,
+        old.der
+    );
+
+    // A key that belongs to another certificate.
+    std::fs::write(&live.cert, &new.cert_pem).unwrap();
+    let refused = gateway.reload.reload().await.unwrap_err();
+    assert!(matches!(refused, ReloadError::Refused(_)), "{refused}");
+    assert!(refused.to_string().contains("does not match"), "{refused}");
+    assert_eq!(
+        TlsClient::connect(gateway.addr, config.clone()).await.peer,
+        old.der
+    );
+
+    // Not PEM at all.
+    std::fs::write(&live.cert, "-----BEGIN CERTIFICATE-----\nnot base64!\n").unwrap();
+    let refused = gateway.reload.reload().await.unwrap_err();
+    assert!(
+        refused.to_string().contains(&*live.cert.to_string_lossy()),
+        "{refused}"
+    );
+    assert_eq!(
+        TlsClient::connect(gateway.addr, config.clone()).await.peer,
+        old.der
+    );
+
+    // A good pair is taken again.
+    new.write_to(&live.cert, &live.key);
+    assert!(matches!(
+        gateway.reload.reload().await,
+        Ok(Reloaded::Replaced { .. })
+    ));
+    assert_eq!(TlsClient::connect(gateway.addr, config).await.peer, new.der);
+}
+
+#[tokio::test]
+async fn changed_certificate_files_are_picked_up_without_a_signal() {
+    let pki = Pki::new();
+    let old = pki.server("old", GATEWAY_NAMES);
+    let new = pki.server("new", GATEWAY_NAMES);
+    let live = pki.server("live", GATEWAY_NAMES);
+    old.write_to(&live.cert, &live.key);
+    let upstream = Upstream::start().await;
+    let options = RunOptions {
+        cert_poll: Some(Duration::from_millis(100)),
+        ..RunOptions::default()
+    };
+    let gateway = tls_gateway(&upstream.url(), &live, options).await;
+    let config = pki.client_config(&[H2], &[&TLS13]);
+    assert_eq!(
+        TlsClient::connect(gateway.addr, config.clone()).await.peer,
+        old.der
+    );
+
+    new.rename_over(&live.cert, &live.key);
+    let seen = eventually(Duration::from_millis(50), || {
+        let config = config.clone();
+        let addr = gateway.addr;
+        let new = new.der.clone();
+        async move { (TlsClient::connect(addr, config).await.peer == new).then_some(()) }
+    })
+    .await;
+    assert!(seen.is_some(), "the new certificate was never served");
+}
+
+#[tokio::test]
+async fn reload_without_tls_has_nothing_to_do() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
+    assert!(matches!(gateway.reload.reload().await, Ok(Reloaded::NoTls)));
+    gateway.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Upstreams over TLS
+// ---------------------------------------------------------------------------
+
+/// Posts `body` to `path` through a plain-HTTP gateway; status and body text.
+async fn through(gateway: &Gateway, path: &str, body: String) -> (u16, String) {
+    let response = send(&http1(), post(&gateway.url(path), body)).await;
+    let status = response.status().as_u16();
+    (status, text(response).await)
+}
+
+fn ca_file(pki: &Pki) -> String {
+    format!("upstream_ca_file = {:?}", pki.ca)
+}
+
+#[tokio::test]
+async fn https_upstream_with_a_private_ca_speaks_h2_and_pools() {
+    let pki = Pki::new();
+    let mock = Upstream::start().await;
+    let leaf = pki.server("upstream", &["127.0.0.1"]);
+    let tls = TlsUpstream::start(mock.addr, &leaf, &[H2, HTTP11], None).await;
+    let gateway = Gateway::start(&one_route(&tls.url(), &ca_file(&pki))).await;
+
+    let (status, echo) = through(&gateway, "/echo", "{}".to_owned()).await;
+    assert_eq!(status, 200, "{echo}");
+    assert_eq!(json_of(&echo)["version"], "HTTP/2");
+    let (status, stream) = through(
+        &gateway,
+        "/v1/chat/completions",
+        chat("tls", json!({"tokens": 3, "interval_ms": 10})),
+    )
+    .await;
+    assert_eq!(status, 200, "{stream}");
+    assert_eq!(
+        events(stream.as_bytes()).last().map(String::as_str),
+        Some("[DONE]")
+    );
+    assert_eq!(
+        tls.handshakes(),
+        1,
+        "the upstream connection was not reused"
+    );
+}
+
+#[tokio::test]
+async fn https_upstream_without_h2_gets_http1_and_pools() {
+    let pki = Pki::new();
+    let mock = Upstream::start().await;
+    let leaf = pki.server("upstream", &["127.0.0.1"]);
+    let tls = TlsUpstream::start(mock.addr, &leaf, &[HTTP11], None).await;
+    let gateway = Gateway::start(&one_route(&tls.url(), &ca_file(&pki))).await;
+
+    for _ in 0..2 {
+        let (status, echo) = through(&gateway, "/echo", "{}".to_owned()).await;
+        assert_eq!(status, 200, "{echo}");
+        assert_eq!(json_of(&echo)["version"], "HTTP/1.1");
+    }
+    assert_eq!(
+        tls.handshakes(),
+        1,
+        "the upstream connection was not reused"
+    );
+}
+
+#[tokio::test]
+async fn untrusted_upstream_certificate_is_a_502_that_names_it() {
+    let pki = Pki::new();
+    let mock = Upstream::start().await;
+    let leaf = pki.server("upstream", &["127.0.0.1"]);
+    let tls = TlsUpstream::start(mock.addr, &leaf, &[H2, HTTP11], None).await;
+    // Only the built-in web roots: the private CA is unknown.
+    let gateway = Gateway::start(&one_route(&tls.url(), "")).await;
+
+    let (status, body) = through(&gateway, "/v1/chat/completions", chat("x", json!({}))).await;
+    assert_eq!(status, 502, "{body}");
+    let message = json_of(&body)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("certificate"), "{message}");
+    assert!(message.contains("UnknownIssuer"), "{message}");
+    assert_eq!(mock.stats.requests(), 0);
+    assert_eq!(tls.handshakes(), 0);
+}
+
+#[tokio::test]
+async fn upstream_certificate_for_another_host_is_refused() {
+    let pki = Pki::new();
+    let mock = Upstream::start().await;
+    let leaf = pki.server("upstream", &["api.other.example"]);
+    let tls = TlsUpstream::start(mock.addr, &leaf, &[H2, HTTP11], None).await;
+    let gateway = Gateway::start(&one_route(&tls.url(), &ca_file(&pki))).await;
+
+    let (status, body) = through(&gateway, "/v1/chat/completions", chat("x", json!({}))).await;
+    assert_eq!(status, 502, "{body}");
+    let message = json_of(&body)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("certificate"), "{message}");
+    assert!(message.contains("not valid for name"), "{message}");
+    assert_eq!(mock.stats.requests(), 0);
+}
+
+#[tokio::test]
+async fn mutual_tls_upstream_needs_the_client_certificate() {
+    let pki = Pki::new();
+    let mock = Upstream::start().await;
+    let leaf = pki.server("upstream", &["127.0.0.1"]);
+    let client = pki.client("client");
+    let tls = TlsUpstream::start(mock.addr, &leaf, &[H2, HTTP11], Some(&pki)).await;
+
+    let with_cert = format!(
+        "{}\nupstream_client_cert = {:?}\nupstream_client_key = {:?}",
+        ca_file(&pki),
+        client.cert,
+        client.key
+    );
+    let gateway = Gateway::start(&one_route(&tls.url(), &with_cert)).await;
+    let (status, body) = through(
+        &gateway,
+        "/v1/chat/completions",
+        chat("mtls", json!({"tokens": 2, "interval_ms": 1})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(mock.stats.requests(), 1);
+
+    let gateway = Gateway::start(&one_route(&tls.url(), &ca_file(&pki))).await;
+    let (status, body) =
+        through(&gateway, "/v1/chat/completions", chat("no cert", json!({}))).await;
+    assert_eq!(status, 502, "{body}");
+    let message = json_of(&body)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.to_lowercase().contains("certificate"), "{message}");
+    assert_eq!(
+        mock.stats.requests(),
+        1,
+        "the upstream saw a request without a certificate"
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_upstream_handshake_is_a_504_after_connect_timeout() {
+    // Accepts TCP, then says nothing: the TLS handshake never completes.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let gateway = Gateway::start(&one_route(&url, "connect_timeout = \"500ms\"")).await;
+
+    let started = Instant::now();
+    let (status, body) = through(&gateway, "/v1/chat/completions", chat("x", json!({}))).await;
+    assert_eq!(status, 504, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let error = &json_of(&body)["error"];
+    assert_eq!(error["type"], "upstream_timeout");
+    assert!(error["message"].as_str().unwrap().contains("TLS"), "{body}");
+    held.abort();
+}
+
+// ---------------------------------------------------------------------------
+// The binary: `chorus check` and SIGHUP
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn check_names_a_mismatched_pair_and_exits_2() {
+    let pki = Pki::new();
+    let one = pki.server("one", GATEWAY_NAMES);
+    let two = pki.server("two", GATEWAY_NAMES);
+    let config = pki.path("chorus.toml");
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert = {:?}\nkey = {:?}\n\
+         [[routes]]\nname = \"llm\"\nupstream = \"http://127.0.0.1:9\"\n",
+        one.cert, two.key
+    );
+    std::fs::write(&config, toml).unwrap();
+
+    for command in ["check", "run"] {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .arg(command)
+            .arg("--config")
+            .arg(&config)
+            .output();
+        let output = tokio::time::timeout(PATIENCE, output)
+            .await
+            .unwrap()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{command}: {stderr}");
+        let line = format!("{}: server.tls.key: ", config.display());
+        assert!(stderr.contains(&line), "{command}: {stderr}");
+        assert!(stderr.contains("does not match"), "{command}: {stderr}");
+    }
+
+    // The same files in the right pairs pass.
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("two.key", "one.key"),
+    )
+    .unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .output();
+    let output = tokio::time::timeout(PATIENCE, output)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn sighup_makes_the_running_binary_serve_the_new_certificate() {
+    let pki = Pki::new();
+    let old = pki.server("old", GATEWAY_NAMES);
+    let new = pki.server("new", GATEWAY_NAMES);
+    let live = pki.server("live", GATEWAY_NAMES);
+    old.write_to(&live.cert, &live.key);
+    let upstream = Upstream::start().await;
+    // The binary binds by itself: take a free port and hand it over.
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = pki.path("chorus.toml");
+    let toml = with_server_tls(
+        &format!(
+            "[server]\nlisten = \"{addr}\"\nshutdown_grace = \"5s\"\n\
+             [[routes]]\nname = \"llm\"\nupstream = \"{}\"\n",
+            upstream.url()
+        ),
+        &live,
+    );
+    std::fs::write(&config, toml).unwrap();
+    let mut chorus = tokio::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = chorus.id().unwrap().to_string();
+    let mut log = BufReader::new(chorus.stderr.take().unwrap()).lines();
+    let client = pki.client_config(&[H2], &[&TLS13]);
+
+    let first = eventually(Duration::from_millis(50), || {
+        let client = client.clone();
+        async move { TlsClient::try_connect(addr, client).await.ok() }
+    })
+    .await
+    .expect("the binary never served TLS");
+    assert_eq!(first.peer, old.der);
+
+    new.rename_over(&live.cert, &live.key);
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The files are polled too, but only every 5 s: this reload is SIGHUP's.
+    let reloaded = tokio::time::timeout(PATIENCE, async {
+        let mut hangup = false;
+        while let Ok(Some(line)) = log.next_line().await {
+            hangup |= line.contains("SIGHUP");
+            if line.contains("server certificate reloaded") {
+                return hangup;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(reloaded, Ok(true), "no reload on SIGHUP in the log");
+    assert!(
+        chorus.try_wait().unwrap().is_none(),
+        "SIGHUP ended the process"
+    );
+    assert_eq!(TlsClient::connect(addr, client).await.peer, new.der);
+
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Keep reading the log so that the pipe never fills.
+    let drain = tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+    let exit = tokio::time::timeout(PATIENCE, chorus.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit}");
+    drain.abort();
+}
