@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
 """Turns bench/run.sh's raw results (one JSON object per line) into one table
-with same-run ratios, and writes the JSON and Markdown reports."""
+with same-run ratios, and writes the JSON and Markdown reports.
+
+A scenario measured in several rounds shows, for each figure, its median over
+the rounds (each figure separately); the JSON keeps every round."""
 
 import argparse
 import json
+import statistics
 import sys
 
 MIB = 1024.0
@@ -17,7 +21,7 @@ def load(path):
             if line.strip():
                 record = json.loads(line)
                 raw.append(record)
-                runs.setdefault(record["scenario"], {})[record["target"]] = record
+                runs.setdefault(record["scenario"], {}).setdefault(record["target"], []).append(record)
     return runs, raw
 
 
@@ -43,7 +47,11 @@ def passthrough_metrics(record):
         "p50 ms": load["latency_us"]["p50"] / 1e3,
         "p99 ms": load["latency_us"]["p99"] / 1e3,
         "proxy CPU µs/req": cpu / load["requests"] * 1e6 if cpu is not None else None,
+        # What one core would serve if the proxy had it to itself: the figure
+        # that the load side and other processes on the machine disturb least.
+        "req/s per proxy CPU-second": load["requests"] / cpu if cpu else None,
         "errors": errors,
+        "other processes on proxy CPU, s": proxy(record, "cpu0_other_s"),
     }
 
 
@@ -68,6 +76,7 @@ def stream_metrics(record):
         "peak RSS MiB": peak / MIB if peak is not None else None,
         "KiB per client": (peak - idle) / clients if peak is not None else None,
         "load-gen CPU s": load["loadgen_cpu_s"],
+        "other processes on proxy CPU, s": proxy(record, "cpu0_other_s"),
     }
 
 
@@ -121,6 +130,8 @@ def main():
     targets = ["direct", "nginx", "chorus"] + (["chorus-alt"] if alt_label else [])
 
     rows = []
+    # (scenario, target, metric) -> [min, max] over the rounds
+    spread = {}
 
     def add(scenario, metric, values, target=None, verdict=None):
         chorus = values.get("chorus")
@@ -137,21 +148,35 @@ def main():
             row["alt/chorus"] = ratio(values.get("chorus-alt"), chorus)
         rows.append(row)
 
-    def metrics_of(scenario, extract, names=None):
-        found = runs.get(scenario, {})
+    def metrics_of(scenario, extract):
+        """Each target's figures: the median over its rounds, figure by figure."""
         out = {}
-        for target, record in found.items():
-            try:
-                out[target] = extract(record)
-            except (KeyError, TypeError, ZeroDivisionError) as error:
-                print(f"report: {scenario}/{target}: {error!r}", file=sys.stderr)
+        for target, records in runs.get(scenario, {}).items():
+            per_round = []
+            for record in records:
+                try:
+                    per_round.append(extract(record))
+                except (KeyError, TypeError, ZeroDivisionError) as error:
+                    print(f"report: {scenario}/{target}: {error!r}", file=sys.stderr)
+            if not per_round:
+                continue
+            medians = {}
+            for name in per_round[0]:
+                values = [figures[name] for figures in per_round if figures.get(name) is not None]
+                medians[name] = statistics.median(values) if values else None
+                if medians[name] is not None and all(isinstance(v, int) for v in values):
+                    medians[name] = int(medians[name])
+                if len(values) > 1:
+                    spread[(scenario, target, name)] = [min(values), max(values)]
+            out[target] = medians
         return out
 
     # 1. passthrough
     if "passthrough" in runs:
         m = metrics_of("passthrough", passthrough_metrics)
         bypass = m.pop("chorus-bypass", None)
-        for metric in ["req/s", "p50 ms", "p99 ms", "proxy CPU µs/req", "errors"]:
+        for metric in ["req/s", "p50 ms", "p99 ms", "proxy CPU µs/req", "req/s per proxy CPU-second", "errors",
+                       "other processes on proxy CPU, s"]:
             values = {t: m[t][metric] for t in m}
             target = verdict = None
             if metric == "req/s" and "chorus" in values and "nginx" in values:
@@ -160,7 +185,8 @@ def main():
                 target, verdict = "≤ nginx", values["chorus"] <= values["nginx"]
             add("passthrough: 64 conns, distinct ~1 KiB POSTs", metric, values, target, verdict)
         if bypass:
-            for metric in ["req/s", "p50 ms", "p99 ms", "proxy CPU µs/req", "errors"]:
+            for metric in ["req/s", "p50 ms", "p99 ms", "proxy CPU µs/req", "req/s per proxy CPU-second", "errors",
+                       "other processes on proxy CPU, s"]:
                 values = {t: m[t][metric] for t in m if t != "chorus-alt"}
                 values["chorus"] = bypass[metric]
                 add("passthrough, chorus with x-chorus-coalesce: off", metric, values)
@@ -189,17 +215,17 @@ def main():
     stream_scenarios = [("distinct", "distinct streams: 1,000 concurrent, distinct bodies")]
     for name in sorted((s for s in runs if s.startswith("fanout")), key=lambda s: int(s[6:])):
         clients = int(name[6:])
-        nginx_workers = runs[name].get("nginx", {}).get("nginx_workers", 1)
+        nginx_workers = runs[name].get("nginx", [{}])[0].get("nginx_workers", 1)
         note = f" (nginx: {nginx_workers} workers, fd limit)" if nginx_workers > 1 else ""
         stream_scenarios.append((name, f"fan-out: {clients:,} identical streams{note}"))
     for name, title in stream_scenarios:
         if name not in runs:
             continue
         m = metrics_of(name, stream_metrics)
-        clients = next(iter(runs[name].values()))["load"]["clients"]
+        clients = next(iter(runs[name].values()))[0]["load"]["clients"]
         for metric in ["upstream requests", "complete", "distinct bodies", "delivery p50 ms", "delivery p99 ms",
                        "delivery max ms", "replayed events", "proxy CPU s", "peak RSS MiB", "KiB per client",
-                       "load-gen CPU s"]:
+                       "load-gen CPU s", "other processes on proxy CPU, s"]:
             values = {t: m[t][metric] for t in m}
             target = verdict = None
             c = values.get("chorus")
@@ -243,6 +269,7 @@ def main():
     # Table
     head = ["scenario", "metric"] + [alt_label if t == "chorus-alt" else t for t in targets]
     head += ["chorus÷direct", "chorus÷nginx"] + ([f"{alt_label}÷chorus"] if alt_label else []) + ["target"]
+    rounds = max((len(records) for per_target in runs.values() for records in per_target.values()), default=1)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     previous = None
     for row in rows:
@@ -258,12 +285,19 @@ def main():
         cells.append(target)
         lines.append("| " + " | ".join(cells) + " |")
     machine = ", ".join(f"{k}: {v}" for k, v in meta.items() if v)
-    markdown = "\n".join(lines) + "\n\n" + machine + "\n"
+    note = ""
+    if rounds > 1:
+        note = (f"Scenarios run in {rounds} rounds show each figure's median over the rounds "
+                "(the JSON has every round and each figure's range).\n\n")
+    markdown = "\n".join(lines) + "\n\n" + note + machine + "\n"
 
     with open(args.markdown, "w") as out:
         out.write(markdown)
     with open(args.json, "w") as out:
-        json.dump({"meta": meta, "table": rows, "raw": raw}, out, indent=1, ensure_ascii=False)
+        ranges = [{"scenario": k[0], "target": k[1], "metric": k[2], "min": v[0], "max": v[1]}
+                  for k, v in spread.items()]
+        json.dump({"meta": meta, "table": rows, "ranges": ranges, "raw": raw}, out, indent=1,
+                  ensure_ascii=False)
         out.write("\n")
     print(markdown)
 

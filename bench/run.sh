@@ -9,7 +9,10 @@
 # Environment knobs:
 #   SCENARIOS        subset of: passthrough ttft distinct fanout cancel startup
 #   FANOUT_SIZES     default "1000 10000"
-#   PASS_SECONDS     measured seconds per passthrough run (default 10)
+#   ROUNDS           rounds of passthrough, distinct and fan-out, targets
+#                    interleaved in each; the table shows each figure's
+#                    median over the rounds (default 3)
+#   PASS_SECONDS     measured seconds per passthrough run (default 5)
 #   CHORUS_ALT_BIN   a second chorus binary measured in the same run as target
 #                    "chorus-alt" (e.g. one built with another allocator);
 #                    CHORUS_ALT_LABEL names it in the table
@@ -27,7 +30,8 @@ cd "$ROOT"
 
 SCENARIOS=${SCENARIOS:-"passthrough ttft distinct fanout cancel startup"}
 FANOUT_SIZES=${FANOUT_SIZES:-"1000 10000"}
-PASS_SECONDS=${PASS_SECONDS:-10}
+ROUNDS=${ROUNDS:-3}
+PASS_SECONDS=${PASS_SECONDS:-5}
 CHORUS_ALT_BIN=${CHORUS_ALT_BIN:-}
 CHORUS_ALT_LABEL=${CHORUS_ALT_LABEL:-chorus-alt}
 PORT_BASE=${BENCH_PORT_BASE:-19100}
@@ -162,6 +166,10 @@ kib_of() {
 }
 mock_stats() { curl -sf "http://127.0.0.1:$MOCK_PORT/stats"; }
 
+# CPU 0's user + nice + system seconds, and its steal seconds, from /proc/stat:
+# what ran on the proxy's core, whoever it was.
+cpu0_times() { awk '$1 == "cpu0" { printf "%.2f %.2f", ($2 + $3 + $4) / 100, $9 / 100 }' /proc/stat; }
+
 wait_port() { "$LOADGEN" wait --addr "127.0.0.1:$1" --timeout-ms 10000 >/dev/null; }
 
 # ---------------------------------------------------------------------------
@@ -252,15 +260,24 @@ stop_target() {
 # The proxy's figures around a measured command: cpu_s, idle/peak RSS, and
 # the mock's counters before and after. Sets PROXY_JSON and MOCK_JSON.
 measure() {
-    local cpu0 cpu1 stats0 stats1 peak=0
+    local cpu0 cpu1 stats0 stats1 peak=0 core0 core1
     stats0=$(mock_stats)
+    core0=$(cpu0_times)
     cpu0=0
     [[ ${#PROXY_PIDS[@]} -eq 0 ]] || cpu0=$(cpu_of "${PROXY_PIDS[@]}")
     OUT=$("$@")
+    core1=$(cpu0_times)
     if [[ ${#PROXY_PIDS[@]} -gt 0 ]]; then
         cpu1=$(cpu_of "${PROXY_PIDS[@]}")
         peak=$(kib_of VmHWM "${PROXY_PIDS[@]}")
-        PROXY_JSON="{\"pids\":${#PROXY_PIDS[@]},\"cpu_s\":$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.2f", b - a }'),\"idle_rss_kib\":$IDLE_RSS,\"peak_rss_kib\":$peak}"
+        # Work on the proxy's core that was not the proxy's: other processes
+        # on this machine competing with it (meaningful only when pinned).
+        PROXY_JSON=$(awk -v a="$cpu0" -v b="$cpu1" -v c0="$core0" -v c1="$core1" \
+            -v n="${#PROXY_PIDS[@]}" -v idle="$IDLE_RSS" -v peak="$peak" 'BEGIN {
+                split(c0, x, " "); split(c1, y, " ")
+                other = (y[1] - x[1]) - (b - a); if (other < 0) other = 0
+                printf "{\"pids\":%d,\"cpu_s\":%.2f,\"idle_rss_kib\":%d,\"peak_rss_kib\":%d,\"cpu0_other_s\":%.2f,\"cpu0_steal_s\":%.2f}",
+                    n, b - a, idle, peak, other, y[2] - x[2] }')
     else
         PROXY_JSON=null
     fi
@@ -274,8 +291,8 @@ emit() {
     # $1 scenario, $2 target, $3 load JSON, then extra "key":value pairs
     local extra=""
     [[ $# -gt 3 ]] && extra=",$4"
-    printf '{"scenario":"%s","target":"%s","load":%s,"proxy":%s,"mock":%s,"loadavg":"%s"%s}\n' \
-        "$1" "$2" "$3" "$PROXY_JSON" "$MOCK_JSON" "$(cut -d' ' -f1-3 /proc/loadavg)" "$extra" >>"$RESULTS"
+    printf '{"scenario":"%s","target":"%s","round":%s,"load":%s,"proxy":%s,"mock":%s,"loadavg":"%s"%s}\n' \
+        "$1" "$2" "${ROUND:-1}" "$3" "$PROXY_JSON" "$MOCK_JSON" "$(cut -d' ' -f1-3 /proc/loadavg)" "$extra" >>"$RESULTS"
 }
 
 # ---------------------------------------------------------------------------
@@ -288,22 +305,25 @@ wrk_run() {
 }
 
 scenario_passthrough() {
-    local target header
-    for target in "${TARGETS[@]}" chorus-bypass; do
-        local base=$target
-        header=""
-        if [[ $target == chorus-bypass ]]; then
-            base=chorus
-            header="x-chorus-coalesce: off"
-        fi
-        log "passthrough: $target (64 connections, ${PASS_SECONDS}s)"
-        start_target "$base"
-        wrk_run "$ADDR_PORT" 2 "$header" >/dev/null # warm-up
-        measure wrk_run "$ADDR_PORT" "$PASS_SECONDS" "$header"
-        [[ -n $OUT ]] || die "wrk printed no result for $target"
-        emit passthrough "$target" "$OUT"
-        stop_target
+    local target base header
+    for ROUND in $(seq 1 "$ROUNDS"); do
+        for target in "${TARGETS[@]}" chorus-bypass; do
+            base=$target
+            header=""
+            if [[ $target == chorus-bypass ]]; then
+                base=chorus
+                header="x-chorus-coalesce: off"
+            fi
+            log "passthrough: $target (64 connections, ${PASS_SECONDS}s, round $ROUND/$ROUNDS)"
+            start_target "$base"
+            wrk_run "$ADDR_PORT" 2 "$header" >/dev/null # warm-up
+            measure wrk_run "$ADDR_PORT" "$PASS_SECONDS" "$header"
+            [[ -n $OUT ]] || die "wrk printed no result for $target"
+            emit passthrough "$target" "$OUT"
+            stop_target
+        done
     done
+    ROUND=1
 }
 
 scenario_ttft() {
@@ -324,35 +344,41 @@ stream_run() {
     [[ $4 == identical ]] && identical=(--identical)
     start_target "$2" "${6:-1}"
     measure "${ON_LOAD_CPU[@]}" "$LOADGEN" stream --addr "127.0.0.1:$ADDR_PORT" --clients "$3" \
-        "${identical[@]}" --tokens 40 --first-byte-delay-ms "$5" --tag "$TAG-$1-$3-$2"
+        "${identical[@]}" --tokens 40 --first-byte-delay-ms "$5" --tag "$TAG-$1-$3-$2-${ROUND:-1}"
     emit "$1" "$2" "$OUT" "\"clients\":$3,\"nginx_workers\":${6:-1}"
     stop_target
 }
 
 scenario_distinct() {
     local target
-    for target in "${TARGETS[@]}"; do
-        log "distinct streams: $target (1000 concurrent, distinct bodies)"
-        stream_run distinct "$target" 1000 distinct 1500
+    for ROUND in $(seq 1 "$ROUNDS"); do
+        for target in "${TARGETS[@]}"; do
+            log "distinct streams: $target (1000 concurrent, distinct bodies, round $ROUND/$ROUNDS)"
+            stream_run distinct "$target" 1000 distinct 1500
+        done
     done
+    ROUND=1
 }
 
 scenario_fanout() {
     local target size workers delay
     for size in $FANOUT_SIZES; do
         delay=$((size >= 5000 ? 4000 : 1500))
-        for target in "${TARGETS[@]}"; do
-            workers=1
-            # nginx holds two descriptors per client (client + upstream): past
-            # half the fd limit one worker cannot, so it gets a second one
-            # (on the same CPU) and the table says so.
-            if [[ $target == nginx && $((2 * size + 100)) -gt $NOFILE ]]; then
-                workers=2
-            fi
-            log "fan-out: $target ($size identical streams$([[ $workers == 1 ]] || echo ", $workers nginx workers"))"
-            stream_run "fanout$size" "$target" "$size" identical "$delay" "$workers"
+        for ROUND in $(seq 1 "$ROUNDS"); do
+            for target in "${TARGETS[@]}"; do
+                workers=1
+                # nginx holds two descriptors per client (client + upstream):
+                # past half the fd limit one worker cannot, so it gets a
+                # second one (on the same CPU) and the table says so.
+                if [[ $target == nginx && $((2 * size + 100)) -gt $NOFILE ]]; then
+                    workers=2
+                fi
+                log "fan-out: $target ($size identical streams$([[ $workers == 1 ]] || echo ", $workers nginx workers"), round $ROUND/$ROUNDS)"
+                stream_run "fanout$size" "$target" "$size" identical "$delay" "$workers"
+            done
         done
     done
+    ROUND=1
 }
 
 scenario_cancel() {
@@ -419,5 +445,6 @@ python3 bench/report.py "$RESULTS" \
     --meta "alt=$([[ -n $CHORUS_ALT_BIN ]] && echo "$CHORUS_ALT_LABEL" || echo '')" \
     --meta "loadavg at start=$LOADAVG_START" \
     --meta "loadavg at end=$(cut -d' ' -f1-3 /proc/loadavg)" \
+    --meta "rounds=$ROUNDS" \
     --meta "seconds=$(($(date +%s) - STARTED))"
 log "done in $(($(date +%s) - STARTED)) s: bench/results/$STAMP.json"
