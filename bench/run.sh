@@ -16,7 +16,8 @@
 #   CHORUS_ALT_BIN   a second chorus binary measured in the same run as target
 #                    "chorus-alt" (e.g. one built with another allocator);
 #                    CHORUS_ALT_LABEL names it in the table
-#   BENCH_PORT_BASE  first of the 6 loopback ports used (default 19100)
+#   BENCH_PORT_BASE  first of the 6 loopback ports used (default: the first
+#                    of 19100, 19110, ... whose 6 ports nobody listens on)
 #   SKIP_INSTALL=1, SKIP_BUILD=1
 #
 # Layout: the proxy under test runs alone on CPU 0; the mock upstream and the
@@ -34,13 +35,6 @@ ROUNDS=${ROUNDS:-3}
 PASS_SECONDS=${PASS_SECONDS:-5}
 CHORUS_ALT_BIN=${CHORUS_ALT_BIN:-}
 CHORUS_ALT_LABEL=${CHORUS_ALT_LABEL:-chorus-alt}
-PORT_BASE=${BENCH_PORT_BASE:-19100}
-MOCK_PORT=$PORT_BASE
-CHORUS_PORT=$((PORT_BASE + 1))
-CHORUS_ADMIN_PORT=$((PORT_BASE + 2))
-NGINX_PORT=$((PORT_BASE + 3))
-ALT_PORT=$((PORT_BASE + 4))
-ALT_ADMIN_PORT=$((PORT_BASE + 5))
 MOCK_INTERVAL=50ms # 20 events/s
 
 CHORUS=$ROOT/target/release/chorus
@@ -171,12 +165,40 @@ mock_stats() { curl -sf "http://127.0.0.1:$MOCK_PORT/stats"; }
 cpu0_times() { awk '$1 == "cpu0" { printf "%.2f %.2f", ($2 + $3 + $4) / 100, $9 / 100 }' /proc/stat; }
 
 wait_port() { "$LOADGEN" wait --addr "127.0.0.1:$1" --timeout-ms 10000 >/dev/null; }
+# Whether nothing accepts on the port (something else's server would
+# otherwise answer our load and "pass" our readiness checks).
+port_free() { ! "$LOADGEN" wait --addr "127.0.0.1:$1" --timeout-ms 1 >/dev/null 2>&1; }
+ports_free() {
+    local port
+    for port in $(seq "$1" $(($1 + 5))); do port_free "$port" || return 1; done
+}
+
+if [[ -n ${BENCH_PORT_BASE:-} ]]; then
+    PORT_BASE=$BENCH_PORT_BASE
+    ports_free "$PORT_BASE" || die "a port in $PORT_BASE..$((PORT_BASE + 5)) is in use"
+else
+    PORT_BASE=""
+    for base in $(seq 19100 10 19190); do
+        if ports_free "$base"; then
+            PORT_BASE=$base
+            break
+        fi
+    done
+    [[ -n $PORT_BASE ]] || die "no 6 free ports in 19100..19195; set BENCH_PORT_BASE"
+fi
+MOCK_PORT=$PORT_BASE
+CHORUS_PORT=$((PORT_BASE + 1))
+CHORUS_ADMIN_PORT=$((PORT_BASE + 2))
+NGINX_PORT=$((PORT_BASE + 3))
+ALT_PORT=$((PORT_BASE + 4))
+ALT_ADMIN_PORT=$((PORT_BASE + 5))
 
 # ---------------------------------------------------------------------------
 # The processes under test. Each start sets PROXY_PIDS (what is measured) and
 # PROXY_MAIN (what is stopped).
 
 start_mock() {
+    port_free "$MOCK_PORT" || die "port $MOCK_PORT is taken by another process"
     RUST_LOG=warn "${ON_LOAD_CPU[@]}" "$CHORUS" mock-upstream --listen "127.0.0.1:$MOCK_PORT" \
         --interval "$MOCK_INTERVAL" 2>>"$RUN/mock.log" &
     MOCK_PID=$!
@@ -191,6 +213,7 @@ chorus_env() {
 
 start_chorus() {
     # $1 binary, $2 port, $3 admin port
+    port_free "$2" || die "port $2 is taken by another process"
     env $(chorus_env "$2" "$3") "${ON_PROXY_CPU[@]}" "$1" --config bench/chorus.toml \
         2>>"$RUN/chorus.log" &
     PROXY_MAIN=$!
@@ -213,6 +236,7 @@ nginx_conf() {
 start_nginx() {
     # $1 workers (default 1)
     local workers=${1:-1} conf
+    port_free "$NGINX_PORT" || die "port $NGINX_PORT is taken by another process"
     conf=$(nginx_conf "$workers")
     "${ON_PROXY_CPU[@]}" "$NGINX" -c "$conf" -p "$RUN" 2>>"$RUN/nginx.log" &
     PROXY_MAIN=$!
@@ -423,7 +447,7 @@ LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 if awk -v l="${LOADAVG_START%% *}" 'BEGIN { exit !(l > 0.5) }'; then
     log "warning: load average $LOADAVG_START before starting: something else is running, figures will be noisy"
 fi
-log "run directory $RUN; fd limit $NOFILE; pinning $([[ $PIN == 1 ]] && echo "proxy CPU 0, load CPU 1" || echo off)"
+log "run directory $RUN; ports $PORT_BASE..$((PORT_BASE + 5)); fd limit $NOFILE; pinning $([[ $PIN == 1 ]] && echo "proxy CPU 0, load CPU 1" || echo off)"
 start_mock
 for scenario in $SCENARIOS; do
     "scenario_$scenario"
