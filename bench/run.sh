@@ -29,7 +29,14 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
-SCENARIOS=${SCENARIOS:-"passthrough ttft distinct fanout cancel startup"}
+ALL_SCENARIOS="passthrough ttft distinct fanout cancel startup"
+SCENARIOS=${SCENARIOS:-$ALL_SCENARIOS}
+for scenario in $SCENARIOS; do
+    [[ " $ALL_SCENARIOS " == *" $scenario "* ]] || {
+        echo "bench/run.sh: unknown scenario '$scenario' (known: $ALL_SCENARIOS)" >&2
+        exit 2
+    }
+done
 FANOUT_SIZES=${FANOUT_SIZES:-"1000 10000"}
 ROUNDS=${ROUNDS:-3}
 PASS_SECONDS=${PASS_SECONDS:-5}
