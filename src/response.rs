@@ -110,7 +110,16 @@ impl AccessLog {
     pub fn head(&mut self, status: StatusCode, upstream_wait: Option<Duration>) {
         self.status = Some(status);
         self.upstream_wait = upstream_wait;
-        self.progress = Progress::Streaming;
+        // A status without content is complete with its head: the server
+        // may never poll its body.
+        let bodyless = status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        self.progress = if bodyless {
+            Progress::Complete
+        } else {
+            Progress::Streaming
+        };
     }
 
     fn end(&mut self, progress: Progress) {

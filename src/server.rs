@@ -10,6 +10,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -178,12 +179,10 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let proxy = Arc::clone(&shared.proxy);
-    let requested = CancellationToken::new();
-    let first_request = requested.clone();
+    let requested = Arc::new(AtomicBool::new(false));
+    let first_request = Arc::clone(&requested);
     let service = service_fn(move |request: hyper::Request<Incoming>| {
-        if !first_request.is_cancelled() {
-            first_request.cancel();
-        }
+        first_request.store(true, Ordering::Relaxed);
         let proxy = Arc::clone(&proxy);
         async move { Ok::<_, Infallible>(proxy.handle(request, client).await) }
     });
@@ -194,11 +193,8 @@ where
     // `max_connections` permit) for ever. Until the first request arrives,
     // `header_read_timeout` bounds the connection here.
     let silent = async {
-        let timeout = shared.header_read_timeout;
-        if tokio::time::timeout(timeout, requested.cancelled())
-            .await
-            .is_ok()
-        {
+        tokio::time::sleep(shared.header_read_timeout).await;
+        if requested.load(Ordering::Relaxed) {
             std::future::pending::<()>().await;
         }
     };
