@@ -184,7 +184,10 @@ where
     let service = service_fn(move |request: hyper::Request<Incoming>| {
         first_request.store(true, Ordering::Relaxed);
         let proxy = Arc::clone(&proxy);
-        async move { Ok::<_, Infallible>(proxy.handle(request, client).await) }
+        // Boxed: hyper keeps the slot of a connection's request future for
+        // the connection's lifetime, so an unboxed future (a few KiB) would
+        // stay allocated for every idle or streaming connection.
+        Box::pin(async move { Ok::<_, Infallible>(proxy.handle(request, client).await) })
     });
     let connection = shared.builder.serve_connection(TokioIo::new(io), service);
     // hyper times an HTTP/1.1 head only once it has told HTTP/1.1 from
