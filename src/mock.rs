@@ -20,13 +20,19 @@
 //! final chunk; HTTP/2: RST_STREAM); `stall_after` sends nothing after K events until
 //! the peer leaves. A plain (non-stream) body counts as one event.
 //!
+//! For benchmarks, `"stamp": true` in that object (or `--stamp` for every request)
+//! adds `"chorus_sent_ns":N` as the first field of every streamed JSON event: the
+//! wall-clock time (nanoseconds since the Unix epoch) at which the mock produced
+//! it, so that a client on the same machine can tell how long the event took to
+//! reach it. Off by default, so the output stays in OpenAI's exact format.
+//!
 //! Content is deterministic: identical requests get identical tokens and differ only
 //! in `id` and `created`.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::error::Error as StdError;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -64,6 +70,10 @@ pub struct MockOptions {
     /// Pause before the response head, e.g. "0ms".
     #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
     pub first_byte_delay: Duration,
+    /// Stamps every streamed JSON event with `"chorus_sent_ns"`, the wall-clock
+    /// nanoseconds at which it was sent (for delivery-latency benchmarks).
+    #[arg(long)]
+    pub stamp: bool,
 }
 
 impl Default for MockOptions {
@@ -73,6 +83,7 @@ impl Default for MockOptions {
             tokens: 20,
             interval: Duration::from_millis(50),
             first_byte_delay: Duration::ZERO,
+            stamp: false,
         }
     }
 }
@@ -93,6 +104,8 @@ pub struct MockStats {
     events_sent: AtomicU64,
     active: AtomicU64,
     connections: AtomicU64,
+    /// Wall-clock nanoseconds of the latest disconnect (0: none yet).
+    last_disconnect_ns: AtomicU64,
     /// Tasks inside [`MockStats::wait_for`]; counter updates skip the `Notify`
     /// (which takes a lock) while nobody waits.
     waiters: AtomicUsize,
@@ -136,11 +149,18 @@ impl MockStats {
         self.connections.load(Ordering::SeqCst)
     }
 
+    /// When the latest disconnect was counted, in wall-clock nanoseconds since
+    /// the Unix epoch; 0 before the first. Benchmarks compare it with the time a
+    /// client left to learn how long the upstream took to see its request cancelled.
+    pub fn last_disconnect_ns(&self) -> u64 {
+        self.last_disconnect_ns.load(Ordering::SeqCst)
+    }
+
     /// All counters as one JSON object (the body of `GET /stats`):
-    /// `{"requests":..,"completed":..,"disconnects":..,"events_sent":..,"active":..,"connections":..,"broken":..}`.
+    /// `{"requests":..,"completed":..,"disconnects":..,"events_sent":..,"active":..,"connections":..,"broken":..,"last_disconnect_ns":..}`.
     pub fn snapshot_json(&self) -> String {
         format!(
-            r#"{{"requests":{},"completed":{},"disconnects":{},"events_sent":{},"active":{},"connections":{},"broken":{}}}"#,
+            r#"{{"requests":{},"completed":{},"disconnects":{},"events_sent":{},"active":{},"connections":{},"broken":{},"last_disconnect_ns":{}}}"#,
             self.requests(),
             self.completed(),
             self.disconnects(),
@@ -148,6 +168,7 @@ impl MockStats {
             self.active(),
             self.connections(),
             self.broken(),
+            self.last_disconnect_ns(),
         )
     }
 
@@ -409,6 +430,15 @@ fn unix_now() -> u64 {
         .map_or(0, |elapsed| elapsed.as_secs())
 }
 
+/// Wall-clock nanoseconds since the Unix epoch (u64 lasts until 2554).
+fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+        })
+}
+
 // ---------------------------------------------------------------------------
 // Requests
 
@@ -439,6 +469,7 @@ struct Overrides {
     status: Option<u16>,
     break_after: Option<usize>,
     stall_after: Option<usize>,
+    stamp: Option<bool>,
 }
 
 /// How one completion request is answered, options and overrides resolved.
@@ -454,6 +485,8 @@ struct Plan {
     first_byte_delay: Duration,
     status: Option<StatusCode>,
     ending: Ending,
+    /// Whether streamed events carry `"chorus_sent_ns"`.
+    stamp: bool,
 }
 
 /// What a response body does once its events are out.
@@ -504,6 +537,7 @@ impl Plan {
             )?,
             status,
             ending,
+            stamp: mock.stamp.unwrap_or(options.stamp),
         })
     }
 }
@@ -594,6 +628,8 @@ struct EventSource {
     prefix: String,
     tokens: usize,
     usage: Option<String>,
+    /// Whether each JSON event starts with `"chorus_sent_ns":N,`.
+    stamp: bool,
 }
 
 impl EventSource {
@@ -612,6 +648,7 @@ impl EventSource {
             prefix,
             tokens: plan.tokens,
             usage: plan.include_usage.then(|| usage_json(plan)),
+            stamp: plan.stamp,
         }
     }
 
@@ -668,11 +705,28 @@ impl EventSource {
         }
     }
 
-    /// `prefix`, then `parts`, then the blank line that ends an SSE event.
+    /// `prefix`, then `parts`, then the blank line that ends an SSE event. With
+    /// `stamp`, the send time goes in as the first field of the JSON object.
     fn chunk(&self, parts: &[&str]) -> Bytes {
-        let len = self.prefix.len() + parts.iter().map(|part| part.len()).sum::<usize>() + 2;
+        const OPEN: &str = "data: {";
+        /// `"chorus_sent_ns":` plus at most 20 digits plus `,`.
+        const STAMP_MAX: usize = 17 + 20 + 1;
+        let len = self.prefix.len()
+            + if self.stamp { STAMP_MAX } else { 0 }
+            + parts.iter().map(|part| part.len()).sum::<usize>()
+            + 2;
         let mut buf = BytesMut::with_capacity(len);
-        buf.put_slice(self.prefix.as_bytes());
+        match self.prefix.strip_prefix(OPEN).filter(|_| self.stamp) {
+            Some(rest) => {
+                buf.put_slice(OPEN.as_bytes());
+                // Writing into a BytesMut cannot fail.
+                let _ = write!(buf, r#""chorus_sent_ns":{},"#, unix_nanos());
+                buf.put_slice(rest.as_bytes());
+            }
+            // Unstamped (the prefix always opens an object, so there is always
+            // room for a stamp when one is asked for).
+            None => buf.put_slice(self.prefix.as_bytes()),
+        }
         for part in parts {
             buf.put_slice(part.as_bytes());
         }
@@ -838,7 +892,13 @@ impl Tracker {
         let counter = match outcome {
             Outcome::Completed => &stats.completed,
             Outcome::Broken => &stats.broken,
-            Outcome::Disconnected => &stats.disconnects,
+            Outcome::Disconnected => {
+                // Stamped before the count, so whoever sees the count sees the time.
+                stats
+                    .last_disconnect_ns
+                    .store(unix_nanos(), Ordering::SeqCst);
+                &stats.disconnects
+            }
         };
         stats.bump(counter);
     }
@@ -1703,6 +1763,7 @@ mod tests {
         assert_eq!(stats["events_sent"], 8);
         assert_eq!(stats["active"], 0);
         assert_eq!(stats["broken"], 0);
+        assert_eq!(stats["last_disconnect_ns"], 0);
         assert!(stats["connections"].as_u64().expect("connections") >= 1);
         assert_eq!(
             mock.stats.requests(),
@@ -1776,6 +1837,105 @@ mod tests {
         let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut rest))
             .await
             .expect("closed");
+    }
+
+    #[tokio::test]
+    async fn stamp_puts_the_send_time_first_in_every_json_event() {
+        let mock = start(MockOptions {
+            tokens: 3,
+            interval: Duration::from_millis(5),
+            ..MockOptions::default()
+        })
+        .await;
+        let before = unix_nanos();
+        let body = text(
+            send(
+                mock.addr,
+                "POST",
+                "/v1/chat/completions",
+                r#"{"stream":true,"stream_options":{"include_usage":true},"mock":{"stamp":true}}"#,
+            )
+            .await,
+        )
+        .await;
+        let after = unix_nanos();
+        let events = events(&body);
+        // role, 3 tokens, finish, usage, [DONE]
+        assert_eq!(events.len(), 7, "{body}");
+        let mut last = before;
+        for event in &events[..6] {
+            assert!(event.starts_with(r#"{"chorus_sent_ns":"#), "{event}");
+            let stamp = json(event)["chorus_sent_ns"].as_u64().expect("stamp");
+            assert!((last..=after).contains(&stamp), "{last} {stamp} {after}");
+            last = stamp;
+            assert_eq!(json(event)["object"], "chat.completion.chunk");
+        }
+        // Paced: the stamps of the first and last token are two intervals apart at least.
+        let first = json(events[1])["chorus_sent_ns"].as_u64().expect("stamp");
+        let third = json(events[3])["chorus_sent_ns"].as_u64().expect("stamp");
+        assert!(third - first >= 10_000_000, "{first} {third}");
+        assert_eq!(events[6], "[DONE]");
+    }
+
+    #[tokio::test]
+    async fn stamps_are_opt_in_per_request_or_for_the_whole_mock() {
+        let plain = start(fast()).await;
+        for kind in ["/v1/chat/completions", "/v1/completions"] {
+            let body = text(send(plain.addr, "POST", kind, r#"{"stream":true}"#).await).await;
+            assert!(!body.contains("chorus_sent_ns"), "{body}");
+        }
+        let stamped = start(MockOptions {
+            stamp: true,
+            ..fast()
+        })
+        .await;
+        let body = text(
+            send(
+                stamped.addr,
+                "POST",
+                "/v1/completions",
+                r#"{"stream":true}"#,
+            )
+            .await,
+        )
+        .await;
+        let events = events(&body);
+        assert!(
+            events[..events.len() - 1]
+                .iter()
+                .all(|event| json(event)["chorus_sent_ns"].as_u64().is_some())
+        );
+        let body = text(
+            send(
+                stamped.addr,
+                "POST",
+                "/v1/completions",
+                r#"{"stream":true,"mock":{"stamp":false}}"#,
+            )
+            .await,
+        )
+        .await;
+        assert!(!body.contains("chorus_sent_ns"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn stats_stamp_the_latest_disconnect() {
+        let mock = start(MockOptions {
+            tokens: 1000,
+            interval: Duration::from_millis(10),
+            ..MockOptions::default()
+        })
+        .await;
+        assert_eq!(mock.stats.last_disconnect_ns(), 0);
+        let mut stream = raw_request(mock.addr, "/v1/chat/completions", r#"{"stream":true}"#).await;
+        read_until(&mut stream, "data: ", 1).await;
+        let left = unix_nanos();
+        drop(stream);
+        assert!(mock.stats.wait_for(|s| s.disconnects() == 1, WAIT).await);
+        let seen = mock.stats.last_disconnect_ns();
+        assert!(seen >= left && seen <= unix_nanos(), "{left} {seen}");
+        let stats = json(&text(send(mock.addr, "GET", "/stats", "").await).await);
+        assert_eq!(stats["last_disconnect_ns"], seen);
     }
 
     #[tokio::test]

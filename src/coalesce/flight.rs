@@ -180,7 +180,10 @@ impl Flight {
 
     /// Appends a chunk; `last` ends the stream cleanly in the same step, so
     /// no request can join between the last byte and the end.
-    pub(crate) fn append(&self, chunk: Bytes, last: bool) {
+    ///
+    /// Only the flight's pump appends; public so that benchmarks can drive a
+    /// flight without an upstream.
+    pub fn append(&self, chunk: Bytes, last: bool) {
         let len = chunk.len() as u64;
         let mut state = self.state();
         state.log.append(chunk);
@@ -198,7 +201,10 @@ impl Flight {
 
     /// Ends the stream. A clean end of a 2xx stays joinable when the route
     /// lingers; anything else closes the flight to joiners.
-    pub(crate) fn finish(&self, end: End) {
+    ///
+    /// Only the flight's pump ends it; public so that benchmarks can drive a
+    /// flight without an upstream.
+    pub fn finish(&self, end: End) {
         let mut state = self.state();
         self.end(&mut state, end);
         let released = state.release();
