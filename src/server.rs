@@ -24,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
+use crate::framing;
 use crate::headers::ClientSide;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -180,9 +181,16 @@ where
     let proxy = Arc::clone(&shared.proxy);
     let requested = CancellationToken::new();
     let first_request = requested.clone();
-    let service = service_fn(move |request: hyper::Request<Incoming>| {
+    // Requests whose HTTP/1.1 head breaks a framing rule are marked for the
+    // handler to refuse (see `framing`).
+    let verdicts = Arc::new(framing::Verdicts::default());
+    let io = framing::Watched::new(io, Arc::clone(&verdicts));
+    let service = service_fn(move |mut request: hyper::Request<Incoming>| {
         if !first_request.is_cancelled() {
             first_request.cancel();
+        }
+        if let Some(suspect) = verdicts.next_request() {
+            request.extensions_mut().insert(suspect);
         }
         let proxy = Arc::clone(&proxy);
         async move { Ok::<_, Infallible>(proxy.handle(request, client).await) }

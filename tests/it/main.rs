@@ -5,9 +5,12 @@
 
 mod support;
 
+mod attack;
+
 mod cli;
 mod coalesce;
 mod deploy;
+mod hostile;
 mod limits;
 mod proxy;
 mod tls;
