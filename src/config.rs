@@ -70,8 +70,9 @@ pub struct ServerConfig {
     /// in the accept backlog. Default 16384; > 0.
     pub max_connections: usize,
     /// `header_read_timeout`: the next request head must arrive within this,
-    /// on a new or a kept-alive connection (so it is also the idle keep-alive
-    /// timeout). Default `"30s"`; > 0.
+    /// on a new or a kept-alive connection, HTTP/1.1 or HTTP/2 (so it is also
+    /// the idle keep-alive timeout; an idle HTTP/2 connection gets GOAWAY).
+    /// Default `"30s"`; > 0.
     pub header_read_timeout: Duration,
     /// `request_body_timeout`: the whole request body must arrive within this,
     /// else 408. Default `"60s"`; > 0.

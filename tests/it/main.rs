@@ -10,6 +10,7 @@ mod attack;
 mod cli;
 mod coalesce;
 mod deploy;
+mod h2_abuse;
 mod hostile;
 mod limits;
 mod proxy;
