@@ -5,6 +5,7 @@
 //! (the label lookups happen then, not per request) and every series exists
 //! at zero from the first scrape.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -54,11 +55,17 @@ pub struct Metrics {
     pub buffered_bytes: Gauge,
 }
 
-/// The series of one route, resolved once.
+/// The series of one route, resolved once. Cheap to clone: clones share them.
 #[derive(Clone)]
-pub struct RouteMetrics {
+pub struct RouteMetrics(Arc<RouteSeries>);
+
+/// What a [`RouteMetrics`] handle points at.
+pub struct RouteSeries {
     route: String,
     responses: Family<StatusLabels, Counter>,
+    /// `responses` by status, resolved on first use so that counting a
+    /// response neither allocates a label nor takes the family's lock.
+    by_status: Box<[OnceLock<Counter>]>,
     leader: Counter,
     follower: Counter,
     bypass: Counter,
@@ -74,6 +81,17 @@ pub struct RouteMetrics {
     pub replayed_bytes: Counter,
     first_byte: Histogram,
 }
+
+impl std::ops::Deref for RouteMetrics {
+    type Target = RouteSeries;
+
+    fn deref(&self) -> &RouteSeries {
+        &self.0
+    }
+}
+
+/// Statuses are three digits; anything else is counted as 0.
+const STATUSES: usize = 600;
 
 fn first_byte_histogram() -> Histogram {
     // 1 ms to ~65 s: model time to first token spans that whole range.
@@ -180,9 +198,10 @@ impl Metrics {
                 role: role.as_str(),
             })
         };
-        RouteMetrics {
+        RouteMetrics(Arc::new(RouteSeries {
             route: name.to_owned(),
             responses: self.responses.clone(),
+            by_status: status_slots(),
             leader: role(Role::Leader),
             follower: role(Role::Follower),
             bypass: role(Role::Bypass),
@@ -192,15 +211,16 @@ impl Metrics {
             subscribers_active: self.subscribers_active.get_or_create_owned(&label),
             replayed_bytes: self.replayed_bytes.get_or_create_owned(&label),
             first_byte: self.first_byte_seconds.get_or_create_owned(&label),
-        }
+        }))
     }
 
     /// Handles for requests that match no route: only their bypass count and
     /// responses are exported (under `route=""`), not empty flight series.
     pub fn unrouted(&self) -> RouteMetrics {
-        RouteMetrics {
+        RouteMetrics(Arc::new(RouteSeries {
             route: String::new(),
             responses: self.responses.clone(),
+            by_status: status_slots(),
             leader: Counter::default(),
             follower: Counter::default(),
             bypass: self.requests.get_or_create_owned(&RoleLabels {
@@ -213,7 +233,7 @@ impl Metrics {
             subscribers_active: Gauge::default(),
             replayed_bytes: Counter::default(),
             first_byte: first_byte_histogram(),
-        }
+        }))
     }
 
     /// The Prometheus text exposition of every metric.
@@ -231,7 +251,16 @@ impl Default for Metrics {
     }
 }
 
-impl RouteMetrics {
+fn status_slots() -> Box<[OnceLock<Counter>]> {
+    (0..STATUSES).map(|_| OnceLock::new()).collect()
+}
+
+impl RouteSeries {
+    /// The route's name.
+    pub fn name(&self) -> &str {
+        &self.route
+    }
+
     /// Counts a request under the role that answers it.
     pub fn request(&self, role: Role) {
         match role {
@@ -243,10 +272,17 @@ impl RouteMetrics {
 
     /// Counts a finished response by status (499 when the client left first).
     pub fn response(&self, status: u16) {
-        self.responses
-            .get_or_create(&StatusLabels {
-                route: self.route.clone(),
-                status,
+        let status = if usize::from(status) < STATUSES {
+            status
+        } else {
+            0
+        };
+        self.by_status[usize::from(status)]
+            .get_or_init(|| {
+                self.responses.get_or_create_owned(&StatusLabels {
+                    route: self.route.clone(),
+                    status,
+                })
             })
             .inc();
     }

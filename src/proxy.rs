@@ -135,11 +135,11 @@ impl Proxy {
             Ok(route) => route,
             Err(error) => {
                 self.unrouted.request(Role::Bypass);
-                log.route(Arc::from(""), self.unrouted.clone());
+                log.route(self.unrouted.clone());
                 return refuse(error, Role::Bypass, log);
             }
         };
-        log.route(Arc::clone(&route.name), route.metrics.clone());
+        log.route(route.metrics.clone());
 
         let (parts, body) = request.into_parts();
         let body = match read_body(body, &parts.headers, &self.limits).await {
@@ -299,7 +299,12 @@ fn set_role(headers: &mut HeaderMap, role: Role) {
 
 /// The size of the request line and headers as a client would send them.
 fn head_size<B>(request: &Request<B>) -> usize {
-    let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    let uri = request.uri();
+    let target = uri
+        .authority()
+        .map_or(0, |authority| authority.as_str().len())
+        + uri.path_and_query().map_or(1, |pq| pq.as_str().len());
+    let line = request.method().as_str().len() + target + 12;
     request.headers().iter().fold(line, |size, (name, value)| {
         size + name.as_str().len() + value.len() + 4
     })

@@ -7,7 +7,6 @@
 //! upstream request still open for it is counted as cancelled.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -62,7 +61,7 @@ pub struct AccessLog {
     method: Method,
     /// The path without the query: queries may carry credentials.
     path: String,
-    route: Option<(Arc<str>, RouteMetrics)>,
+    route: Option<RouteMetrics>,
     role: Role,
     status: Option<StatusCode>,
     upstream_wait: Option<Duration>,
@@ -93,8 +92,8 @@ impl AccessLog {
     }
 
     /// The route that serves the request.
-    pub fn route(&mut self, name: Arc<str>, metrics: RouteMetrics) {
-        self.route = Some((name, metrics));
+    pub fn route(&mut self, metrics: RouteMetrics) {
+        self.route = Some(metrics);
     }
 
     /// The role that answers the request.
@@ -111,7 +110,16 @@ impl AccessLog {
     pub fn head(&mut self, status: StatusCode, upstream_wait: Option<Duration>) {
         self.status = Some(status);
         self.upstream_wait = upstream_wait;
-        self.progress = Progress::Streaming;
+        // A status without content is complete with its head: the server
+        // may never poll its body.
+        let bodyless = status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        self.progress = if bodyless {
+            Progress::Complete
+        } else {
+            Progress::Streaming
+        };
     }
 
     fn end(&mut self, progress: Progress) {
@@ -128,11 +136,8 @@ impl Drop for AccessLog {
             Some(status) if !client_left => status.as_u16(),
             _ => 499,
         };
-        let (route, metrics) = match &self.route {
-            Some((name, metrics)) => (&**name, Some(metrics)),
-            None => ("", None),
-        };
-        if let Some(metrics) = metrics {
+        let route = self.route.as_ref().map_or("", |metrics| metrics.name());
+        if let Some(metrics) = &self.route {
             metrics.response(status);
             if client_left && self.upstream_open {
                 metrics.upstream_cancelled.inc();

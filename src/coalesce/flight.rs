@@ -146,6 +146,7 @@ impl Flight {
             next,
             replay_until,
             registered: None,
+            at_clean_end: false,
         }
     }
 
@@ -294,6 +295,12 @@ impl State {
         if self.joinable { 0 } else { self.log.release() }
     }
 
+    /// Whether a reader whose next chunk is `next` has read everything of a
+    /// stream that ended cleanly.
+    fn read_to_clean_end(&self, next: usize) -> bool {
+        next >= self.log.len() && matches!(self.end, Some(End::Complete))
+    }
+
     /// Registers `waker` for the next change, once per change.
     fn wait(&mut self, registered: &mut Option<(u64, Waker)>, waker: &Waker) {
         if let Some((generation, known)) = registered
@@ -398,6 +405,10 @@ pub struct Subscriber {
     replay_until: usize,
     /// The change generation and waker last registered, to register once.
     registered: Option<(u64, Waker)>,
+    /// Whether the last look at the log found it read to a clean end. Kept
+    /// here so that `is_end_stream`, asked after every frame, takes no lock;
+    /// a stale `false` only costs one more poll.
+    at_clean_end: bool,
 }
 
 impl Subscriber {
@@ -406,7 +417,10 @@ impl Subscriber {
         std::future::poll_fn(|cx| {
             let mut state = self.flight.state();
             match &state.head {
-                Some(head) => Poll::Ready(head.clone()),
+                Some(head) => {
+                    self.at_clean_end = state.read_to_clean_end(self.next);
+                    Poll::Ready(head.clone())
+                }
                 None => {
                     state.wait(&mut self.registered, cx.waker());
                     Poll::Pending
@@ -436,6 +450,7 @@ impl Body for Subscriber {
         if let Some(chunk) = state.log.get(this.next).cloned() {
             state.log.advance(this.next);
             this.next += 1;
+            this.at_clean_end = state.read_to_clean_end(this.next);
             let released = state.release();
             drop(state);
             flight.settings.buffered.dec_by(released as i64);
@@ -462,8 +477,7 @@ impl Body for Subscriber {
     }
 
     fn is_end_stream(&self) -> bool {
-        let state = self.flight.state();
-        self.next >= state.log.len() && matches!(state.end, Some(End::Complete))
+        self.at_clean_end
     }
 
     fn size_hint(&self) -> SizeHint {
