@@ -210,6 +210,7 @@ impl Proxy {
                     upstream: Arc::clone(&route.upstream),
                     request: route.upstream.request(parts, body, client, true),
                     shutdown: self.shutdown.clone(),
+                    max_buffered: self.limits.max_buffered_bytes,
                 }
                 .spawn();
                 (Role::Leader, subscriber)

@@ -102,8 +102,10 @@ pub struct ServerConfig {
     /// Default 256; > 0.
     pub http2_max_concurrent_streams: u32,
     /// `max_buffered_bytes`: bytes held by all coalescing flight logs
-    /// together; past it new requests are proxied without coalescing.
-    /// Default 536870912 (512 MiB); > 0.
+    /// together. Past it, new requests are proxied without coalescing, and
+    /// open flights take no more joiners and keep only what their clients
+    /// have not read, at most `max_replay_bytes` each (a client further
+    /// behind is cut). Default 536870912 (512 MiB); > 0.
     pub max_buffered_bytes: u64,
     /// `[server.tls]`: serve HTTPS (ALPN h2 and http/1.1) instead of plain
     /// HTTP. Default: absent (plain HTTP, with h2c prior knowledge).
