@@ -16,4 +16,5 @@ mod hostile;
 mod limits;
 mod memory;
 mod proxy;
+mod redaction;
 mod tls;
