@@ -284,7 +284,7 @@ async fn a_slowloris_of_2000_connections_does_not_stop_normal_requests() {
         let sent = Instant::now();
         still_serves(&gateway).await;
         assert!(
-            sent.elapsed() < Duration::from_secs(2),
+            sent.elapsed() < Duration::from_secs(5),
             "{:?}",
             sent.elapsed()
         );
@@ -339,7 +339,7 @@ async fn bodies_that_trickle_forever_are_cut_off_and_never_sent_upstream() {
         let sent = Instant::now();
         still_serves(&gateway).await;
         assert!(
-            sent.elapsed() < Duration::from_secs(2),
+            sent.elapsed() < Duration::from_secs(5),
             "{:?}",
             sent.elapsed()
         );

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -25,10 +26,22 @@ async fn streaming(chunks: usize, pause: Duration) -> SocketAddr {
 
 /// [`streaming`], with the response head sent only after `delay`.
 async fn streaming_after(delay: Duration, chunks: usize, pause: Duration) -> SocketAddr {
+    let (_, open) = tokio::sync::watch::channel(true);
+    streaming_held(delay, chunks, pause, open).await
+}
+
+/// [`streaming_after`], each stream ending only once `end` says true.
+async fn streaming_held(
+    delay: Duration,
+    chunks: usize,
+    pause: Duration,
+    end: tokio::sync::watch::Receiver<bool>,
+) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
+            let mut end = end.clone();
             tokio::spawn(async move {
                 let mut request = Vec::new();
                 let mut buf = [0u8; 4096];
@@ -64,6 +77,7 @@ async fn streaming_after(delay: Duration, chunks: usize, pause: Duration) -> Soc
                     }
                     tokio::time::sleep(pause).await;
                 }
+                let _ = end.wait_for(|end| *end).await;
                 let _ = stream.write_all(b"0\r\n\r\n").await;
             });
         }
@@ -103,42 +117,83 @@ async fn read_all(gateway: &Gateway, client: &HttpClient, index: usize) -> (Stri
     (role, bytes)
 }
 
+/// Reads a stream's data, reports when all of it has arrived, then reads
+/// to the end; returns the role and the bytes.
+async fn read_reporting(
+    gateway: &Gateway,
+    client: &HttpClient,
+    index: usize,
+    expected: usize,
+    arrived: &tokio::sync::Semaphore,
+) -> (String, usize) {
+    let request = post(&gateway.url("/v1/chat/completions"), request_body(index));
+    let response = send(client, request).await;
+    assert_eq!(response.status(), 200);
+    let role = header(&response, "x-chorus-role").to_owned();
+    let mut body = response.into_body();
+    let mut bytes = 0;
+    let mut reported = false;
+    while let Some(frame) = tokio::time::timeout(PATIENCE, body.frame())
+        .await
+        .expect("no frame in time")
+    {
+        let frame = frame.expect("a stream was cut");
+        bytes += frame.data_ref().map_or(0, |data| data.len());
+        if bytes == expected && !reported {
+            arrived.add_permits(1);
+            reported = true;
+        }
+    }
+    (role, bytes)
+}
+
 #[tokio::test]
 async fn a_flood_of_distinct_large_streams_stays_within_max_buffered_bytes() {
     const STREAMS: usize = 24;
     const CHUNKS: usize = 48; // 3 MiB a stream, 72 MiB in all
     const CAP: u64 = 4 * MIB;
-    let upstream = streaming(CHUNKS, Duration::from_millis(2)).await;
+    // Every stream sends all its data, then waits before its end: once
+    // every client has read everything, the logs hold only what a flight
+    // keeps for joiners that may still come.
+    let (end, ends) = tokio::sync::watch::channel(false);
+    let upstream = streaming_held(Duration::ZERO, CHUNKS, Duration::from_millis(2), ends).await;
     let gateway = Gateway::start(&server_extra(
         &one_route(&format!("http://{upstream}"), ""),
         &format!("max_buffered_bytes = {CAP}"),
     ))
     .await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let peak = sample_peak(&gateway, Arc::clone(&stop));
+    let arrived = Arc::new(tokio::sync::Semaphore::new(0));
     let clients = [http1(), http2()];
-    let streams = futures::future::join_all((0..STREAMS).map(|index| {
+    let streams = (0..STREAMS).map(|index| {
         let client = clients[index % 2].clone();
-        let gateway = &gateway;
-        async move { read_all(gateway, &client, index).await }
-    }))
-    .await;
-    stop.store(true, Ordering::SeqCst);
-    let peak = peak.await.unwrap();
+        let (gateway, arrived) = (&gateway, Arc::clone(&arrived));
+        async move { read_reporting(gateway, &client, index, CHUNKS * CHUNK, &arrived).await }
+    });
+    let reading = futures::future::join_all(streams);
+    let check = async {
+        let all = tokio::time::timeout(PATIENCE, arrived.acquire_many(STREAMS as u32))
+            .await
+            .expect("the data never arrived");
+        drop(all);
+        let held = gateway.metric(GAUGE).await;
+        end.send_replace(true);
+        held
+    };
+    let (streams, held) = futures::join!(reading, check);
     for (role, bytes) in &streams {
         assert!(role == "leader" || role == "bypass", "{role}");
         assert_eq!(*bytes, CHUNKS * CHUNK);
     }
-    // Each flight may also hold what its own reader has not read yet: a
-    // chunk or two in flight to a client that keeps up.
-    let slack = (STREAMS * 2 * CHUNK) as f64;
+    // A flight keeps bytes for joiners only while the total is under the
+    // cap: a chunk per flight at most above it (72 MiB without the cap).
+    let bound = (CAP as usize + STREAMS * CHUNK) as f64;
     assert!(
-        peak <= CAP as f64 + slack,
+        held <= bound,
         "flight logs held {:.1} MiB against a cap of {} MiB",
-        peak / MIB as f64,
+        held / MIB as f64,
         CAP / MIB
     );
-    assert_eq!(gateway.metric(GAUGE).await, 0.0);
+    assert_eq!(gateway.wait_metric(GAUGE, |held| held == 0.0).await, 0.0);
     gateway.assert_idle().await;
 }
 
@@ -228,13 +283,12 @@ async fn past_max_buffered_bytes_requests_are_bypass_and_still_served() {
     ))
     .await;
     // The flight keeps every byte its stalled client has not read (it never
-    // misses one): past the cap.
+    // misses one): past the cap, once the socket buffers (4 MiB at most
+    // here) are full and the rest of the 24 MiB has arrived.
     let (mut stalled, early) = stalled_client(&gateway, 0).await;
-    let held = gateway.wait_metric(GAUGE, |held| held >= CAP as f64).await;
-    assert!(
-        held >= CAP as f64,
-        "the stalled flight holds only {held} bytes"
-    );
+    let most = (CHUNKS * CHUNK / 2) as f64;
+    let held = gateway.wait_metric(GAUGE, |held| held >= most).await;
+    assert!(held >= most, "the stalled flight holds only {held} bytes");
 
     // Identical and distinct requests now go one to one, served in full.
     for index in [0, 1, 2] {
@@ -263,7 +317,9 @@ async fn past_max_buffered_bytes_requests_are_bypass_and_still_served() {
 async fn past_max_buffered_bytes_a_client_far_behind_is_cut() {
     const CHUNKS: usize = 384; // 24 MiB
     const CAP: u64 = 2 * MIB;
-    let upstream = streaming_after(Duration::from_millis(500), CHUNKS, Duration::ZERO).await;
+    // 64 MiB/s: a reader on loopback keeps well within 1 MiB of it.
+    let upstream =
+        streaming_after(Duration::from_millis(500), CHUNKS, Duration::from_millis(1)).await;
     let gateway = Gateway::start(&server_extra(
         &one_route(
             &format!("http://{upstream}"),
