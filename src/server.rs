@@ -200,10 +200,13 @@ where
             request.extensions_mut().insert(suspect);
         }
         let proxy = Arc::clone(&proxy);
-        async move {
+        // Boxed: hyper keeps the slot of a connection's request future for
+        // the connection's lifetime, so an unboxed future (a few KiB) would
+        // stay allocated for every idle or streaming connection.
+        Box::pin(async move {
             let response = proxy.handle(request, client).await;
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
-        }
+        })
     });
     let connection = shared.builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);

@@ -200,7 +200,8 @@ where
 pub struct UpstreamBody {
     inner: Incoming,
     idle: Duration,
-    timer: Pin<Box<Sleep>>,
+    /// Made on the first wait: a body that never waits never needs one.
+    timer: Option<Pin<Box<Sleep>>>,
     /// Whether `timer` measures the current wait; cleared by every frame.
     armed: bool,
 }
@@ -210,7 +211,7 @@ impl UpstreamBody {
         Self {
             inner,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            timer: None,
             armed: false,
         }
     }
@@ -239,11 +240,20 @@ impl Body for UpstreamBody {
                 // client that polls late is not mistaken for a silent upstream.
                 if !this.armed {
                     this.armed = true;
-                    this.timer.as_mut().reset(Instant::now() + this.idle);
+                    let deadline = Instant::now() + this.idle;
+                    match &mut this.timer {
+                        Some(timer) => timer.as_mut().reset(deadline),
+                        None => this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
                 }
-                match this.timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::UpstreamIdle(this.idle)))),
-                    Poll::Pending => Poll::Pending,
+                let expired = this
+                    .timer
+                    .as_mut()
+                    .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+                if expired {
+                    Poll::Ready(Some(Err(BodyError::UpstreamIdle(this.idle))))
+                } else {
+                    Poll::Pending
                 }
             }
         }

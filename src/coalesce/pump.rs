@@ -181,7 +181,11 @@ async fn stream(
                 };
                 let last = body.is_end_stream();
                 if !data.is_empty() {
-                    flight.append(data, last);
+                    // A chunk from the client library is a slice of its read
+                    // buffer: kept in the log, it would pin that whole buffer
+                    // (and make the library allocate a fresh one per read).
+                    // One right-sized copy per chunk, shared by every reader.
+                    flight.append(Bytes::copy_from_slice(&data), last);
                     if settings.buffered.get().max(0) as u64 > max_buffered {
                         flight.shed();
                     }

@@ -6,6 +6,7 @@
 //! under the same key; removal only ever removes the flight it was asked to
 //! remove, never a successor.
 
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -25,7 +26,29 @@ pub enum Joined {
 /// Open (and lingering) flights by key. Cheap to clone; clones share the map.
 #[derive(Clone, Default)]
 pub struct Registry {
-    flights: Arc<DashMap<Key, Arc<Flight>>>,
+    flights: Arc<DashMap<Key, Arc<Flight>, BuildHasherDefault<KeyHasher>>>,
+}
+
+/// Keys are blake3 hashes already: the map uses the 64 bits a key writes
+/// as its hash instead of hashing them again.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used by `Key`; anything else still hashes.
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 impl Registry {
