@@ -85,7 +85,8 @@ impl Verdicts {
     }
 }
 
-/// A client connection whose reads are followed by a [`Reader`].
+/// A client connection whose reads are followed, head by head and body by
+/// body, as hyper frames them.
 pub struct Watched<I> {
     inner: I,
     reader: Reader,
