@@ -129,6 +129,10 @@ pub enum BodyError {
     /// Nobody was left to read the stream, so the upstream request was closed.
     #[error("the stream was cancelled: no client was left")]
     Cancelled,
+    /// The client fell more than `max_replay_bytes` behind while the
+    /// gateway held more than `server.max_buffered_bytes`.
+    #[error("the client read too slowly while the gateway was short of buffer space")]
+    Lagged,
 }
 
 /// An error and its causes, joined with ": ", skipping causes whose text the

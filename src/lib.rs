@@ -7,6 +7,10 @@
 //! - `main.rs`: the command line (run, check, demo, mock-upstream); logging set-up.
 //! - [`config`]: the TOML schema, defaults, `${VAR}` expansion, validation.
 //! - [`server`]: the listener, TLS, HTTP/1.1 + HTTP/2, connection limits, drain.
+//! - [`activity`]: what each client connection is doing: the idle timeout,
+//!   and closing connections that reset streams as they open them.
+//! - [`framing`]: a second reading of HTTP/1.1 request heads, refusing the
+//!   ambiguous framings requests are smuggled with.
 //! - [`proxy`]: the request handler: route, limits, body, coalesce or pass through.
 //! - [`route`]: the route table and its longest-prefix match.
 //! - [`headers`]: hop-by-hop removal, `X-Forwarded-*`, `Host`, the SSE rewrite.
@@ -35,10 +39,12 @@
 //!          upstream ─► pump ─► flight (append-only log of Bytes) ─► every Subscriber body
 //! ```
 
+pub mod activity;
 pub mod admin;
 pub mod coalesce;
 pub mod config;
 pub mod error;
+pub mod framing;
 pub mod headers;
 pub mod metrics;
 pub mod mock;

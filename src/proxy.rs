@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
-use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -20,6 +20,7 @@ use crate::coalesce::pump::Pump;
 use crate::coalesce::registry::{Joined, Registry};
 use crate::config::ServerConfig;
 use crate::error::GatewayError;
+use crate::framing::Suspect;
 use crate::headers::{self, ClientSide, X_CHORUS_ROLE};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::response::{AccessLog, ResponseBody, Source};
@@ -100,8 +101,16 @@ impl Proxy {
     ) -> Response<ResponseBody> {
         let mut log = AccessLog::start(&request, &self.metrics.requests_active);
         let head_only = request.method() == Method::HEAD;
+        let http1 = request.version() < Version::HTTP_2;
         let answer = self.answer(request, client, &mut log).await;
-        let (parts, mut source) = answer.into_parts();
+        let (mut parts, mut source) = answer.into_parts();
+        if http1 && parts.status == StatusCode::BAD_REQUEST {
+            // A malformed request may have been framed in a way we did not
+            // read: nothing more is read from its connection.
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         if head_only {
             // A response to HEAD has no content: hyper's HTTP/1.1 server
             // never polls it (so it would never be logged as complete), and
@@ -156,6 +165,9 @@ impl Proxy {
         if request.method() == Method::CONNECT {
             return Err(GatewayError::BadRequest("CONNECT is not supported"));
         }
+        if let Some(Suspect(why)) = request.extensions().get::<Suspect>() {
+            return Err(GatewayError::BadRequest(why));
+        }
         let limit = self.limits.max_header_bytes;
         if head_size(request) > limit {
             return Err(GatewayError::HeadersTooLarge { limit });
@@ -198,6 +210,7 @@ impl Proxy {
                     upstream: Arc::clone(&route.upstream),
                     request: route.upstream.request(parts, body, client, true),
                     shutdown: self.shutdown.clone(),
+                    max_buffered: self.limits.max_buffered_bytes,
                 }
                 .spawn();
                 (Role::Leader, subscriber)

@@ -6,25 +6,31 @@
 //! told to shut down gracefully (idle keep-alive connections close, HTTP/2
 //! clients get GOAWAY, streams in flight go on), and after `shutdown_grace`
 //! whatever is left is cut.
+//!
+//! Each connection is watched too (see [`activity`](crate::activity)): one
+//! with no request in progress for `header_read_timeout` is shut down the
+//! same graceful way, and one whose client resets most of its streams as
+//! soon as it opens them (HTTP/2 rapid reset) is closed.
 
 use std::convert::Infallible;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::activity::{Activity, Tracked};
 use crate::config::ServerConfig;
+use crate::framing;
 use crate::headers::ClientSide;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -63,7 +69,9 @@ struct Shared {
     handshake_timeout: Duration,
     /// Cancelled when the shutdown grace ran out.
     cut: CancellationToken,
-    /// A new connection's first request must start within this.
+    /// Cancelled when the gateway starts draining.
+    drain: CancellationToken,
+    /// A connection with no request in progress for this long is closed.
     header_read_timeout: Duration,
 }
 
@@ -83,9 +91,10 @@ pub async fn serve(
         tls: listener.tls,
         handshake_timeout: config.header_read_timeout.min(HANDSHAKE_TIMEOUT),
         cut,
+        drain: drain.clone(),
         header_read_timeout: config.header_read_timeout,
     });
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
 
     loop {
@@ -107,16 +116,15 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let watcher = graceful.watcher();
         let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             shared.metrics.connections_active.inc();
             let client = ClientSide {
                 ip: peer.ip(),
                 tls: shared.tls.is_some(),
             };
             tokio::select! {
-                () = connection(&shared, stream, client, watcher) => {}
+                () = connection(&shared, stream, client) => {}
                 () = shared.cut.cancelled() => {}
             }
             shared.metrics.connections_active.dec();
@@ -126,8 +134,9 @@ pub async fn serve(
     // Closing the listener refuses new connections from here on.
     drop(listener.tcp);
 
+    connections.close();
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = connections.wait() => {}
         () = tokio::time::sleep(config.shutdown_grace) => {
             let cut = shared.metrics.requests_active.get();
             tracing::warn!(streams = cut, "shutdown grace ran out: cutting the streams still open");
@@ -159,13 +168,13 @@ fn builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves one connection: the TLS handshake if any, then HTTP.
-async fn connection(shared: &Shared, stream: TcpStream, client: ClientSide, watcher: Watcher) {
+async fn connection(shared: &Shared, stream: TcpStream, client: ClientSide) {
     let Some(acceptor) = &shared.tls else {
-        return http(shared, stream, client, watcher).await;
+        return http(shared, stream, client).await;
     };
     // A failed or slow handshake costs its own connection and a debug line.
     match tokio::time::timeout(shared.handshake_timeout, tls::accept(acceptor, stream)).await {
-        Ok(Ok(Accepted::Tls(stream))) => http(shared, stream, client, watcher).await,
+        Ok(Ok(Accepted::Tls(stream))) => http(shared, stream, client).await,
         Ok(Ok(Accepted::PlainHttp)) => {
             tracing::debug!(peer = %client.ip, "plain HTTP on the TLS port: answered 400")
         }
@@ -174,42 +183,65 @@ async fn connection(shared: &Shared, stream: TcpStream, client: ClientSide, watc
     }
 }
 
-async fn http<I>(shared: &Shared, io: I, client: ClientSide, watcher: Watcher)
+async fn http<I>(shared: &Shared, io: I, client: ClientSide)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let proxy = Arc::clone(&shared.proxy);
-    let requested = Arc::new(AtomicBool::new(false));
-    let first_request = Arc::clone(&requested);
-    let service = service_fn(move |request: hyper::Request<Incoming>| {
-        first_request.store(true, Ordering::Relaxed);
+    let activity = Arc::new(Activity::default());
+    let requests = Arc::clone(&activity);
+    // Requests whose HTTP/1.1 head breaks a framing rule are marked for the
+    // handler to refuse (see `framing`).
+    let verdicts = Arc::new(framing::Verdicts::default());
+    let io = framing::Watched::new(io, Arc::clone(&verdicts));
+    let service = service_fn(move |mut request: hyper::Request<Incoming>| {
+        let guard = requests.start();
+        if let Some(suspect) = verdicts.next_request() {
+            request.extensions_mut().insert(suspect);
+        }
         let proxy = Arc::clone(&proxy);
         // Boxed: hyper keeps the slot of a connection's request future for
         // the connection's lifetime, so an unboxed future (a few KiB) would
         // stay allocated for every idle or streaming connection.
-        Box::pin(async move { Ok::<_, Infallible>(proxy.handle(request, client).await) })
+        Box::pin(async move {
+            let response = proxy.handle(request, client).await;
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
+        })
     });
     let connection = shared.builder.serve_connection(TokioIo::new(io), service);
-    // hyper times an HTTP/1.1 head only once it has told HTTP/1.1 from
-    // HTTP/2 by the first bytes, and never times HTTP/2's first request: a
-    // client that connects and stays silent would hold its connection (and a
-    // `max_connections` permit) for ever. Until the first request arrives,
-    // `header_read_timeout` bounds the connection here.
-    let silent = async {
-        tokio::time::sleep(shared.header_read_timeout).await;
-        if requested.load(Ordering::Relaxed) {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        result = watcher.watch(connection) => {
-            if let Err(error) = result {
-                // Malformed requests, resets, timeouts: the client's problem, not ours.
-                tracing::debug!(peer = %client.ip, error = %error, "connection ended with an error");
+    tokio::pin!(connection);
+    // hyper times an HTTP/1.1 head, but not a connection that never sends
+    // one, nor an idle HTTP/2 connection: those would hold their
+    // `max_connections` slot for ever. The idle timer covers all three.
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    // Malformed requests, resets, timeouts: the client's problem, not ours.
+                    tracing::debug!(peer = %client.ip, error = %error, "connection ended with an error");
+                }
+                return;
             }
-        }
-        () = silent => {
-            tracing::debug!(peer = %client.ip, "no request within header_read_timeout: closing");
+            () = shared.drain.cancelled(), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            () = activity.idle(shared.header_read_timeout), if !closing => {
+                tracing::debug!(peer = %client.ip, "no request within header_read_timeout: closing");
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            () = activity.abusive() => {
+                let (requests, resets) = activity.resets();
+                tracing::warn!(
+                    peer = %client.ip,
+                    requests,
+                    resets,
+                    "closing a connection whose client resets most streams as it opens them"
+                );
+                return;
+            }
         }
     }
 }

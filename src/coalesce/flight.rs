@@ -235,6 +235,20 @@ impl Flight {
         state.joinable && matches!(state.end, Some(End::Complete))
     }
 
+    /// The gateway holds more than `max_buffered_bytes`: the flight takes no
+    /// more joiners and keeps only what its subscribers have not read, and
+    /// at most `max_replay_bytes` of that; a subscriber further behind is cut
+    /// (its body ends abnormally with [`BodyError::Lagged`]).
+    pub(crate) fn shed(&self) {
+        let mut state = self.state();
+        state.joinable = false;
+        let cut = state.log.cut(self.settings.max_replay_bytes);
+        let released = cut + state.release();
+        // Cut subscribers waiting for a wake-up learn of it now.
+        self.wake(state);
+        self.settings.buffered.dec_by(released as i64);
+    }
+
     /// Takes no more joiners (the linger is over).
     pub(crate) fn close(&self) {
         let mut state = self.state();
@@ -401,6 +415,28 @@ impl Log {
         self.held -= released;
         released
     }
+
+    /// Drops the oldest chunks, read or not, until at most `keep` bytes are
+    /// held; readers at the dropped chunks are left behind `first` (cut).
+    /// Returns the bytes dropped.
+    fn cut(&mut self, keep: u64) -> u64 {
+        let mut dropped = 0;
+        while self.held - dropped > keep {
+            let Some(chunk) = self.chunks.pop_front() else {
+                break;
+            };
+            dropped += chunk.len() as u64;
+            self.readers.pop_front();
+            self.first += 1;
+        }
+        self.held -= dropped;
+        dropped
+    }
+
+    /// Whether a reader whose next chunk is `next` was cut by [`Log::cut`].
+    fn was_cut(&self, next: usize) -> bool {
+        next < self.first
+    }
 }
 
 /// One client's view of a flight: an `http_body::Body` that walks the log
@@ -455,6 +491,9 @@ impl Body for Subscriber {
         let this = self.get_mut();
         let flight = &*this.flight;
         let mut state = flight.state();
+        if state.log.was_cut(this.next) {
+            return Poll::Ready(Some(Err(BodyError::Lagged)));
+        }
         if let Some(chunk) = state.log.get(this.next).cloned() {
             state.log.advance(this.next);
             this.next += 1;

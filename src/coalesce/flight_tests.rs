@@ -319,3 +319,40 @@ async fn a_head_that_never_comes_fails_every_waiting_subscriber() {
         }
     }
 }
+
+#[tokio::test]
+async fn shedding_keeps_what_readers_need_up_to_max_replay_bytes_and_cuts_the_rest() {
+    let metrics = Metrics::new();
+    let (flight, mut eager) = Flight::lead(key(), settings(&metrics, 10, 10));
+    let mut stalled = flight.join().unwrap();
+    flight.set_head(ok_head());
+    for chunk in [&b"0123456789"[..], b"abcdefghij", b"ABCDEFGHIJ"] {
+        flight.append(Bytes::from_static(chunk), false);
+        eager.frame().await.unwrap().unwrap();
+    }
+    assert_eq!(
+        metrics.buffered_bytes.get(),
+        30,
+        "the stalled reader needs all"
+    );
+
+    // Over the gateway's budget: the stalled reader is 30 bytes behind, more
+    // than the 10 kept; it is cut, and what the other read is released.
+    flight.shed();
+    assert!(flight.join().is_none());
+    assert_eq!(metrics.buffered_bytes.get(), 0);
+    assert!(matches!(
+        stalled.frame().await,
+        Some(Err(BodyError::Lagged))
+    ));
+    // The reader that kept up goes on to the end.
+    flight.append(Bytes::from_static(b"tail"), true);
+    assert_eq!(
+        eager.frame().await.unwrap().unwrap().into_data().unwrap(),
+        "tail"
+    );
+    assert!(eager.frame().await.is_none());
+    drop((eager, stalled));
+    drop(flight);
+    assert_eq!(metrics.buffered_bytes.get(), 0);
+}

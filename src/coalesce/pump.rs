@@ -37,6 +37,8 @@ pub struct Pump {
     pub request: Result<Request<Full<Bytes>>, GatewayError>,
     /// Cancelled when the gateway's shutdown grace runs out.
     pub shutdown: CancellationToken,
+    /// `server.max_buffered_bytes`: past it, the flight sheds what it holds.
+    pub max_buffered: u64,
 }
 
 /// How the upstream part of a flight ended, for its log line.
@@ -78,6 +80,7 @@ impl Pump {
             upstream,
             request,
             shutdown,
+            max_buffered,
         } = self;
         let settings = flight.settings();
         settings.metrics.flights_active.inc();
@@ -87,7 +90,7 @@ impl Pump {
             active: true,
         };
 
-        let outcome = stream(&flight, &upstream, request, &shutdown).await;
+        let outcome = stream(&flight, &upstream, request, &shutdown, max_buffered).await;
         guard.active = false;
         settings.metrics.flights_active.dec();
         let (subscribers, bytes) = flight.tally();
@@ -116,6 +119,7 @@ async fn stream(
     upstream: &Upstream,
     request: Result<Request<Full<Bytes>>, GatewayError>,
     shutdown: &CancellationToken,
+    max_buffered: u64,
 ) -> Outcome {
     let settings = flight.settings();
     let request = match request {
@@ -182,6 +186,9 @@ async fn stream(
                     // (and make the library allocate a fresh one per read).
                     // One right-sized copy per chunk, shared by every reader.
                     flight.append(Bytes::copy_from_slice(&data), last);
+                    if settings.buffered.get().max(0) as u64 > max_buffered {
+                        flight.shed();
+                    }
                 } else if last {
                     flight.finish(End::Complete);
                 }

@@ -88,8 +88,9 @@ pub struct ServerConfig {
     /// in the accept backlog. Default 16384; > 0.
     pub max_connections: usize,
     /// `header_read_timeout`: the next request head must arrive within this,
-    /// on a new or a kept-alive connection (so it is also the idle keep-alive
-    /// timeout). Default `"30s"`; > 0.
+    /// on a new or a kept-alive connection, HTTP/1.1 or HTTP/2 (so it is also
+    /// the idle keep-alive timeout; an idle HTTP/2 connection gets GOAWAY).
+    /// Default `"30s"`; > 0.
     pub header_read_timeout: Duration,
     /// `request_body_timeout`: the whole request body must arrive within this,
     /// else 408. Default `"60s"`; > 0.
@@ -101,8 +102,10 @@ pub struct ServerConfig {
     /// Default 256; > 0.
     pub http2_max_concurrent_streams: u32,
     /// `max_buffered_bytes`: bytes held by all coalescing flight logs
-    /// together; past it new requests are proxied without coalescing.
-    /// Default 536870912 (512 MiB); > 0.
+    /// together. Past it, new requests are proxied without coalescing, and
+    /// open flights take no more joiners and keep only what their clients
+    /// have not read, at most `max_replay_bytes` each (a client further
+    /// behind is cut). Default 536870912 (512 MiB); > 0.
     pub max_buffered_bytes: u64,
     /// `[server.tls]`: serve HTTPS (ALPN h2 and http/1.1) instead of plain
     /// HTTP. Default: absent (plain HTTP, with h2c prior knowledge).

@@ -5,9 +5,16 @@
 
 mod support;
 
+mod attack;
+
 mod cli;
 mod coalesce;
 mod deploy;
+mod faults;
+mod h2_abuse;
+mod hostile;
 mod limits;
+mod memory;
 mod proxy;
+mod redaction;
 mod tls;

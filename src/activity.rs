@@ -1,0 +1,271 @@
+//! What one client connection is doing, for two decisions the server makes
+//! about it:
+//!
+//! - **Idle**: a connection with no request in progress for
+//!   `header_read_timeout` is closed (HTTP/2 gets a GOAWAY), so that idle
+//!   keep-alive connections do not hold `max_connections` slots for ever.
+//! - **Rapid reset** (CVE-2023-44487, and its paced form): a client that
+//!   opens streams and resets them before their responses end makes the
+//!   gateway start an upstream request for each, for the price of two small
+//!   frames. hyper's own guard only counts streams reset before the handler
+//!   took them; the gateway takes them at once. So, as Envoy does, a
+//!   connection on which more than half of at least [`PREMATURE_MIN_STREAMS`]
+//!   requests were abandoned by the client within [`PREMATURE_WINDOW`] of
+//!   arriving is closed.
+//!
+//! Each request holds a [`Guard`] from its arrival until its response body
+//! ends or is dropped; [`Tracked`] carries the guard inside the body.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// A request its client abandons sooner than this after it arrived counts
+/// as a premature reset.
+pub const PREMATURE_WINDOW: Duration = Duration::from_secs(1);
+/// Requests a connection has ended before its premature resets are judged.
+pub const PREMATURE_MIN_STREAMS: u64 = 100;
+
+/// The requests of one client connection.
+#[derive(Default)]
+pub struct Activity {
+    /// Counters; a std `Mutex` held for a few instructions, never across
+    /// an `.await`.
+    state: Mutex<Counts>,
+    /// Wakes [`Activity::idle`] whenever a request starts or ends.
+    changed: Notify,
+    /// Cancelled once the connection is judged abusive.
+    abusive: CancellationToken,
+}
+
+#[derive(Default)]
+struct Counts {
+    in_flight: usize,
+    started: u64,
+    ended: u64,
+    premature: u64,
+}
+
+impl Activity {
+    /// A request arrived; it is in progress until the guard ends.
+    pub fn start(self: &Arc<Self>) -> Guard {
+        let mut counts = self.counts();
+        counts.in_flight += 1;
+        counts.started += 1;
+        drop(counts);
+        self.changed.notify_waiters();
+        Guard {
+            activity: Arc::clone(self),
+            arrived: Instant::now(),
+            done: false,
+        }
+    }
+
+    /// Resolves once no request has been in progress for `timeout`.
+    pub async fn idle(&self, timeout: Duration) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the counts are read: no change is missed.
+            changed.as_mut().enable();
+            let (in_flight, started) = {
+                let counts = self.counts();
+                (counts.in_flight, counts.started)
+            };
+            if in_flight > 0 {
+                changed.await;
+                continue;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(timeout) => {
+                    let counts = self.counts();
+                    if counts.in_flight == 0 && counts.started == started {
+                        return;
+                    }
+                }
+                () = &mut changed => {}
+            }
+        }
+    }
+
+    /// Resolves once the connection's client has reset too many requests
+    /// early; the connection should then be closed.
+    pub async fn abusive(&self) {
+        self.abusive.cancelled().await;
+    }
+
+    /// (requests ended, of which premature resets)
+    pub fn resets(&self) -> (u64, u64) {
+        let counts = self.counts();
+        (counts.ended, counts.premature)
+    }
+
+    fn end(&self, premature: bool) {
+        let mut counts = self.counts();
+        counts.in_flight = counts.in_flight.saturating_sub(1);
+        counts.ended += 1;
+        counts.premature += u64::from(premature);
+        let abusive = counts.ended >= PREMATURE_MIN_STREAMS && counts.premature * 2 > counts.ended;
+        drop(counts);
+        if abusive {
+            self.abusive.cancel();
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn counts(&self) -> MutexGuard<'_, Counts> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One request in progress. Ending it with [`Guard::finish`] means its
+/// response ran to its end; dropping it otherwise means the client left.
+pub struct Guard {
+    activity: Arc<Activity>,
+    arrived: Instant,
+    done: bool,
+}
+
+impl Guard {
+    /// The response ended (cleanly, or because the upstream broke).
+    pub fn finish(mut self) {
+        self.done = true;
+        self.activity.end(false);
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.activity.end(self.arrived.elapsed() < PREMATURE_WINDOW);
+        }
+    }
+}
+
+/// A response body that ends its request's [`Guard`] when it ends.
+pub struct Tracked<B: Body> {
+    inner: B,
+    guard: Option<Guard>,
+}
+
+impl<B: Body> Tracked<B> {
+    /// Wraps `inner`, in progress until it ends or is dropped.
+    pub fn new(inner: B, guard: Guard) -> Self {
+        Self {
+            inner,
+            guard: Some(guard),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(guard) = self.guard.take() {
+            guard.finish();
+        }
+    }
+}
+
+impl<B> Body for Tracked<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None | Some(Err(_))) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Pending => false,
+        };
+        if ended {
+            this.finish();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: Body> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        // A body with nothing (more) to send may never be polled to its end.
+        if self.inner.is_end_stream() {
+            self.finish();
+        }
+        // Otherwise the guard, dropped here, counts the client as gone.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_counts_from_the_last_request_end() {
+        let activity = Arc::new(Activity::default());
+        let started = Instant::now();
+        let guard = activity.start();
+        let idle = tokio::spawn({
+            let activity = Arc::clone(&activity);
+            async move { activity.idle(Duration::from_secs(10)).await }
+        });
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(!idle.is_finished(), "idle while a request was in progress");
+        guard.finish();
+        idle.await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(40));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn most_streams_reset_early_make_a_connection_abusive() {
+        let activity = Arc::new(Activity::default());
+        for index in 0..PREMATURE_MIN_STREAMS {
+            let guard = activity.start();
+            if index % 2 == 0 {
+                guard.finish();
+            } else {
+                drop(guard);
+            }
+        }
+        // Half is not more than half.
+        assert!(!activity.abusive.is_cancelled());
+        drop(activity.start());
+        assert!(activity.abusive.is_cancelled());
+        assert_eq!(activity.resets(), (PREMATURE_MIN_STREAMS + 1, 51));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_resets_and_finished_bodies_are_not_premature() {
+        let activity = Arc::new(Activity::default());
+        for _ in 0..PREMATURE_MIN_STREAMS * 2 {
+            let guard = activity.start();
+            tokio::time::sleep(PREMATURE_WINDOW).await;
+            drop(guard);
+        }
+        // A body read to its end, and one with nothing to read.
+        let mut read = Tracked::new(Full::new(Bytes::from_static(b"x")), activity.start());
+        while read.frame().await.is_some() {}
+        drop(Tracked::new(Full::new(Bytes::new()), activity.start()));
+        assert_eq!(activity.resets(), (PREMATURE_MIN_STREAMS * 2 + 2, 0));
+        assert!(!activity.abusive.is_cancelled());
+    }
+}

@@ -1,0 +1,373 @@
+//! Hostile HTTP/1.1 clients, on raw sockets: request smuggling and malformed
+//! heads and bodies (a 400 or a closed connection, and never an upstream
+//! request built from an ambiguous body), and slow clients (a slowloris of
+//! 2,000 connections, bodies that trickle forever, idle keep-alive).
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::attack::*;
+use crate::support::*;
+
+/// Appended to every malformed request: if the gateway ever read past the
+/// bad request as if it were framed, the upstream would see this one.
+const SMUGGLED: &[u8] = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+
+/// Requests whose framing is ambiguous or malformed. Each must get a 400
+/// (414 or 431 for the over-long ones) or a closed connection, and none may
+/// reach the upstream.
+fn refused() -> Vec<(&'static str, Vec<u8>)> {
+    let mut cases: Vec<(&'static str, Vec<u8>)> = vec![
+        // Both framings: a front proxy that reads one and chorus the other
+        // would disagree on where the next request starts.
+        ("CL.TE", b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG".to_vec()),
+        ("CL.TE, TE empty body", b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec()),
+        ("CL, TE chunked in a list", b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: gzip, chunked\r\n\r\nhello".to_vec()),
+        // Content-Length: repeated with different values, lists, not a number.
+        ("two lengths", b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_vec()),
+        ("length list", b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\nhello!".to_vec()),
+        ("length list, same", b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\nhello".to_vec()),
+        ("length not a number", b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\nhello".to_vec()),
+        ("length with a sign", b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\nhello".to_vec()),
+        ("negative length", b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\nhello".to_vec()),
+        ("hex length", b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\nhello".to_vec()),
+        ("two numbers", b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5 5\r\n\r\nhello".to_vec()),
+        ("empty length", b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length:\r\n\r\nhello".to_vec()),
+        ("length overflow", b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\nhello".to_vec()),
+        // Transfer-Encoding other than exactly `chunked`.
+        ("TE identity", b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\nhello".to_vec()),
+        ("TE chunked, identity", b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec()),
+        ("TE lines chunked, identity", b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec()),
+        ("TE lines identity, chunked", b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec()),
+        ("TE gzip, chunked", b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec()),
+        ("TE chunked twice", b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec()),
+        ("TE xchunked", b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec()),
+        ("TE space before colon", b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec()),
+        ("TE vertical tab", b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \x0bchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec()),
+        ("TE on HTTP/1.0", b"POST /a HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec()),
+        // Bad chunk sizes and chunk framing.
+        ("chunk size not hex", b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n".to_vec()),
+        ("negative chunk size", b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n".to_vec()),
+        ("chunk size overflow", b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000005\r\nhello\r\n0\r\n\r\n".to_vec()),
+        ("chunk size 0x", b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n".to_vec()),
+        ("chunk longer than its size", b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhello\r\n0\r\n\r\n".to_vec()),
+        ("chunk size ends in LF", b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n".to_vec()),
+        ("chunk data ends in LF", b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\n0\r\n\r\n".to_vec()),
+        ("chunk size ends in CR", b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\rhello\r\n0\r\n\r\n".to_vec()),
+        ("chunk extension with LF", b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;a\nb\r\nhello\r\n0\r\n\r\n".to_vec()),
+        // obs-fold.
+        ("obs-fold", b"GET /a HTTP/1.1\r\nHost: a\r\nX-A: a\r\n b\r\n\r\n".to_vec()),
+        ("obs-fold TE", b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec()),
+        // Bare LF (and bare CR) as line ends.
+        ("bare LF", b"GET /a HTTP/1.1\nHost: a\n\n".to_vec()),
+        ("bare LF in one line", b"GET /a HTTP/1.1\r\nHost: a\nX: y\r\n\r\n".to_vec()),
+        ("bare LF hides a TE", b"POST /a HTTP/1.1\r\nHost: a\r\nX: y\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec()),
+        ("bare LF ends the head", b"GET /a HTTP/1.1\r\nHost: a\r\n\n".to_vec()),
+        ("bare CR", b"GET /a HTTP/1.1\r\nHost: a\r\nX: y\rTransfer-Encoding: chunked\r\n\r\n".to_vec()),
+        // Invalid bytes in header names and values.
+        ("NUL in a value", b"GET /a HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n".to_vec()),
+        ("control byte in a value", b"GET /a HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n".to_vec()),
+        ("DEL in a name", b"GET /a HTTP/1.1\r\nHost: a\r\nX\x7f: a\r\n\r\n".to_vec()),
+        ("UTF-8 in a name", b"GET /a HTTP/1.1\r\nHost: a\r\nX\xc3\xa9: a\r\n\r\n".to_vec()),
+        ("space in a name", b"GET /a HTTP/1.1\r\nHost: a\r\nX Y: a\r\n\r\n".to_vec()),
+        ("empty name", b"GET /a HTTP/1.1\r\nHost: a\r\n: a\r\n\r\n".to_vec()),
+        ("no colon", b"GET /a HTTP/1.1\r\nHost: a\r\nX-No-Colon\r\n\r\n".to_vec()),
+        ("whitespace before the first header", b"GET /a HTTP/1.1\r\n Host: a\r\n\r\n".to_vec()),
+        // Request lines.
+        ("two spaces", b"GET  /a HTTP/1.1\r\nHost: a\r\n\r\n".to_vec()),
+        ("tab", b"GET\t/a HTTP/1.1\r\nHost: a\r\n\r\n".to_vec()),
+        ("extra word", b"GET /a HTTP/1.1 x\r\nHost: a\r\n\r\n".to_vec()),
+        ("HTTP/0.9", b"GET /a\r\n\r\n".to_vec()),
+        ("HTTP/2.0 in text", b"GET /a HTTP/2.0\r\nHost: a\r\n\r\n".to_vec()),
+        ("HTTP/9.9", b"GET /a HTTP/9.9\r\nHost: a\r\n\r\n".to_vec()),
+        ("space in the target", b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n".to_vec()),
+        ("NUL in the target", b"GET /a\0b HTTP/1.1\r\nHost: a\r\n\r\n".to_vec()),
+        // Host: RFC 9112 section 3.2 asks for exactly one.
+        ("two Host lines", b"GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec()),
+        ("no Host", b"GET /a HTTP/1.1\r\nX: y\r\n\r\n".to_vec()),
+    ];
+    // TE.CL: a front proxy reading the length forwards "5c\r\n" as the body
+    // and the chunk as the next request.
+    let hidden = "GPOST /hidden HTTP/1.1\r\nHost: a\r\nContent-Length: 15\r\n\r\nx=1";
+    let te_cl = format!(
+        "POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n\
+         {:x}\r\n{hidden}\r\n0\r\n\r\n",
+        hidden.len()
+    );
+    cases.insert(1, ("TE.CL", te_cl.into_bytes()));
+    // Over-long request line, header, and head.
+    let mut line = b"GET /".to_vec();
+    line.extend(std::iter::repeat_n(b'a', 100_000));
+    line.extend_from_slice(b" HTTP/1.1\r\nHost: a\r\n\r\n");
+    cases.push(("request line of 100 KB", line));
+    let mut header = b"GET /a HTTP/1.1\r\nHost: a\r\nX: ".to_vec();
+    header.extend(std::iter::repeat_n(b'a', 1 << 20));
+    header.extend_from_slice(b"\r\n\r\n");
+    cases.push(("header of 1 MB", header));
+    let mut many = b"GET /a HTTP/1.1\r\nHost: a\r\n".to_vec();
+    for index in 0..1000 {
+        many.extend_from_slice(format!("x-{index}: a\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    cases.push(("1000 headers", many));
+    cases
+}
+
+#[tokio::test]
+async fn smuggling_and_malformed_requests_are_refused_and_never_sent_upstream() {
+    let recorder = Recorder::start().await;
+    let gateway = Gateway::start(&server_extra(
+        &one_route(&recorder.url(), ""),
+        "header_read_timeout = \"5s\"\nrequest_body_timeout = \"5s\"",
+    ))
+    .await;
+    let mut normal = 0;
+    let mut failures = Vec::new();
+    for (name, mut wire) in refused() {
+        wire.extend_from_slice(SMUGGLED);
+        let exchange = exchange(gateway.addr, &wire, PATIENCE).await;
+        let allowed: &[u16] = match name {
+            "request line of 100 KB" => &[400, 414, 431],
+            "header of 1 MB" | "1000 headers" => &[400, 431],
+            _ => &[400],
+        };
+        let refused = exchange.answer.is_empty()
+            || (exchange
+                .status()
+                .is_some_and(|status| allowed.contains(&status))
+                && exchange.responses() == 1);
+        if !refused || !exchange.closed || recorder.hits() != normal {
+            failures.push(format!(
+                "{name}: closed={} upstream requests={} answer={:?}",
+                exchange.closed,
+                recorder.hits() - normal,
+                exchange.answer.lines().next().unwrap_or("")
+            ));
+            normal = recorder.hits();
+        }
+        // A refusal the gateway made itself says so, in JSON.
+        if refused && exchange.answer.contains("x-chorus-role") {
+            assert!(exchange.answer.contains("x-chorus-role: bypass"), "{name}");
+            assert!(exchange.answer.contains("application/json"), "{name}");
+        }
+        still_serves(&gateway).await;
+        normal += 1;
+    }
+    assert!(failures.is_empty(), "not refused:\n{}", failures.join("\n"));
+    let seen = recorder.seen();
+    assert!(
+        seen.iter().all(|request| request.path == "/still-serving"),
+        "{seen:?}"
+    );
+}
+
+/// Requests that look odd but frame their body in exactly one way: the
+/// upstream gets the body as the framing says, and nothing after it.
+#[tokio::test]
+async fn unambiguous_oddities_are_forwarded_with_exactly_their_body() {
+    let recorder = Recorder::start().await;
+    let gateway = Gateway::start(&one_route(&recorder.url(), "")).await;
+    let cases: [(&str, &[u8]); 6] = [
+        ("the same length twice", b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello"),
+        ("a chunk extension", b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;name=value\r\nhello\r\n0\r\n\r\n"),
+        ("white space after a chunk size", b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5 \r\nhello\r\n0\r\n\r\n"),
+        ("upper-case chunk sizes", b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: CHUNKED\r\n\r\n5\r\nhello\r\nA\r\n0123456789\r\n0\r\n\r\n"),
+        ("trailers", b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n"),
+        ("obs-text in a value", b"POST /a HTTP/1.1\r\nHost: a\r\nX-Latin: caf\xe9\r\nContent-Length: 5\r\n\r\nhello"),
+    ];
+    for (index, (name, wire)) in cases.into_iter().enumerate() {
+        let mut wire = wire.to_vec();
+        // Framed as it says, the connection stays in step: the next request
+        // on it is a request of its own.
+        wire.extend_from_slice(b"GET /next HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let exchange = exchange(gateway.addr, &wire, PATIENCE).await;
+        assert_eq!(exchange.responses(), 2, "{name}: {:?}", exchange.answer);
+        assert_eq!(exchange.status(), Some(200), "{name}");
+        let seen = recorder.seen();
+        assert_eq!(seen.len(), 2 * (index + 1), "{name}: {seen:?}");
+        let (forwarded, next) = (&seen[2 * index], &seen[2 * index + 1]);
+        assert_eq!(forwarded.path, "/a", "{name}");
+        let expected: &[u8] = if name == "upper-case chunk sizes" {
+            b"hello0123456789"
+        } else {
+            b"hello"
+        };
+        assert_eq!(forwarded.body, expected, "{name}");
+        assert!(
+            !forwarded.headers.contains_key("transfer-encoding"),
+            "{name}"
+        );
+        assert_eq!(next.path, "/next", "{name}");
+    }
+    still_serves(&gateway).await;
+}
+
+/// One connection in `count` trickling a request head, a byte at a time.
+async fn trickle(streams: &mut [TcpStream], byte: u8, rounds: usize, pause: Duration) {
+    for _ in 0..rounds {
+        let mut open = 0;
+        for stream in streams.iter_mut() {
+            if stream.write_all(&[byte]).await.is_ok() {
+                open += 1;
+            }
+        }
+        if open == 0 {
+            return;
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Reads every stream to its end; returns how many were closed within
+/// `wait` and whether any got a 2xx answer.
+async fn closed_by_gateway(streams: Vec<TcpStream>, wait: Duration) -> (usize, Vec<String>) {
+    let deadline = Instant::now() + wait;
+    let reads = streams.into_iter().map(|mut stream| async move {
+        let mut answer = Vec::new();
+        let closed = tokio::time::timeout_at(deadline, async {
+            let mut buf = [0u8; 1024];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(read) => answer.extend_from_slice(&buf[..read]),
+                }
+            }
+        })
+        .await
+        .is_ok();
+        (closed, String::from_utf8_lossy(&answer).into_owned())
+    });
+    let results = futures::future::join_all(reads).await;
+    let closed = results.iter().filter(|(closed, _)| *closed).count();
+    let answers = results
+        .into_iter()
+        .map(|(_, answer)| answer)
+        .filter(|answer| !answer.is_empty())
+        .collect();
+    (closed, answers)
+}
+
+#[tokio::test]
+async fn a_slowloris_of_2000_connections_does_not_stop_normal_requests() {
+    const SLOW: usize = 2000;
+    let recorder = Recorder::start().await;
+    let gateway = Gateway::start(&server_extra(
+        &one_route(&recorder.url(), ""),
+        "header_read_timeout = \"3s\"",
+    ))
+    .await;
+    let started = Instant::now();
+    let mut slow = Vec::with_capacity(SLOW);
+    for _ in 0..SLOW {
+        let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+        stream
+            .write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    let open = gateway
+        .wait_metric("chorus_connections_active", |open| open >= SLOW as f64)
+        .await;
+    assert!(open >= SLOW as f64, "only {open} connections open");
+
+    // One byte of header value per connection every 200 ms, in the background.
+    let trickler = tokio::spawn(async move {
+        trickle(&mut slow, b'x', 15, Duration::from_millis(200)).await;
+        slow
+    });
+    // Normal requests go through meanwhile, each well within the timeout.
+    for _ in 0..10 {
+        let sent = Instant::now();
+        still_serves(&gateway).await;
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            sent.elapsed()
+        );
+    }
+    let slow = trickler.await.unwrap();
+    let (closed, answers) = closed_by_gateway(slow, PATIENCE).await;
+    assert_eq!(closed, SLOW, "slow connections left open");
+    assert!(
+        answers.iter().all(|answer| !answer.contains(" 200 ")),
+        "a slow head was answered: {:?}",
+        answers.first()
+    );
+    assert!(started.elapsed() >= Duration::from_millis(2900));
+    assert!(
+        recorder
+            .seen()
+            .iter()
+            .all(|request| request.path != "/slow")
+    );
+    gateway
+        .wait_metric("chorus_connections_active", |open| open == 0.0)
+        .await;
+    still_serves(&gateway).await;
+}
+
+#[tokio::test]
+async fn bodies_that_trickle_forever_are_cut_off_and_never_sent_upstream() {
+    const SLOW: usize = 200;
+    let recorder = Recorder::start().await;
+    let gateway = Gateway::start(&server_extra(
+        &one_route(&recorder.url(), ""),
+        "request_body_timeout = \"2s\"",
+    ))
+    .await;
+    let mut slow = Vec::with_capacity(SLOW);
+    for index in 0..SLOW {
+        let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+        let head: &[u8] = if index % 2 == 0 {
+            b"POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n{"
+        } else {
+            b"POST /slow HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nF4240\r\n{"
+        };
+        stream.write_all(head).await.unwrap();
+        slow.push(stream);
+    }
+    let trickler = tokio::spawn(async move {
+        // Long past the timeout: the gateway must cut them, not the client.
+        trickle(&mut slow, b' ', 40, Duration::from_millis(200)).await;
+        slow
+    });
+    for _ in 0..10 {
+        let sent = Instant::now();
+        still_serves(&gateway).await;
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            sent.elapsed()
+        );
+    }
+    let slow = trickler.await.unwrap();
+    let (closed, answers) = closed_by_gateway(slow, PATIENCE).await;
+    assert_eq!(closed, SLOW, "trickling connections left open");
+    // A 408 when the client reads it before the close resets the socket.
+    assert!(
+        answers
+            .iter()
+            .all(|answer| answer.starts_with("HTTP/1.1 408")),
+        "{:?}",
+        answers
+            .iter()
+            .find(|answer| !answer.starts_with("HTTP/1.1 408"))
+    );
+    assert!(
+        recorder
+            .seen()
+            .iter()
+            .all(|request| request.path != "/slow")
+    );
+    assert_eq!(
+        gateway
+            .metric(r#"chorus_responses_total{route="llm",status="408"}"#)
+            .await,
+        SLOW as f64
+    );
+    still_serves(&gateway).await;
+}
