@@ -162,7 +162,7 @@ async fn run(path: PathBuf) -> ExitCode {
     if let Err(code) = check_tls(&config, &path) {
         return code;
     }
-    let listeners = match bind(&config).await {
+    let listeners = match bind(&config) {
         Ok(listeners) => listeners,
         Err(code) => return code,
     };
@@ -209,20 +209,36 @@ async fn serve(config: Config, listeners: Listeners, signals: Signals) -> ExitCo
     }
 }
 
-async fn bind(config: &Config) -> Result<Listeners, ExitCode> {
-    let gateway = bind_one("server.listen", config.server.listen).await?;
+fn bind(config: &Config) -> Result<Listeners, ExitCode> {
+    let gateway = bind_one("server.listen", config.server.listen)?;
     let admin = match &config.admin {
-        Some(admin) => Some(bind_one("admin.listen", admin.listen).await?),
+        Some(admin) => Some(bind_one("admin.listen", admin.listen)?),
         None => None,
     };
     Ok(Listeners { gateway, admin })
 }
 
-async fn bind_one(key: &str, address: SocketAddr) -> Result<TcpListener, ExitCode> {
-    TcpListener::bind(address).await.map_err(|error| {
+fn bind_one(key: &str, address: SocketAddr) -> Result<TcpListener, ExitCode> {
+    listener(address).map_err(|error| {
         eprintln!("chorus: {key}: cannot listen on {address}: {error}");
         ExitCode::FAILURE
     })
+}
+
+/// Pending connections the kernel may queue (capped by `net.core.somaxconn`):
+/// a herd of clients arriving at once must not overflow the queue into SYN
+/// retransmits (a second each), as the default of 128 would.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listener(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// The signals the process acts on: SIGTERM and SIGINT drain, SIGHUP
@@ -288,7 +304,7 @@ async fn reload_on_sighup(hangups: Option<Signal>, reload: ReloadHandle) {
 }
 
 async fn demo(listen: SocketAddr, admin: SocketAddr) -> ExitCode {
-    let upstream = match TcpListener::bind("127.0.0.1:0").await {
+    let upstream = match listener(SocketAddr::from(([127, 0, 0, 1], 0))) {
         Ok(listener) => listener,
         Err(error) => {
             eprintln!("chorus: cannot start the mock upstream: {error}");
@@ -326,7 +342,7 @@ async fn demo(listen: SocketAddr, admin: SocketAddr) -> ExitCode {
         admin: Some(AdminConfig { listen: admin }),
         routes: vec![route],
     };
-    let listeners = match bind(&config).await {
+    let listeners = match bind(&config) {
         Ok(listeners) => listeners,
         Err(code) => return code,
     };
@@ -349,7 +365,7 @@ Ctrl-C drains and stops."#
 }
 
 async fn mock_upstream(options: MockOptions) -> ExitCode {
-    let listener = match TcpListener::bind(options.listen).await {
+    let listener = match listener(options.listen) {
         Ok(listener) => listener,
         Err(error) => {
             eprintln!("chorus: cannot listen on {}: {error}", options.listen);

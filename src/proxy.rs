@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::coalesce::Role;
-use crate::coalesce::flight::Head;
+use crate::coalesce::flight::{Head, Subscriber};
 use crate::coalesce::key::{Key, KeyInput};
 use crate::coalesce::pump::Pump;
 use crate::coalesce::registry::{Joined, Registry};
@@ -102,7 +102,13 @@ impl Proxy {
         let mut log = AccessLog::start(&request, &self.metrics.requests_active);
         let head_only = request.method() == Method::HEAD;
         let http1 = request.version() < Version::HTTP_2;
-        let answer = self.answer(request, client, &mut log).await;
+        // Boxed, and done before a follower's wait for its head: the wait,
+        // often the longest part of a request, then holds only the small
+        // future below, not everything it took to get there.
+        let answer = match Box::pin(self.answer(request, client, &mut log)).await {
+            Answered::Now(answer) => answer,
+            Answered::OnHead(waiting) => waiting.head(&mut log).await,
+        };
         let (mut parts, mut source) = answer.into_parts();
         if http1 && parts.status == StatusCode::BAD_REQUEST {
             // A malformed request may have been framed in a way we did not
@@ -125,7 +131,7 @@ impl Proxy {
         request: Request<Incoming>,
         client: ClientSide,
         log: &mut AccessLog,
-    ) -> Answer {
+    ) -> Answered {
         let route = self.check_head(&request).and_then(|()| {
             self.routes
                 .find(request.uri().path())
@@ -136,7 +142,7 @@ impl Proxy {
             Err(error) => {
                 self.unrouted.request(Role::Bypass);
                 log.route(self.unrouted.clone());
-                return refuse(error, Role::Bypass, log);
+                return Answered::Now(refuse(error, Role::Bypass, log));
             }
         };
         log.route(route.metrics.clone());
@@ -146,7 +152,7 @@ impl Proxy {
             Ok(body) => body,
             Err(error) => {
                 route.metrics.request(Role::Bypass);
-                return refuse(error, Role::Bypass, log);
+                return Answered::Now(refuse(error, Role::Bypass, log));
             }
         };
 
@@ -154,9 +160,9 @@ impl Proxy {
             && !headers::coalesce_opted_out(&parts.headers)
             && self.has_buffer_room();
         if coalesce {
-            self.coalesced(route, parts, body, client, log).await
+            Answered::OnHead(self.join(route, parts, body, client, log))
         } else {
-            self.bypass(route, parts, body, client, log).await
+            Answered::Now(self.bypass(route, parts, body, client, log).await)
         }
     }
 
@@ -182,14 +188,14 @@ impl Proxy {
     }
 
     /// Joins the flight for this request, or leads a new one.
-    async fn coalesced(
+    fn join(
         &self,
         route: &Arc<Route>,
         parts: http::request::Parts,
         body: Bytes,
         client: ClientSide,
         log: &mut AccessLog,
-    ) -> Answer {
+    ) -> Waiting {
         let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let key = Key::compute(&KeyInput {
             route: &route.name,
@@ -200,8 +206,8 @@ impl Proxy {
             json_ignore_fields: &route.json_ignore_fields,
             body: &body,
         });
-        let waiting = Instant::now();
-        let (role, mut subscriber) = match self.registry.join_or_lead(key, &route.flights) {
+        let since = Instant::now();
+        let (role, subscriber) = match self.registry.join_or_lead(key, &route.flights) {
             // A new flight: its pump sends this request upstream.
             Joined::Leader(flight, subscriber) => {
                 Pump {
@@ -220,17 +226,10 @@ impl Proxy {
         };
         route.metrics.request(role);
         log.role(role);
-
-        match subscriber.head().await {
-            Head::Response(head) => {
-                log.head(head.status, Some(waiting.elapsed()));
-                let mut response = Response::new(Source::Subscriber(subscriber));
-                *response.status_mut() = head.status;
-                *response.headers_mut() = head.headers.clone();
-                set_role(response.headers_mut(), role);
-                response
-            }
-            Head::Failed(error) => refuse(error, role, log),
+        Waiting {
+            role,
+            subscriber,
+            since,
         }
     }
 
@@ -274,6 +273,37 @@ impl Proxy {
         set_role(response.headers_mut(), Role::Bypass);
         log.head(upstream_parts.status, Some(waited));
         response
+    }
+}
+
+/// What handling a request comes to before any wait for a flight's head.
+enum Answered {
+    /// The response, ready.
+    Now(Answer),
+    /// A subscriber of a flight, whose response is its head.
+    OnHead(Waiting),
+}
+
+/// A request subscribed to a flight, waiting for the flight's response head.
+struct Waiting {
+    role: Role,
+    subscriber: Subscriber,
+    since: Instant,
+}
+
+impl Waiting {
+    async fn head(mut self, log: &mut AccessLog) -> Answer {
+        match self.subscriber.head().await {
+            Head::Response(head) => {
+                log.head(head.status, Some(self.since.elapsed()));
+                let mut response = Response::new(Source::Subscriber(self.subscriber));
+                *response.status_mut() = head.status;
+                *response.headers_mut() = head.headers.clone();
+                set_role(response.headers_mut(), self.role);
+                response
+            }
+            Head::Failed(error) => refuse(error, self.role, log),
+        }
     }
 }
 

@@ -60,7 +60,7 @@ pub struct AccessLog {
     started: Instant,
     method: Method,
     /// The path without the query: queries may carry credentials.
-    path: String,
+    path: http::Uri,
     route: Option<RouteMetrics>,
     role: Role,
     status: Option<StatusCode>,
@@ -79,7 +79,8 @@ impl AccessLog {
         Self {
             started: Instant::now(),
             method: request.method().clone(),
-            path: request.uri().path().to_owned(),
+            // A clone shares the received bytes; only the path is logged.
+            path: request.uri().clone(),
             route: None,
             role: Role::Bypass,
             status: None,
@@ -153,7 +154,7 @@ impl Drop for AccessLog {
         tracing::info!(
             route,
             method = %self.method,
-            path = %self.path,
+            path = self.path.path(),
             status,
             role = self.role.as_str(),
             upstream_ms,

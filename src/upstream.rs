@@ -121,21 +121,23 @@ impl Upstream {
     }
 
     fn uri_for(&self, client_uri: &Uri) -> Result<Uri, GatewayError> {
-        let path_and_query = client_uri
-            .path_and_query()
-            .map_or("/", PathAndQuery::as_str);
-        let path_and_query = if self.base_path.is_empty() {
-            PathAndQuery::try_from(path_and_query)
-        } else {
-            PathAndQuery::try_from(format!("{}{path_and_query}", self.base_path))
-        }
-        .map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded"))?;
+        let unforwardable = GatewayError::BadRequest("the request target cannot be forwarded");
+        let path_and_query = match (client_uri.path_and_query(), self.base_path.is_empty()) {
+            // The client's own target, shared rather than copied.
+            (Some(path_and_query), true) => path_and_query.clone(),
+            (None, true) => PathAndQuery::from_static("/"),
+            (client, false) => {
+                let client = client.map_or("/", PathAndQuery::as_str);
+                PathAndQuery::try_from(format!("{}{client}", self.base_path))
+                    .map_err(|_| unforwardable.clone())?
+            }
+        };
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query(path_and_query)
             .build()
-            .map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded"))
+            .map_err(|_| unforwardable)
     }
 
     /// Sends a request; the response head must arrive within `first_byte_timeout`.

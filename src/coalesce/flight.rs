@@ -266,7 +266,10 @@ impl Flight {
             match since {
                 None => self.deserted.notified().await,
                 Some(since) => {
-                    tokio::time::sleep_until(since + grace).await;
+                    // No grace: no timer either (its tick would add a millisecond).
+                    if !grace.is_zero() {
+                        tokio::time::sleep_until(since + grace).await;
+                    }
                     let mut state = self.state();
                     // Nobody rejoined (or left again later) in the meantime.
                     if state.deserted_since == Some(since) {

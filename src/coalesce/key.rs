@@ -29,7 +29,6 @@ use std::fmt;
 
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, Method};
-use serde_json::value::RawValue;
 
 /// blake3 context string: keys from other uses of blake3 can never collide.
 const KEY_CONTEXT: &str = "chorus request coalescing key v1";
@@ -67,15 +66,29 @@ impl Key {
 
     /// Computes the key of one request.
     pub fn compute(input: &KeyInput<'_>) -> Key {
-        let mut hasher = blake3::Hasher::new_keyed(hasher_key());
-        let mut h = Encoder(&mut hasher);
-        h.field(Tag::Route, input.route.as_bytes());
-        h.field(Tag::Method, input.method.as_str().as_bytes());
-        h.field(Tag::PathAndQuery, input.path_and_query.as_bytes());
-        h.content_type(input.headers);
-        h.key_headers(input.headers, input.key_headers);
-        h.body(input.body, input.json_ignore_fields);
-        Key(*hasher.finalize().as_bytes())
+        BUFFERS.with_borrow_mut(|buffers| {
+            let Buffers {
+                encoding,
+                out,
+                scratch,
+            } = buffers;
+            // Everything is encoded into one buffer first: blake3 takes one
+            // long input much faster than many small ones.
+            encoding.clear();
+            let mut e = Encoder(encoding);
+            e.field(Tag::Route, input.route.as_bytes());
+            e.field(Tag::Method, input.method.as_str().as_bytes());
+            e.field(Tag::PathAndQuery, input.path_and_query.as_bytes());
+            e.content_type(input.headers);
+            e.key_headers(input.headers, input.key_headers);
+            match canonicalize(input.body, input.json_ignore_fields, out, scratch) {
+                Some(()) => e.field(Tag::JsonBody, out),
+                None => e.field(Tag::RawBody, input.body),
+            }
+            let key = Key(*blake3::keyed_hash(hasher_key(), encoding).as_bytes());
+            buffers.release_if_large();
+            key
+        })
     }
 }
 
@@ -116,18 +129,18 @@ enum Tag {
     RawBody,
 }
 
-/// Writes the tagged, length-prefixed encoding of a request into a hasher.
-struct Encoder<'h>(&'h mut blake3::Hasher);
+/// Writes the tagged, length-prefixed encoding of a request.
+struct Encoder<'b>(&'b mut Vec<u8>);
 
 impl Encoder<'_> {
     fn count(&mut self, tag: Tag, n: usize) {
-        self.0.update(&[tag as u8]);
-        self.0.update(&(n as u64).to_le_bytes());
+        self.0.push(tag as u8);
+        self.0.extend_from_slice(&(n as u64).to_le_bytes());
     }
 
     fn field(&mut self, tag: Tag, bytes: &[u8]) {
         self.count(tag, bytes.len());
-        self.0.update(bytes);
+        self.0.extend_from_slice(bytes);
     }
 
     /// All values, so a repeated `Content-Type` cannot hide behind the first;
@@ -136,7 +149,9 @@ impl Encoder<'_> {
         let values = headers.get_all(CONTENT_TYPE);
         self.count(Tag::ContentTypeCount, values.iter().count());
         for value in values {
-            self.field(Tag::ContentType, &media_type(value.as_bytes()));
+            let media = media_type(value.as_bytes());
+            self.count(Tag::ContentType, media.len());
+            self.0.extend(media.iter().map(u8::to_ascii_lowercase));
         }
     }
 
@@ -153,22 +168,13 @@ impl Encoder<'_> {
             }
         }
     }
-
-    fn body(&mut self, body: &[u8], ignore_top_level: &[String]) {
-        BUFFERS.with_borrow_mut(|buffers| {
-            match canonicalize(body, ignore_top_level, buffers) {
-                Some(()) => self.field(Tag::JsonBody, &buffers.out),
-                None => self.field(Tag::RawBody, body),
-            }
-            buffers.release_if_large();
-        });
-    }
 }
 
-/// The `type/subtype` of a `Content-Type` value, lowercased, parameters dropped.
-fn media_type(value: &[u8]) -> Vec<u8> {
+/// The `type/subtype` of a `Content-Type` value, parameters dropped (the
+/// caller lowercases it).
+fn media_type(value: &[u8]) -> &[u8] {
     let end = value.iter().position(|&b| b == b';').unwrap_or(value.len());
-    value[..end].trim_ascii().to_ascii_lowercase()
+    value[..end].trim_ascii()
 }
 
 /// Canonical form of a JSON document, or None when the body is not JSON or has duplicate keys
@@ -181,25 +187,29 @@ fn media_type(value: &[u8]) -> Vec<u8> {
 /// for duplicates). Documents nested deeper than 128 levels, and strings with
 /// unpaired surrogate escapes, also give None.
 pub fn canonical_json(body: &[u8], ignore_top_level: &[String]) -> Option<Vec<u8>> {
-    let mut buffers = Buffers::default();
-    canonicalize(body, ignore_top_level, &mut buffers)?;
-    Some(buffers.out)
+    let mut out = Vec::new();
+    canonicalize(body, ignore_top_level, &mut out, &mut Vec::new())?;
+    Some(out)
 }
 
-/// Writes the canonical form of `body` to `buffers.out`; None as for
-/// [`canonical_json`].
-fn canonicalize(body: &[u8], ignore_top_level: &[String], buffers: &mut Buffers) -> Option<()> {
+/// Writes the canonical form of `body` to `out`; None as for
+/// [`canonical_json`]. The walk validates as it goes: anything that is not
+/// JSON by RFC 8259's grammar gives None.
+fn canonicalize(
+    body: &[u8],
+    ignore_top_level: &[String],
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Option<()> {
     let text = std::str::from_utf8(body).ok()?;
-    // serde_json decides what is JSON; the walk below may then rely on the grammar.
-    serde_json::from_str::<&RawValue>(text).ok()?;
-    buffers.out.clear();
-    buffers.out.reserve(text.len());
+    out.clear();
+    out.reserve(text.len());
     let mut walk = Canonicalizer {
         text,
         pos: 0,
         ignore: ignore_top_level,
-        out: &mut buffers.out,
-        scratch: &mut buffers.scratch,
+        out,
+        scratch,
         members: Vec::new(),
     };
     walk.value(0)?;
@@ -212,6 +222,9 @@ fn canonicalize(body: &[u8], ignore_top_level: &[String], buffers: &mut Buffers)
 /// page faults on every request.
 #[derive(Default)]
 struct Buffers {
+    /// The whole encoded request, as hashed.
+    encoding: Vec<u8>,
+    /// The body's canonical form.
     out: Vec<u8>,
     /// Holds an object's members while they are put in order.
     scratch: Vec<u8>,
@@ -222,7 +235,8 @@ impl Buffers {
     const RETAINED_BYTES: usize = 4 << 20;
 
     fn release_if_large(&mut self) {
-        if self.out.capacity() + self.scratch.capacity() > Self::RETAINED_BYTES {
+        let held = self.encoding.capacity() + self.out.capacity() + self.scratch.capacity();
+        if held > Self::RETAINED_BYTES {
             *self = Buffers::default();
         }
     }
@@ -305,10 +319,7 @@ impl<'a> Canonicalizer<'a, '_> {
         match self.peek()? {
             b'{' => self.object(depth),
             b'[' => self.array(depth),
-            b'"' => {
-                let s = self.string()?;
-                self.write_string(&s)
-            }
+            b'"' => self.string_value(),
             _ => self.scalar(),
         }
     }
@@ -400,14 +411,14 @@ impl<'a> Canonicalizer<'a, '_> {
     }
 
     /// Reads a string token and returns it unescaped; None for an unpaired
-    /// surrogate escape, which has no unescaped form.
+    /// surrogate escape, which has no unescaped form, or an invalid token.
     fn string(&mut self) -> Option<JsonStr<'a>> {
         let open = self.pos;
         self.expect(b'"')?;
         let mut escaped = false;
         loop {
             let rest = self.text.as_bytes().get(self.pos..)?;
-            self.pos += find_quote_or_backslash(rest)?;
+            self.pos += find_special(rest)?;
             if self.eat(b'"') {
                 break;
             }
@@ -423,6 +434,70 @@ impl<'a> Canonicalizer<'a, '_> {
         }
     }
 
+    /// Reads a string value and writes its canonical form straight to the
+    /// output, escapes decoded and re-escaped as serde_json writes them (no
+    /// unescaped copy is needed: unlike keys, values are never compared).
+    fn string_value(&mut self) -> Option<()> {
+        self.expect(b'"')?;
+        self.out.push(b'"');
+        loop {
+            let rest = self.text.as_bytes().get(self.pos..)?;
+            let plain = find_special(rest)?;
+            self.out.extend_from_slice(&rest[..plain]);
+            self.pos += plain;
+            if self.eat(b'"') {
+                self.out.push(b'"');
+                return Some(());
+            }
+            self.pos += 1; // the backslash
+            let escape = self.peek()?;
+            self.pos += 1;
+            match escape {
+                b'"' => self.out.extend_from_slice(b"\\\""),
+                b'\\' => self.out.extend_from_slice(b"\\\\"),
+                b'/' => self.out.push(b'/'),
+                b'b' => self.out.extend_from_slice(b"\\b"),
+                b'f' => self.out.extend_from_slice(b"\\f"),
+                b'n' => self.out.extend_from_slice(b"\\n"),
+                b'r' => self.out.extend_from_slice(b"\\r"),
+                b't' => self.out.extend_from_slice(b"\\t"),
+                b'u' => {
+                    let c = self.unicode_escape()?;
+                    write_char(self.out, c);
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// The character of a `\uXXXX` escape (the `\u` already read), joining a
+    /// surrogate pair; None for an unpaired surrogate or bad hex.
+    fn unicode_escape(&mut self) -> Option<char> {
+        let high = self.hex4()?;
+        match high {
+            0xD800..=0xDBFF => {
+                self.expect(b'\\')?;
+                self.expect(b'u')?;
+                let low = self.hex4()?;
+                if !(0xDC00..=0xDFFF).contains(&low) {
+                    return None;
+                }
+                char::from_u32(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
+            }
+            0xDC00..=0xDFFF => None,
+            _ => char::from_u32(high),
+        }
+    }
+
+    fn hex4(&mut self) -> Option<u32> {
+        let digits = self.text.get(self.pos..self.pos + 4)?;
+        if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        self.pos += 4;
+        u32::from_str_radix(digits, 16).ok()
+    }
+
     /// Escapes as serde_json does, so equal strings always get equal bytes.
     fn write_string(&mut self, s: &JsonStr<'_>) -> Option<()> {
         match s {
@@ -436,19 +511,79 @@ impl<'a> Canonicalizer<'a, '_> {
         }
     }
 
-    /// A number or `true`/`false`/`null`, copied exactly as written.
+    /// A number or `true`/`false`/`null`, checked against the grammar and
+    /// copied exactly as written.
     fn scalar(&mut self) -> Option<()> {
         let rest = self.text.as_bytes().get(self.pos..)?;
         let n = rest
             .iter()
             .position(|b| matches!(b, b',' | b']' | b'}' | b' ' | b'\t' | b'\n' | b'\r'))
             .unwrap_or(rest.len());
-        if n == 0 {
+        let token = &rest[..n];
+        if !matches!(token, b"true" | b"false" | b"null") && !is_number(token) {
             return None;
         }
-        self.out.extend_from_slice(&rest[..n]);
+        self.out.extend_from_slice(token);
         self.pos += n;
         Some(())
+    }
+}
+
+/// Whether `token` is a JSON number: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+fn is_number(token: &[u8]) -> bool {
+    fn digits(bytes: &[u8]) -> usize {
+        bytes.iter().take_while(|b| b.is_ascii_digit()).count()
+    }
+    let mut rest = token.strip_prefix(b"-").unwrap_or(token);
+    match rest.first() {
+        Some(b'0') => rest = &rest[1..],
+        Some(b'1'..=b'9') => rest = &rest[digits(rest)..],
+        _ => return false,
+    }
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        let n = digits(fraction);
+        if n == 0 {
+            return false;
+        }
+        rest = &fraction[n..];
+    }
+    if let Some(exponent) = rest.strip_prefix(b"e").or_else(|| rest.strip_prefix(b"E")) {
+        let exponent = exponent
+            .strip_prefix(b"+")
+            .or_else(|| exponent.strip_prefix(b"-"))
+            .unwrap_or(exponent);
+        let n = digits(exponent);
+        if n == 0 {
+            return false;
+        }
+        rest = &exponent[n..];
+    }
+    rest.is_empty()
+}
+
+/// Writes `c` inside a string the way serde_json does: the quote, the
+/// backslash and control characters escaped (short forms where JSON has
+/// them), everything else as UTF-8.
+fn write_char(out: &mut Vec<u8>, c: char) {
+    match c {
+        '"' => out.extend_from_slice(b"\\\""),
+        '\\' => out.extend_from_slice(b"\\\\"),
+        '\u{8}' => out.extend_from_slice(b"\\b"),
+        '\u{c}' => out.extend_from_slice(b"\\f"),
+        '\n' => out.extend_from_slice(b"\\n"),
+        '\r' => out.extend_from_slice(b"\\r"),
+        '\t' => out.extend_from_slice(b"\\t"),
+        '\u{0}'..='\u{1f}' => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            let byte = c as u8;
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(byte >> 4)]);
+            out.push(HEX[usize::from(byte & 0xf)]);
+        }
+        _ => {
+            let mut utf8 = [0; 4];
+            out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+        }
     }
 }
 
@@ -469,11 +604,12 @@ fn rewrite_object(out: &mut Vec<u8>, scratch: &mut Vec<u8>, start: usize, member
     out.push(b'}');
 }
 
-/// Index of the first `"` or `\\` in `bytes`. Whole 16-byte chunks are tested
-/// without an early exit so that the compiler vectorises the scan of long
-/// strings (message contents are most of a chat-completion body).
-fn find_quote_or_backslash(bytes: &[u8]) -> Option<usize> {
-    let special = |b: &u8| *b == b'"' || *b == b'\\';
+/// Index of the first `"` or `\\` in `bytes`; None if a control character
+/// (invalid inside a JSON string) comes first. Whole 16-byte chunks are
+/// tested without an early exit so that the compiler vectorises the scan of
+/// long strings (message contents are most of a chat-completion body).
+fn find_special(bytes: &[u8]) -> Option<usize> {
+    let special = |b: &u8| *b == b'"' || *b == b'\\' || *b < 0x20;
     let mut skipped = 0;
     for chunk in bytes.chunks_exact(16) {
         if chunk.iter().fold(false, |hit, b| hit | special(b)) {
@@ -482,7 +618,8 @@ fn find_quote_or_backslash(bytes: &[u8]) -> Option<usize> {
         skipped += 16;
     }
     let rest = bytes.get(skipped..)?;
-    rest.iter().position(special).map(|i| skipped + i)
+    let at = skipped + rest.iter().position(special)?;
+    (bytes[at] >= 0x20).then_some(at)
 }
 
 #[cfg(test)]
@@ -828,6 +965,69 @@ mod tests {
         assert_eq!(
             out.as_deref(),
             Some(r#"{"A":4,"Z":3,"e":2,"é":1}"#.as_bytes())
+        );
+    }
+
+    #[test]
+    fn json_is_decided_by_the_grammar_as_serde_json_decides_it() {
+        let inputs = [
+            "0",
+            "-0",
+            "1.5",
+            "1e5",
+            "1E+5",
+            "-1.25e-3",
+            "01",
+            "1.",
+            ".5",
+            "+1",
+            "1e",
+            "--1",
+            "0x10",
+            "true",
+            "tru",
+            "truee",
+            "null",
+            "nul",
+            "false ",
+            " [] ",
+            "[1,]",
+            "[,1]",
+            "[1 2]",
+            "{}",
+            "{\"a\"}",
+            "{\"a\":}",
+            "{\"a\":1,}",
+            "{a:1}",
+            "{\"a\":1}x",
+            "\"\\x\"",
+            "\"\\u12\"",
+            "\"\\u12G4\"",
+            "\"tab\there\"",
+            "\"\\ud83d\\ude00\"",
+            "\"\\u00e9\\/\\b\\f\\n\\r\\t\"",
+            "[1]]",
+            "[[1]",
+            "{\"a\":[1,{\"b\":null}]}",
+            "\"\u{7f}\"",
+            "\u{feff}{}",
+            "",
+        ];
+        for input in inputs {
+            let serde = serde_json::from_str::<serde::de::IgnoredAny>(input).is_ok();
+            let ours = canonical_json(input.as_bytes(), &[]).is_some();
+            assert_eq!(ours, serde, "{input:?}: serde_json says {serde}");
+        }
+    }
+
+    #[test]
+    fn escapes_are_rewritten_as_serde_json_writes_them() {
+        let body = r#"{"s":"\u0041\/\u00e9\ud83d\ude00\u001f\u2028\"\\\n","t":["\t"]}"#;
+        let value: serde_json::Value = serde_json::from_str(body).unwrap();
+        let expected = serde_json::to_string(&value).unwrap();
+        assert_eq!(
+            canonical_json(body.as_bytes(), &[]).unwrap(),
+            expected.as_bytes()
         );
     }
 }
