@@ -78,6 +78,19 @@ struct Sample {
     requests_total: f64,
 }
 
+impl Sample {
+    /// Whether the gateway is back to idle: every series in [`IDLE_SERIES`]
+    /// at 0, and no more open file descriptors than in `baseline`.
+    fn is_idle(&self, baseline: &Sample) -> bool {
+        self.flights == 0.0
+            && self.subscribers == 0.0
+            && self.requests_active == 0.0
+            && self.connections == 0.0
+            && self.buffered == 0.0
+            && self.fds <= baseline.fds
+    }
+}
+
 /// The idle values that must come back.
 const IDLE_SERIES: [&str; 5] = [
     "chorus_flights_active{route=\"llm\"}",
@@ -229,13 +242,7 @@ linger = "200ms"
         let at = started.elapsed().as_secs_f64();
         last = sample(pid, &admin_client, &metrics_url, at).await?;
         samples.push(last.clone());
-        let idle = last.flights == 0.0
-            && last.subscribers == 0.0
-            && last.requests_active == 0.0
-            && last.connections == 0.0
-            && last.buffered == 0.0
-            && last.fds <= baseline.fds;
-        if idle || Instant::now() > idle_deadline {
+        if last.is_idle(&baseline) || Instant::now() > idle_deadline {
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -44,12 +44,7 @@ pub(crate) fn judge(
     let requests: u64 = tally.by_scenario.values().sum();
     let unexpected: u64 = tally.unexpected.values().sum();
     pass &= unexpected == 0;
-    let idle = last.flights == 0.0
-        && last.subscribers == 0.0
-        && last.requests_active == 0.0
-        && last.connections == 0.0
-        && last.buffered == 0.0
-        && last.fds <= baseline.fds;
+    let idle = last.is_idle(baseline);
     pass &= idle;
     let clean_exit = stopped.is_some_and(|status| status.success());
     pass &= clean_exit;

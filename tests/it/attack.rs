@@ -11,8 +11,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::support::*;
 
@@ -108,18 +109,7 @@ impl Exchange {
 pub async fn exchange(addr: SocketAddr, wire: &[u8], wait: Duration) -> Exchange {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let _ = tokio::time::timeout(wait, stream.write_all(wire)).await;
-    let mut answer = Vec::new();
-    let closed = tokio::time::timeout(wait, async {
-        let mut buf = [0u8; 8192];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(read) => answer.extend_from_slice(&buf[..read]),
-            }
-        }
-    })
-    .await
-    .is_ok();
+    let (closed, answer) = read_to_close(&mut stream, Instant::now() + wait).await;
     Exchange {
         answer: String::from_utf8_lossy(&answer).into_owned(),
         closed,

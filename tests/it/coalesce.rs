@@ -20,6 +20,16 @@ fn role(response: &Response<hyper::body::Incoming>) -> String {
         .to_owned()
 }
 
+/// The built-in mock behind a gateway with one route to it (`route` is
+/// added to that route, e.g. a `[routes.coalesce]` table), and the gateway's
+/// completions URL.
+async fn start(route: &str) -> (Upstream, Gateway, String) {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&one_route(&upstream.url(), route)).await;
+    let url = gateway.url(COMPLETIONS);
+    (upstream, gateway, url)
+}
+
 /// Sends `body` and reads the whole response: (role, status, body or error).
 fn fetch(
     client: &HttpClient,
@@ -39,9 +49,7 @@ fn fetch(
 
 #[tokio::test]
 async fn triple_click_shares_one_upstream_request() {
-    let upstream = Upstream::start().await;
-    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
-    let url = gateway.url(COMPLETIONS);
+    let (upstream, gateway, url) = start("").await;
     let request = chat("hello", json!({"tokens": 20, "interval_ms": 20}));
     let client = http1();
 
@@ -77,9 +85,7 @@ async fn triple_click_shares_one_upstream_request() {
 
 #[tokio::test]
 async fn a_thousand_identical_clients_make_one_upstream_request() {
-    let upstream = Upstream::start().await;
-    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
-    let url = gateway.url(COMPLETIONS);
+    let (upstream, gateway, url) = start("").await;
     // Long enough for a loaded machine to open a thousand connections while it runs.
     let request = chat("herd", json!({"tokens": 40, "interval_ms": 100}));
 
@@ -104,9 +110,7 @@ async fn a_thousand_identical_clients_make_one_upstream_request() {
 
 #[tokio::test]
 async fn a_late_joiner_gets_the_stream_from_its_first_byte() {
-    let upstream = Upstream::start().await;
-    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
-    let url = gateway.url(COMPLETIONS);
+    let (upstream, gateway, url) = start("").await;
     let request = chat("late", json!({"tokens": 20, "interval_ms": 80}));
 
     let first = send(&http1(), post(&url, request.clone())).await;
@@ -130,9 +134,7 @@ async fn a_late_joiner_gets_the_stream_from_its_first_byte() {
 
 #[tokio::test]
 async fn equivalent_json_coalesces_and_different_requests_do_not() {
-    let upstream = Upstream::start().await;
-    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
-    let url = gateway.url(COMPLETIONS);
+    let (upstream, gateway, url) = start("").await;
     let client = http1();
     let mock = json!({"tokens": 10, "interval_ms": 100});
     let base = chat("same", mock.clone());
@@ -233,9 +235,7 @@ methods = ["post"]
 
 #[tokio::test]
 async fn when_every_client_leaves_the_upstream_is_closed() {
-    let upstream = Upstream::start().await;
-    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
-    let url = gateway.url(COMPLETIONS);
+    let (upstream, gateway, url) = start("").await;
     let request = chat("bye", json!({"tokens": 200, "interval_ms": 50}));
 
     let first = send(&http1(), post(&url, request.clone())).await;
@@ -266,9 +266,7 @@ async fn when_every_client_leaves_the_upstream_is_closed() {
 
 #[tokio::test]
 async fn one_client_leaving_changes_nothing_for_the_others() {
-    let upstream = Upstream::start().await;
-    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
-    let url = gateway.url(COMPLETIONS);
+    let (upstream, gateway, url) = start("").await;
     let request = chat("stay", json!({"tokens": 20, "interval_ms": 30}));
 
     // The leader's own client leaves mid-body, once the followers are in.
@@ -304,9 +302,7 @@ async fn one_client_leaving_changes_nothing_for_the_others() {
 
 #[tokio::test]
 async fn the_leader_leaving_before_the_head_changes_nothing_for_followers() {
-    let upstream = Upstream::start().await;
-    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
-    let url = gateway.url(COMPLETIONS);
+    let (upstream, gateway, url) = start("").await;
     let request = chat(
         "think",
         json!({"tokens": 5, "interval_ms": 10, "first_byte_delay_ms": 600}),
@@ -339,9 +335,7 @@ async fn the_leader_leaving_before_the_head_changes_nothing_for_followers() {
 
 #[tokio::test]
 async fn everyone_leaving_during_a_long_time_to_first_token_cancels() {
-    let upstream = Upstream::start().await;
-    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
-    let url = gateway.url(COMPLETIONS);
+    let (upstream, gateway, url) = start("").await;
     let request = chat("slow", json!({"first_byte_delay_ms": 30000}));
 
     let clients: Vec<_> = (0..2)
@@ -369,9 +363,7 @@ async fn everyone_leaving_during_a_long_time_to_first_token_cancels() {
 
 #[tokio::test]
 async fn a_stalled_client_delays_nobody_and_still_gets_every_byte() {
-    let upstream = Upstream::start().await;
-    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
-    let url = gateway.url(COMPLETIONS);
+    let (upstream, gateway, url) = start("").await;
     // About a megabyte: more than the socket buffers hold for a client that does not read.
     let request = chat("big", json!({"tokens": 6000, "interval_ms": 0}));
 
@@ -392,13 +384,7 @@ async fn a_stalled_client_delays_nobody_and_still_gets_every_byte() {
 
 #[tokio::test]
 async fn a_rejoin_within_cancel_grace_gets_the_full_replay() {
-    let upstream = Upstream::start().await;
-    let route = r#"
-[routes.coalesce]
-cancel_grace = "3s"
-"#;
-    let gateway = Gateway::start(&one_route(&upstream.url(), route)).await;
-    let url = gateway.url(COMPLETIONS);
+    let (upstream, gateway, url) = start("[routes.coalesce]\ncancel_grace = \"3s\"").await;
     let request = chat("again", json!({"tokens": 40, "interval_ms": 50}));
 
     let first = send(&http1(), post(&url, request.clone())).await;
@@ -421,13 +407,7 @@ cancel_grace = "3s"
 
 #[tokio::test]
 async fn linger_answers_from_the_log_until_it_expires() {
-    let upstream = Upstream::start().await;
-    let route = r#"
-[routes.coalesce]
-linger = "1s"
-"#;
-    let gateway = Gateway::start(&one_route(&upstream.url(), route)).await;
-    let url = gateway.url(COMPLETIONS);
+    let (upstream, gateway, url) = start("[routes.coalesce]\nlinger = \"1s\"").await;
     let request = chat("linger", json!({"tokens": 3, "interval_ms": 0}));
     let client = http1();
 
@@ -457,13 +437,7 @@ linger = "1s"
 
 #[tokio::test]
 async fn error_statuses_reach_everyone_but_are_never_lingered() {
-    let upstream = Upstream::start().await;
-    let route = r#"
-[routes.coalesce]
-linger = "30s"
-"#;
-    let gateway = Gateway::start(&one_route(&upstream.url(), route)).await;
-    let url = gateway.url(COMPLETIONS);
+    let (upstream, gateway, url) = start("[routes.coalesce]\nlinger = \"30s\"").await;
     let request = chat("fail", json!({"status": 429, "first_byte_delay_ms": 800}));
     let client = http1();
 
@@ -489,13 +463,7 @@ linger = "30s"
 
 #[tokio::test]
 async fn a_broken_stream_ends_every_subscriber_abnormally() {
-    let upstream = Upstream::start().await;
-    let route = r#"
-[routes.coalesce]
-linger = "30s"
-"#;
-    let gateway = Gateway::start(&one_route(&upstream.url(), route)).await;
-    let url = gateway.url(COMPLETIONS);
+    let (upstream, gateway, url) = start("[routes.coalesce]\nlinger = \"30s\"").await;
     let request = chat(
         "break",
         json!({"tokens": 20, "interval_ms": 50, "break_after": 6}),
@@ -560,9 +528,7 @@ async fn an_unreachable_upstream_is_a_502_for_every_subscriber() {
 
 #[tokio::test]
 async fn http1_and_http2_clients_share_a_flight() {
-    let upstream = Upstream::start().await;
-    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
-    let url = gateway.url(COMPLETIONS);
+    let (upstream, gateway, url) = start("").await;
     let request = chat("both", json!({"tokens": 20, "interval_ms": 50}));
 
     let (h1, h2) = futures::join!(fetch(&http1(), &url, &request), async {
@@ -577,9 +543,7 @@ async fn http1_and_http2_clients_share_a_flight() {
 
 #[tokio::test]
 async fn sequential_identical_requests_each_go_upstream_without_linger() {
-    let upstream = Upstream::start().await;
-    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
-    let url = gateway.url(COMPLETIONS);
+    let (upstream, gateway, url) = start("").await;
     let client = http1();
     // Streamed, and plain with a Content-Length (whose end a client sees by length).
     for (round, stream) in [true, false, true, false].into_iter().enumerate() {
@@ -633,9 +597,7 @@ async fn empty_responses_fan_out() {
 
 #[tokio::test]
 async fn joiners_racing_the_end_of_a_flight_never_hang_or_get_a_cut_body() {
-    let upstream = Upstream::start().await;
-    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
-    let url = gateway.url(COMPLETIONS);
+    let (_upstream, gateway, url) = start("").await;
     let client = http1();
     let request = chat("race", json!({"tokens": 2, "interval_ms": 2}));
 
@@ -679,13 +641,7 @@ async fn coalesced_requests_ask_for_identity_encoding() {
 
 #[tokio::test]
 async fn past_max_subscribers_the_next_request_leads_a_new_flight() {
-    let upstream = Upstream::start().await;
-    let route = r#"
-[routes.coalesce]
-max_subscribers = 2
-"#;
-    let gateway = Gateway::start(&one_route(&upstream.url(), route)).await;
-    let url = gateway.url(COMPLETIONS);
+    let (upstream, gateway, url) = start("[routes.coalesce]\nmax_subscribers = 2").await;
     let request = chat("full", json!({"tokens": 10, "interval_ms": 100}));
 
     let first = send(&http1(), post(&url, request.clone())).await;
@@ -703,13 +659,7 @@ max_subscribers = 2
 
 #[tokio::test]
 async fn past_max_replay_bytes_no_one_joins_and_no_one_misses_a_byte() {
-    let upstream = Upstream::start().await;
-    let route = r#"
-[routes.coalesce]
-max_replay_bytes = 1000
-"#;
-    let gateway = Gateway::start(&one_route(&upstream.url(), route)).await;
-    let url = gateway.url(COMPLETIONS);
+    let (upstream, gateway, url) = start("[routes.coalesce]\nmax_replay_bytes = 1000").await;
     let request = chat("long", json!({"tokens": 30, "interval_ms": 30}));
 
     let first = send(&http1(), post(&url, request.clone())).await;
@@ -731,9 +681,7 @@ max_replay_bytes = 1000
 
 #[tokio::test]
 async fn drained_flight_bodies_arrive_chunk_by_chunk_for_followers() {
-    let upstream = Upstream::start().await;
-    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
-    let url = gateway.url(COMPLETIONS);
+    let (upstream, gateway, url) = start("").await;
     let request = chat("live", json!({"tokens": 10, "interval_ms": 200}));
 
     let leader = send(&http1(), post(&url, request.clone())).await;

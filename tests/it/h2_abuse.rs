@@ -408,6 +408,19 @@ async fn one_request_with_block(gateway: &Gateway, block: &[u8]) -> Received {
     read_frames(&mut stream, Duration::from_secs(3)).await
 }
 
+/// Sends `block` as the header block of one request and checks that the
+/// gateway refused it (a reset, a GOAWAY or a close) without asking the
+/// upstream, and serves others after it; `what` names the block.
+async fn block_is_refused(gateway: &Gateway, upstream: &Counting, block: &[u8], what: &str) {
+    let received = one_request_with_block(gateway, block).await;
+    assert!(
+        received.count(RST_STREAM) > 0 || received.goaway.is_some() || received.closed,
+        "{what} was taken: {received:?}"
+    );
+    assert_eq!(upstream.upstream.hits(), 0);
+    others_served(gateway).await;
+}
+
 #[tokio::test]
 async fn a_huge_header_list_is_refused() {
     let upstream = counting(Duration::ZERO).await;
@@ -417,13 +430,7 @@ async fn a_huge_header_list_is_refused() {
     for index in 0..4096 {
         literal(&format!("x-huge-{index}"), &[b'h'; 1024], &mut block);
     }
-    let received = one_request_with_block(&gateway, &block).await;
-    assert!(
-        received.count(RST_STREAM) > 0 || received.goaway.is_some() || received.closed,
-        "a 4 MiB header list was taken: {received:?}"
-    );
-    assert_eq!(upstream.upstream.hits(), 0);
-    others_served(&gateway).await;
+    block_is_refused(&gateway, &upstream, &block, "a 4 MiB header list").await;
 }
 
 #[tokio::test]
@@ -439,13 +446,7 @@ async fn an_hpack_bomb_is_refused() {
     hpack_int(0, 7, 4000, &mut block);
     block.extend(std::iter::repeat_n(b'b', 4000));
     block.extend(std::iter::repeat_n(0xbe, 20_000));
-    let received = one_request_with_block(&gateway, &block).await;
-    assert!(
-        received.count(RST_STREAM) > 0 || received.goaway.is_some() || received.closed,
-        "an HPACK bomb was taken: {received:?}"
-    );
-    assert_eq!(upstream.upstream.hits(), 0);
-    others_served(&gateway).await;
+    block_is_refused(&gateway, &upstream, &block, "an HPACK bomb").await;
 }
 
 // ---------------------------------------------------------------------------

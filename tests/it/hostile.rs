@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -226,18 +226,7 @@ async fn trickle(streams: &mut [TcpStream], byte: u8, rounds: usize, pause: Dura
 async fn closed_by_gateway(streams: Vec<TcpStream>, wait: Duration) -> (usize, Vec<String>) {
     let deadline = Instant::now() + wait;
     let reads = streams.into_iter().map(|mut stream| async move {
-        let mut answer = Vec::new();
-        let closed = tokio::time::timeout_at(deadline, async {
-            let mut buf = [0u8; 1024];
-            loop {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(read) => answer.extend_from_slice(&buf[..read]),
-                }
-            }
-        })
-        .await
-        .is_ok();
+        let (closed, answer) = read_to_close(&mut stream, deadline).await;
         (closed, String::from_utf8_lossy(&answer).into_owned())
     });
     let results = futures::future::join_all(reads).await;
@@ -248,6 +237,33 @@ async fn closed_by_gateway(streams: Vec<TcpStream>, wait: Duration) -> (usize, V
         .filter(|answer| !answer.is_empty())
         .collect();
     (closed, answers)
+}
+
+/// Trickles `byte` on every stream in the background, `rounds` times 200 ms
+/// apart, while ten normal requests are each served within 5 s; then reads
+/// every stream to its end (see [`closed_by_gateway`]).
+async fn trickle_while_serving(
+    gateway: &Gateway,
+    mut slow: Vec<TcpStream>,
+    byte: u8,
+    rounds: usize,
+) -> (usize, Vec<String>) {
+    let trickler = tokio::spawn(async move {
+        trickle(&mut slow, byte, rounds, Duration::from_millis(200)).await;
+        slow
+    });
+    // Normal requests go through meanwhile, each well within the timeout.
+    for _ in 0..10 {
+        let sent = Instant::now();
+        still_serves(gateway).await;
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            sent.elapsed()
+        );
+    }
+    let slow = trickler.await.unwrap();
+    closed_by_gateway(slow, PATIENCE).await
 }
 
 #[tokio::test]
@@ -274,23 +290,8 @@ async fn a_slowloris_of_2000_connections_does_not_stop_normal_requests() {
         .await;
     assert!(open >= SLOW as f64, "only {open} connections open");
 
-    // One byte of header value per connection every 200 ms, in the background.
-    let trickler = tokio::spawn(async move {
-        trickle(&mut slow, b'x', 15, Duration::from_millis(200)).await;
-        slow
-    });
-    // Normal requests go through meanwhile, each well within the timeout.
-    for _ in 0..10 {
-        let sent = Instant::now();
-        still_serves(&gateway).await;
-        assert!(
-            sent.elapsed() < Duration::from_secs(5),
-            "{:?}",
-            sent.elapsed()
-        );
-    }
-    let slow = trickler.await.unwrap();
-    let (closed, answers) = closed_by_gateway(slow, PATIENCE).await;
+    // One byte of header value per connection every 200 ms.
+    let (closed, answers) = trickle_while_serving(&gateway, slow, b'x', 15).await;
     assert_eq!(closed, SLOW, "slow connections left open");
     assert!(
         answers.iter().all(|answer| !answer.contains(" 200 ")),
@@ -330,22 +331,8 @@ async fn bodies_that_trickle_forever_are_cut_off_and_never_sent_upstream() {
         stream.write_all(head).await.unwrap();
         slow.push(stream);
     }
-    let trickler = tokio::spawn(async move {
-        // Long past the timeout: the gateway must cut them, not the client.
-        trickle(&mut slow, b' ', 40, Duration::from_millis(200)).await;
-        slow
-    });
-    for _ in 0..10 {
-        let sent = Instant::now();
-        still_serves(&gateway).await;
-        assert!(
-            sent.elapsed() < Duration::from_secs(5),
-            "{:?}",
-            sent.elapsed()
-        );
-    }
-    let slow = trickler.await.unwrap();
-    let (closed, answers) = closed_by_gateway(slow, PATIENCE).await;
+    // Long past the timeout: the gateway must cut them, not the client.
+    let (closed, answers) = trickle_while_serving(&gateway, slow, b' ', 40).await;
     assert_eq!(closed, SLOW, "trickling connections left open");
     // A 408 when the client reads it before the close resets the socket.
     assert!(

@@ -370,11 +370,8 @@ async fn malformed_http2_closes_the_connection_and_the_next_one_is_served() {
 
 /// Reads from `stream` until it closes; `None` if it stays open for `wait`.
 async fn read_until_closed(stream: &mut TcpStream, wait: Duration) -> Option<String> {
-    let mut answer = Vec::new();
-    match tokio::time::timeout(wait, stream.read_to_end(&mut answer)).await {
-        Ok(_) => Some(String::from_utf8_lossy(&answer).into_owned()),
-        Err(_) => None,
-    }
+    let (closed, answer) = read_to_close(stream, Instant::now() + wait).await;
+    closed.then(|| String::from_utf8_lossy(&answer).into_owned())
 }
 
 #[tokio::test]
@@ -681,6 +678,15 @@ fn long_stream(delay_ms: u64) -> String {
     )
 }
 
+/// A raw HTTP/1.1 POST of `body` to the completions path, around the flight.
+fn bypass_wire(body: &str) -> String {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n\
+         x-chorus-coalesce: off\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
 async fn assert_counted_as_gone(gateway: &Gateway, upstream: &Upstream) {
     assert!(upstream.wait_for(|s| s.disconnects() >= 1).await);
     assert!(
@@ -702,11 +708,7 @@ async fn a_client_leaving_mid_body_closes_the_upstream_request_http1() {
     let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
     let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
     let body = long_stream(0);
-    let wire = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n\
-         x-chorus-coalesce: off\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let wire = bypass_wire(&body);
     stream.write_all(wire.as_bytes()).await.unwrap();
     let mut seen = Vec::new();
     while !String::from_utf8_lossy(&seen).contains("\"content\":\"") {
@@ -742,11 +744,7 @@ async fn a_client_leaving_before_the_head_closes_the_upstream_request_http1() {
     let upstream = Upstream::start().await;
     let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
     let body = long_stream(20_000);
-    let wire = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n\
-         x-chorus-coalesce: off\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let wire = bypass_wire(&body);
     let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
     stream.write_all(wire.as_bytes()).await.unwrap();
     assert!(upstream.wait_for(|s| s.requests() >= 1).await);

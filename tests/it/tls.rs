@@ -7,8 +7,10 @@ mod fixtures;
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::Version;
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use rustls::ProtocolVersion;
 use rustls::version::{TLS12, TLS13};
 use serde_json::{Value, json};
@@ -37,11 +39,55 @@ async fn tls_gateway(upstream: &str, leaf: &Leaf, options: RunOptions) -> Gatewa
     Gateway::start_with(&with_server_tls(&one_route(upstream, ""), leaf), options).await
 }
 
+/// Two server pairs from one CA, and the files a gateway serves from,
+/// holding the first pair to begin with: (the CA, old, new, live).
+fn rotation() -> (Pki, Leaf, Leaf, Leaf) {
+    let pki = Pki::new();
+    let old = pki.server("old", GATEWAY_NAMES);
+    let new = pki.server("new", GATEWAY_NAMES);
+    let live = pki.server("live", GATEWAY_NAMES);
+    old.write_to(&live.cert, &live.key);
+    (pki, old, new, live)
+}
+
+/// Run options that look at the certificate files every `cert_poll`.
+fn polling(cert_poll: Option<Duration>) -> RunOptions {
+    RunOptions {
+        cert_poll,
+        ..RunOptions::default()
+    }
+}
+
+/// Starts a streamed completion of `body` on `client` and reads its first
+/// frame; returns that frame and the rest of the body.
+async fn first_frame(client: &mut TlsClient, body: String) -> (Bytes, Incoming) {
+    let mut stream = client
+        .send(client.post("/v1/chat/completions", body))
+        .await
+        .into_body();
+    let first = stream.frame().await.unwrap().unwrap().into_data().unwrap();
+    (first, stream)
+}
+
+/// The events of a stream whose first frame was `first`, read to its end.
+async fn events_after(first: Bytes, rest: Incoming) -> Vec<String> {
+    let rest = rest.collect().await.unwrap().to_bytes();
+    events(&[first, rest].concat())
+}
+
 fn json_of(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|error| panic!("not JSON ({error}): {text}"))
 }
 
-fn role(response: &http::Response<hyper::body::Incoming>) -> String {
+/// `error.message` of a gateway's JSON error body.
+fn error_message(body: &str) -> String {
+    json_of(body)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn role(response: &http::Response<Incoming>) -> String {
     response.headers()["x-chorus-role"]
         .to_str()
         .unwrap()
@@ -166,11 +212,7 @@ async fn plain_http_and_garbage_on_the_tls_port_disturb_nobody() {
 
     let mut client = TlsClient::connect(gateway.addr, config.clone()).await;
     let body = chat("steady", json!({"tokens": 20, "interval_ms": 50}));
-    let mut stream = client
-        .send(client.post("/v1/chat/completions", body))
-        .await
-        .into_body();
-    let first = stream.frame().await.unwrap().unwrap().into_data().unwrap();
+    let (first, stream) = first_frame(&mut client, body).await;
 
     // Plain HTTP gets a plain 400 that says what to do.
     let (closed, reply) = closes_after(
@@ -195,14 +237,9 @@ async fn plain_http_and_garbage_on_the_tls_port_disturb_nobody() {
     let mut other = TlsClient::connect(gateway.addr, config).await;
     assert_eq!(other.send(other.post("/echo", "{}")).await.status(), 200);
 
-    let rest = stream.collect().await.unwrap().to_bytes();
-    let whole = [first, rest].concat();
-    assert_eq!(
-        events(&whole).len(),
-        23,
-        "a role, 20 tokens, a finish, [DONE]"
-    );
-    assert_eq!(events(&whole).last().map(String::as_str), Some("[DONE]"));
+    let events = events_after(first, stream).await;
+    assert_eq!(events.len(), 23, "a role, 20 tokens, a finish, [DONE]");
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     gateway.assert_idle().await;
 }
 
@@ -247,27 +284,15 @@ upstream = "{}"
 
 #[tokio::test]
 async fn reload_serves_the_new_certificate_to_new_connections_only() {
-    let pki = Pki::new();
-    let old = pki.server("old", GATEWAY_NAMES);
-    let new = pki.server("new", GATEWAY_NAMES);
-    let live = pki.server("live", GATEWAY_NAMES);
-    old.write_to(&live.cert, &live.key);
+    let (pki, old, new, live) = rotation();
     let upstream = Upstream::start().await;
-    let options = RunOptions {
-        cert_poll: None,
-        ..RunOptions::default()
-    };
-    let gateway = tls_gateway(&upstream.url(), &live, options).await;
+    let gateway = tls_gateway(&upstream.url(), &live, polling(None)).await;
     let config = pki.client_config(&[H2], &[&TLS13, &TLS12]);
 
     let mut before = TlsClient::connect(gateway.addr, config.clone()).await;
     assert_eq!(before.peer, old.der);
     let body = chat("rotation", json!({"tokens": 10, "interval_ms": 200}));
-    let mut stream = before
-        .send(before.post("/v1/chat/completions", body))
-        .await
-        .into_body();
-    let first = stream.frame().await.unwrap().unwrap().into_data().unwrap();
+    let (first, stream) = first_frame(&mut before, body).await;
 
     new.write_to(&live.cert, &live.key);
     let reloaded = gateway.reload.reload().await.unwrap();
@@ -282,30 +307,17 @@ async fn reload_serves_the_new_certificate_to_new_connections_only() {
     // The connection from before is untouched: it takes new requests too.
     assert_eq!(before.send(before.post("/echo", "{}")).await.status(), 200);
 
-    let rest = stream.collect().await.unwrap().to_bytes();
-    let whole = [first, rest].concat();
-    assert_eq!(
-        events(&whole).len(),
-        13,
-        "a role, 10 tokens, a finish, [DONE]"
-    );
-    assert_eq!(events(&whole).last().map(String::as_str), Some("[DONE]"));
+    let events = events_after(first, stream).await;
+    assert_eq!(events.len(), 13, "a role, 10 tokens, a finish, [DONE]");
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     gateway.assert_idle().await;
 }
 
 #[tokio::test]
 async fn a_bad_new_pair_is_refused_and_the_old_one_kept() {
-    let pki = Pki::new();
-    let old = pki.server("old", GATEWAY_NAMES);
-    let new = pki.server("new", GATEWAY_NAMES);
-    let live = pki.server("live", GATEWAY_NAMES);
-    old.write_to(&live.cert, &live.key);
+    let (pki, old, new, live) = rotation();
     let upstream = Upstream::start().await;
-    let options = RunOptions {
-        cert_poll: None,
-        ..RunOptions::default()
-    };
-    let gateway = tls_gateway(&upstream.url(), &live, options).await;
+    let gateway = tls_gateway(&upstream.url(), &live, polling(None)).await;
     let config = pki.client_config(&[H2], &[&TLS13]);
     // Up and serving before the files change under it.
     assert_eq!(
@@ -346,17 +358,10 @@ async fn a_bad_new_pair_is_refused_and_the_old_one_kept() {
 
 #[tokio::test]
 async fn changed_certificate_files_are_picked_up_without_a_signal() {
-    let pki = Pki::new();
-    let old = pki.server("old", GATEWAY_NAMES);
-    let new = pki.server("new", GATEWAY_NAMES);
-    let live = pki.server("live", GATEWAY_NAMES);
-    old.write_to(&live.cert, &live.key);
+    let (pki, old, new, live) = rotation();
     let upstream = Upstream::start().await;
-    let options = RunOptions {
-        cert_poll: Some(Duration::from_millis(100)),
-        ..RunOptions::default()
-    };
-    let gateway = tls_gateway(&upstream.url(), &live, options).await;
+    let polled = polling(Some(Duration::from_millis(100)));
+    let gateway = tls_gateway(&upstream.url(), &live, polled).await;
     let config = pki.client_config(&[H2], &[&TLS13]);
     assert_eq!(
         TlsClient::connect(gateway.addr, config.clone()).await.peer,
@@ -393,6 +398,21 @@ async fn through(gateway: &Gateway, path: &str, body: String) -> (u16, String) {
     (status, text(response).await)
 }
 
+/// The built-in mock behind an https terminator: its certificate from
+/// `pki` for `names`, `alpn` offered, client certificates from `client_ca`
+/// asked for when given.
+async fn tls_upstream(
+    pki: &Pki,
+    names: &[&str],
+    alpn: &[&[u8]],
+    client_ca: Option<&Pki>,
+) -> (Upstream, TlsUpstream) {
+    let mock = Upstream::start().await;
+    let leaf = pki.server("upstream", names);
+    let tls = TlsUpstream::start(mock.addr, &leaf, alpn, client_ca).await;
+    (mock, tls)
+}
+
 fn ca_file(pki: &Pki) -> String {
     format!("upstream_ca_file = {:?}", pki.ca)
 }
@@ -400,9 +420,7 @@ fn ca_file(pki: &Pki) -> String {
 #[tokio::test]
 async fn https_upstream_with_a_private_ca_speaks_h2_and_pools() {
     let pki = Pki::new();
-    let mock = Upstream::start().await;
-    let leaf = pki.server("upstream", &["127.0.0.1"]);
-    let tls = TlsUpstream::start(mock.addr, &leaf, &[H2, HTTP11], None).await;
+    let (_mock, tls) = tls_upstream(&pki, &["127.0.0.1"], &[H2, HTTP11], None).await;
     let gateway = Gateway::start(&one_route(&tls.url(), &ca_file(&pki))).await;
 
     let (status, echo) = through(&gateway, "/echo", "{}".to_owned()).await;
@@ -429,9 +447,7 @@ async fn https_upstream_with_a_private_ca_speaks_h2_and_pools() {
 #[tokio::test]
 async fn https_upstream_without_h2_gets_http1_and_pools() {
     let pki = Pki::new();
-    let mock = Upstream::start().await;
-    let leaf = pki.server("upstream", &["127.0.0.1"]);
-    let tls = TlsUpstream::start(mock.addr, &leaf, &[HTTP11], None).await;
+    let (_mock, tls) = tls_upstream(&pki, &["127.0.0.1"], &[HTTP11], None).await;
     let gateway = Gateway::start(&one_route(&tls.url(), &ca_file(&pki))).await;
 
     for _ in 0..2 {
@@ -449,18 +465,13 @@ async fn https_upstream_without_h2_gets_http1_and_pools() {
 #[tokio::test]
 async fn untrusted_upstream_certificate_is_a_502_that_names_it() {
     let pki = Pki::new();
-    let mock = Upstream::start().await;
-    let leaf = pki.server("upstream", &["127.0.0.1"]);
-    let tls = TlsUpstream::start(mock.addr, &leaf, &[H2, HTTP11], None).await;
+    let (mock, tls) = tls_upstream(&pki, &["127.0.0.1"], &[H2, HTTP11], None).await;
     // Only the built-in web roots: the private CA is unknown.
     let gateway = Gateway::start(&one_route(&tls.url(), "")).await;
 
     let (status, body) = through(&gateway, "/v1/chat/completions", chat("x", json!({}))).await;
     assert_eq!(status, 502, "{body}");
-    let message = json_of(&body)["error"]["message"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let message = error_message(&body);
     assert!(message.contains("certificate"), "{message}");
     assert!(message.contains("UnknownIssuer"), "{message}");
     assert_eq!(mock.stats.requests(), 0);
@@ -470,17 +481,12 @@ async fn untrusted_upstream_certificate_is_a_502_that_names_it() {
 #[tokio::test]
 async fn upstream_certificate_for_another_host_is_refused() {
     let pki = Pki::new();
-    let mock = Upstream::start().await;
-    let leaf = pki.server("upstream", &["api.other.example"]);
-    let tls = TlsUpstream::start(mock.addr, &leaf, &[H2, HTTP11], None).await;
+    let (mock, tls) = tls_upstream(&pki, &["api.other.example"], &[H2, HTTP11], None).await;
     let gateway = Gateway::start(&one_route(&tls.url(), &ca_file(&pki))).await;
 
     let (status, body) = through(&gateway, "/v1/chat/completions", chat("x", json!({}))).await;
     assert_eq!(status, 502, "{body}");
-    let message = json_of(&body)["error"]["message"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let message = error_message(&body);
     assert!(message.contains("certificate"), "{message}");
     assert!(message.contains("not valid for name"), "{message}");
     assert_eq!(mock.stats.requests(), 0);
@@ -489,10 +495,8 @@ async fn upstream_certificate_for_another_host_is_refused() {
 #[tokio::test]
 async fn mutual_tls_upstream_needs_the_client_certificate() {
     let pki = Pki::new();
-    let mock = Upstream::start().await;
-    let leaf = pki.server("upstream", &["127.0.0.1"]);
     let client = pki.client("client");
-    let tls = TlsUpstream::start(mock.addr, &leaf, &[H2, HTTP11], Some(&pki)).await;
+    let (mock, tls) = tls_upstream(&pki, &["127.0.0.1"], &[H2, HTTP11], Some(&pki)).await;
 
     let with_cert = format!(
         "{}\nupstream_client_cert = {:?}\nupstream_client_key = {:?}",
@@ -514,10 +518,7 @@ async fn mutual_tls_upstream_needs_the_client_certificate() {
     let (status, body) =
         through(&gateway, "/v1/chat/completions", chat("no cert", json!({}))).await;
     assert_eq!(status, 502, "{body}");
-    let message = json_of(&body)["error"]["message"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let message = error_message(&body);
     assert!(message.to_lowercase().contains("certificate"), "{message}");
     assert_eq!(
         mock.stats.requests(),
@@ -608,11 +609,7 @@ async fn check_names_a_mismatched_pair_and_exits_2() {
 
 #[tokio::test]
 async fn sighup_makes_the_running_binary_serve_the_new_certificate() {
-    let pki = Pki::new();
-    let old = pki.server("old", GATEWAY_NAMES);
-    let new = pki.server("new", GATEWAY_NAMES);
-    let live = pki.server("live", GATEWAY_NAMES);
-    old.write_to(&live.cert, &live.key);
+    let (pki, old, new, live) = rotation();
     let upstream = Upstream::start().await;
     // The binary binds by itself: take a free port and hand it over.
     let addr = TcpListener::bind("127.0.0.1:0")

@@ -26,12 +26,12 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{
     ClientConfig, ProtocolVersion, RootCertStore, ServerConfig, SupportedProtocolVersion,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::support::PATIENCE;
+use crate::support::{PATIENCE, read_to_close};
 
 pub const H2: &[u8] = b"h2";
 pub const HTTP11: &[u8] = b"http/1.1";
@@ -337,19 +337,7 @@ impl Drop for TlsUpstream {
 pub async fn closes_after(addr: SocketAddr, bytes: &[u8]) -> (bool, Vec<u8>) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(bytes).await.unwrap();
-    let mut received = Vec::new();
-    let closed = tokio::time::timeout(PATIENCE, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => received.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .is_ok();
-    (closed, received)
+    read_to_close(&mut stream, tokio::time::Instant::now() + PATIENCE).await
 }
 
 /// Retries `attempt` until it yields something or `PATIENCE` runs out,
