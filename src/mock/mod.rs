@@ -11,6 +11,8 @@
 //! - `GET /v1/models`: a one-model list, enough for SDKs.
 //! - `GET /stats`: the [`MockStats`] counters as JSON.
 //! - any method on `/echo...`: what the request looked like on arrival, as JSON.
+//! - `OPTIONS` anywhere: a CORS preflight that allows any origin; every other
+//!   answer carries `Access-Control-Allow-Origin: *` too.
 //!
 //! A completion request may carry a top-level `"mock"` object that overrides the
 //! options for that request and injects faults:

@@ -1,6 +1,7 @@
 //! The router: which method and path does what. Completions go through
 //! [`Plan`] to a streamed or a whole body; `/v1/models`, `/stats` and `/echo`
-//! answer directly; anything else is an OpenAI-style JSON error.
+//! answer directly; anything else is an OpenAI-style JSON error. Every answer
+//! allows any origin (CORS), so a page in a browser can call the demo.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -25,8 +26,52 @@ const MAX_REQUEST_BODY: usize = 16 << 20;
 const MODELS_JSON: &str =
     r#"{"object":"list","data":[{"id":"mock","object":"model","created":0,"owned_by":"chorus"}]}"#;
 
-/// Answers one request, whatever its path.
+/// Answers one request, whatever its path, with the CORS headers that let
+/// a browser page of any origin read the answer.
 pub(super) async fn handle(request: Request<Incoming>, shared: Arc<Shared>) -> Response<MockBody> {
+    let mut response = if request.method() == Method::OPTIONS {
+        preflight(&request)
+    } else {
+        route(request, shared).await
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    // The gateway's role header, readable by the page.
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("x-chorus-role"),
+    );
+    response
+}
+
+/// The answer to a CORS preflight: any method the mock serves, and whatever
+/// request headers the page asked for (`authorization` is never covered by `*`).
+fn preflight(request: &Request<Incoming>) -> Response<MockBody> {
+    let mut response = Response::new(MockBody::whole(Bytes::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    let asked = request
+        .headers()
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("*"));
+    headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked);
+    headers.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    response
+}
+
+/// Answers one request other than a preflight.
+async fn route(request: Request<Incoming>, shared: Arc<Shared>) -> Response<MockBody> {
     let path = request.uri().path();
     if path.starts_with("/echo") {
         return echo(request).await;

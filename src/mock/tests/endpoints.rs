@@ -1,5 +1,5 @@
 //! The other paths: `/v1/models`, `/echo`, `/stats`, unknown paths and
-//! methods, and requests the mock refuses.
+//! methods, requests the mock refuses, and CORS.
 
 use super::*;
 
@@ -114,4 +114,38 @@ async fn bad_requests_are_400_openai_errors() {
             .await
     );
     assert_eq!(mock.stats.requests(), bad.len() as u64);
+}
+
+#[tokio::test]
+async fn browsers_of_any_origin_may_call_it() {
+    let mock = start(fast()).await;
+    let preflight = Request::builder()
+        .method("OPTIONS")
+        .uri(format!("http://{}/v1/chat/completions", mock.addr))
+        .header("origin", "http://page.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = client().request(preflight).await.expect("response");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&response, "access-control-allow-origin"), "*");
+    assert!(header(&response, "access-control-allow-methods").contains("POST"));
+    assert_eq!(
+        header(&response, "access-control-allow-headers"),
+        "authorization, content-type"
+    );
+    assert_eq!(mock.stats.requests(), 0, "a preflight is not a completion");
+
+    let body = r#"{"model":"mock","messages":[],"stream":true}"#;
+    let response = send(mock.addr, "POST", "/v1/chat/completions", body).await;
+    assert_eq!(header(&response, "access-control-allow-origin"), "*");
+    assert_eq!(
+        header(&response, "access-control-expose-headers"),
+        "x-chorus-role"
+    );
+    assert!(text(response).await.ends_with("data: [DONE]\n\n"));
 }
