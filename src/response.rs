@@ -60,7 +60,7 @@ pub struct AccessLog {
     started: Instant,
     method: Method,
     /// The path without the query: queries may carry credentials.
-    path: http::Uri,
+    path: Box<str>,
     route: Option<RouteMetrics>,
     role: Role,
     status: Option<StatusCode>,
@@ -79,8 +79,10 @@ impl AccessLog {
         Self {
             started: Instant::now(),
             method: request.method().clone(),
-            // A clone shares the received bytes; only the path is logged.
-            path: request.uri().clone(),
+            // A copy: the request's own `Uri` shares the connection's read
+            // buffer, and keeping it would pin that buffer (8 KiB) for as
+            // long as the response streams.
+            path: request.uri().path().into(),
             route: None,
             role: Role::Bypass,
             status: None,
@@ -154,7 +156,7 @@ impl Drop for AccessLog {
         tracing::info!(
             route,
             method = %self.method,
-            path = self.path.path(),
+            path = &*self.path,
             status,
             role = self.role.as_str(),
             upstream_ms,

@@ -7,6 +7,13 @@
 //! clients get GOAWAY, streams in flight go on), and after `shutdown_grace`
 //! whatever is left is cut.
 //!
+//! The protocol is told before hyper reads a byte where it can be: by ALPN
+//! on TLS, by peeking at the first bytes of a cleartext connection (the
+//! HTTP/2 preface, or anything else for HTTP/1.1). Left to hyper-util, the
+//! detection reads those bytes itself and hands them to hyper's first read
+//! alone, and hyper's second read then grows every HTTP/1.1 connection's read
+//! buffer from 8 to 16 KiB.
+//!
 //! Each connection is watched too (see [`activity`](crate::activity)): one
 //! with no request in progress for `header_read_timeout` is shut down the
 //! same graceful way, and one whose client resets most of its streams as
@@ -51,6 +58,8 @@ const HEAD_ALLOWANCE: usize = 4;
 const HEAD_SLACK: usize = 16 * 1024;
 /// HTTP/2 pings find clients that vanished without a FIN.
 const H2_KEEPALIVE: Duration = Duration::from_secs(20);
+/// What every HTTP/2 connection sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What the listener needs besides the handler.
 pub struct Listener {
@@ -62,7 +71,12 @@ pub struct Listener {
 
 /// Everything a connection task shares.
 struct Shared {
+    /// Tells HTTP/1.1 from HTTP/2 by the first bytes.
     builder: auto::Builder<TokioExecutor>,
+    /// The same settings, for a connection known to speak HTTP/1.1.
+    http1: auto::Builder<TokioExecutor>,
+    /// The same settings, for a connection known to speak HTTP/2.
+    http2: auto::Builder<TokioExecutor>,
     proxy: Arc<Proxy>,
     metrics: Arc<Metrics>,
     tls: Option<TlsAcceptor>,
@@ -84,8 +98,11 @@ pub async fn serve(
     drain: CancellationToken,
     cut: CancellationToken,
 ) {
+    let builder = builder(config);
     let shared = Arc::new(Shared {
-        builder: builder(config),
+        http1: builder.clone().http1_only(),
+        http2: builder.clone().http2_only(),
+        builder,
         proxy,
         metrics,
         tls: listener.tls,
@@ -167,14 +184,70 @@ fn builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// Which HTTP a connection speaks, as far as is known before hyper reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+    /// Not known yet: hyper-util reads the first bytes to tell.
+    Either,
+}
+
+impl Protocol {
+    /// The protocol of a TLS connection, from ALPN.
+    fn negotiated(alpn: Option<&[u8]>) -> Self {
+        match alpn {
+            Some(b"h2") => Self::Http2,
+            Some(b"http/1.1") => Self::Http1,
+            _ => Self::Either,
+        }
+    }
+
+    /// The protocol of a cleartext connection that begins with `first`.
+    fn of_first_bytes(first: &[u8]) -> Self {
+        if first.len() == H2_PREFACE.len() && first == H2_PREFACE {
+            Self::Http2
+        } else if H2_PREFACE.starts_with(first) {
+            // A part of the preface (or of a request starting with "P"):
+            // hyper-util waits for the rest.
+            Self::Either
+        } else {
+            Self::Http1
+        }
+    }
+}
+
 /// Serves one connection: the TLS handshake if any, then HTTP.
 async fn connection(shared: &Shared, stream: TcpStream, client: ClientSide) {
-    let Some(acceptor) = &shared.tls else {
-        return http(shared, stream, client).await;
+    if let Some(acceptor) = &shared.tls {
+        // Boxed: the handshake and a TLS stream are large, and a future's
+        // size is its largest state's, so inline they would make every
+        // connection's task as large as a TLS one.
+        return Box::pin(tls_connection(shared, acceptor, stream, client)).await;
+    }
+    // A connection that sends nothing is closed like an idle one.
+    let peeked = tokio::select! {
+        peeked = tokio::time::timeout(shared.header_read_timeout, first_bytes(&stream)) => peeked,
+        () = shared.drain.cancelled() => return,
     };
+    if let Ok(Ok(protocol)) = peeked {
+        http(shared, stream, client, protocol).await;
+    }
+}
+
+/// The TLS handshake, then HTTP.
+async fn tls_connection(
+    shared: &Shared,
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    client: ClientSide,
+) {
     // A failed or slow handshake costs its own connection and a debug line.
     match tokio::time::timeout(shared.handshake_timeout, tls::accept(acceptor, stream)).await {
-        Ok(Ok(Accepted::Tls(stream))) => http(shared, stream, client).await,
+        Ok(Ok(Accepted::Tls(stream))) => {
+            let protocol = Protocol::negotiated(stream.get_ref().1.alpn_protocol());
+            http(shared, stream, client, protocol).await;
+        }
         Ok(Ok(Accepted::PlainHttp)) => {
             tracing::debug!(peer = %client.ip, "plain HTTP on the TLS port: answered 400")
         }
@@ -183,7 +256,17 @@ async fn connection(shared: &Shared, stream: TcpStream, client: ClientSide) {
     }
 }
 
-async fn http<I>(shared: &Shared, io: I, client: ClientSide)
+/// Waits for a cleartext connection's first bytes and tells its protocol by
+/// them, reading nothing; an error when the client closed first.
+async fn first_bytes(stream: &TcpStream) -> io::Result<Protocol> {
+    let mut first = [0u8; H2_PREFACE.len()];
+    match stream.peek(&mut first).await? {
+        0 => Err(io::ErrorKind::UnexpectedEof.into()),
+        read => Ok(Protocol::of_first_bytes(&first[..read])),
+    }
+}
+
+async fn http<I>(shared: &Shared, io: I, client: ClientSide, protocol: Protocol)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -208,8 +291,14 @@ where
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
         })
     });
-    let connection = shared.builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(connection);
+    let builder = match protocol {
+        Protocol::Http1 => &shared.http1,
+        Protocol::Http2 => &shared.http2,
+        Protocol::Either => &shared.builder,
+    };
+    // Boxed rather than pinned in place: in place, this future kept room for
+    // the connection twice (1.6 KiB each) for the connection's whole life.
+    let mut connection = Box::pin(builder.serve_connection(TokioIo::new(io), service));
     // hyper times an HTTP/1.1 head, but not a connection that never sends
     // one, nor an idle HTTP/2 connection: those would hold their
     // `max_connections` slot for ever. The idle timer covers all three.
@@ -257,5 +346,34 @@ async fn accept_failed(error: &io::Error) {
             tracing::warn!(%error, "accept failed; pausing");
             tokio::time::sleep(ACCEPT_BACKOFF).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_bytes_tell_the_protocol() {
+        assert_eq!(Protocol::of_first_bytes(H2_PREFACE), Protocol::Http2);
+        assert_eq!(
+            Protocol::of_first_bytes(b"POST /v1/chat HTTP/1.1\r\n"),
+            Protocol::Http1
+        );
+        assert_eq!(Protocol::of_first_bytes(b"GET / HTTP/1.1"), Protocol::Http1);
+        assert_eq!(
+            Protocol::of_first_bytes(b"PRI * HTTP/1.1\r\n"),
+            Protocol::Http1
+        );
+        // Too few bytes to tell: hyper-util reads on.
+        assert_eq!(Protocol::of_first_bytes(b"PRI * HT"), Protocol::Either);
+        assert_eq!(Protocol::of_first_bytes(b"P"), Protocol::Either);
+    }
+
+    #[test]
+    fn alpn_tells_the_protocol() {
+        assert_eq!(Protocol::negotiated(Some(b"h2")), Protocol::Http2);
+        assert_eq!(Protocol::negotiated(Some(b"http/1.1")), Protocol::Http1);
+        assert_eq!(Protocol::negotiated(None), Protocol::Either);
     }
 }

@@ -1,9 +1,13 @@
 //! Proxying: streaming without buffering, the SSE rewrite, roles, header
 //! rewriting both ways, routing, and the admin endpoints.
 
+use std::time::Duration;
+
 use http::Request;
 use http_body_util::Full;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::support::*;
 
@@ -536,5 +540,55 @@ async fn admin_serves_health_readiness_and_the_contract_metrics() {
     ] {
         assert!(metrics.contains(&format!("# TYPE {name} ")), "no {name}");
     }
+    gateway.assert_idle().await;
+}
+
+/// Writes `first`, waits long enough for it to leave as a segment of its own,
+/// then writes `rest`: the gateway peeks at a connection's first bytes to
+/// tell HTTP/1.1 from HTTP/2, and must not guess from a fragment.
+async fn split_first_write(addr: std::net::SocketAddr, first: &[u8], rest: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream.write_all(first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.write_all(rest).await.unwrap();
+    stream
+}
+
+#[tokio::test]
+async fn requests_are_served_when_their_first_bytes_arrive_alone() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
+
+    // HTTP/1.1 whose first segment is one byte, which could begin the
+    // HTTP/2 preface ("PRI") as well as "POST".
+    let body = chat("split", json!({"tokens": 2}));
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = split_first_write(gateway.addr, b"P", &request.as_bytes()[1..]).await;
+    let (closed, answer) = read_to_close(&mut stream, tokio::time::Instant::now() + PATIENCE).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(closed, "no end of the answer: {answer}");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("data: [DONE]"), "{answer}");
+
+    // The HTTP/2 preface in two segments, then an empty SETTINGS frame: the
+    // gateway answers with its own SETTINGS frame (type 4).
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let settings = [0u8, 0, 0, 4, 0, 0, 0, 0, 0];
+    let rest = [&preface[10..], &settings[..]].concat();
+    let mut stream = split_first_write(gateway.addr, &preface[..10], &rest).await;
+    let mut frame_head = [0u8; 9];
+    tokio::time::timeout(PATIENCE, stream.read_exact(&mut frame_head))
+        .await
+        .expect("no HTTP/2 answer")
+        .unwrap();
+    assert_eq!(frame_head[3], 4, "not a SETTINGS frame: {frame_head:?}");
+    drop(stream);
+
+    assert_eq!(upstream.stats.requests(), 1);
     gateway.assert_idle().await;
 }
