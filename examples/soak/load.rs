@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use fastrand::Rng;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -18,22 +19,6 @@ use crate::HttpClient;
 pub(crate) struct Tally {
     pub(crate) by_scenario: BTreeMap<&'static str, u64>,
     pub(crate) unexpected: BTreeMap<String, u64>,
-}
-
-/// A small deterministic generator (xorshift64*), one per worker.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound.max(1)
-    }
 }
 
 /// Scenarios and their weights.
@@ -107,12 +92,13 @@ pub(crate) async fn worker(
     deadline: Instant,
     tally: Arc<Mutex<Tally>>,
 ) {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (index + 1).wrapping_mul(0x1000_0000_01b3));
+    // Seeded per worker: a run is repeatable.
+    let mut rng = Rng::with_seed(index);
     let total: u64 = SCENARIOS.iter().map(|(_, weight)| weight).sum();
     let mut round = 0u64;
     while Instant::now() < deadline {
         round += 1;
-        let mut pick = rng.below(total);
+        let mut pick = rng.u64(..total);
         let scenario = SCENARIOS
             .iter()
             .find(|(_, weight)| {
@@ -121,7 +107,7 @@ pub(crate) async fn worker(
                 hit
             })
             .map_or("distinct", |(name, _)| *name);
-        let client = if rng.below(2) == 0 { &h1 } else { &h2 };
+        let client = if rng.u64(..2) == 0 { &h1 } else { &h2 };
         let id = format!("w{index}-r{round}");
         let outcome = tokio::time::timeout(
             Duration::from_secs(60),
@@ -138,7 +124,7 @@ pub(crate) async fn worker(
                 .or_default() += 1;
         }
         drop(tally);
-        tokio::time::sleep(Duration::from_millis(rng.below(50))).await;
+        tokio::time::sleep(Duration::from_millis(rng.u64(..50))).await;
     }
 }
 
@@ -161,11 +147,11 @@ async fn run(
     base: &str,
     rng: &mut Rng,
 ) -> Result<(), String> {
-    let tokens = 10 + rng.below(30);
-    let stream = serde_json::json!({"tokens": tokens, "interval_ms": 10 + rng.below(20)});
+    let tokens = 10 + rng.u64(..30);
+    let stream = serde_json::json!({"tokens": tokens, "interval_ms": 10 + rng.u64(..20)});
     match scenario {
         "herd" => {
-            let size = 2 + rng.below(7) as usize;
+            let size = 2 + rng.u64(..7) as usize;
             let body = chat(id, stream);
             let requests = (0..size).map(|member| {
                 let client = if member % 2 == 0 {
@@ -229,9 +215,9 @@ async fn run(
         }
         "leave mid-body" => {
             let mock = serde_json::json!({"tokens": 200, "interval_ms": 20});
-            let response = send(client, post(base, chat(id, mock), rng.below(4) == 0)).await?;
+            let response = send(client, post(base, chat(id, mock), rng.u64(..4) == 0)).await?;
             let mut body = response.into_body();
-            for _ in 0..1 + rng.below(4) {
+            for _ in 0..1 + rng.u64(..4) {
                 match body.frame().await {
                     Some(Ok(_)) => {}
                     _ => return Err("stream ended before the client left".into()),
@@ -244,7 +230,7 @@ async fn run(
             let mock = serde_json::json!({"tokens": 5, "first_byte_delay_ms": 3000});
             let request = post(base, chat(id, mock), false);
             let waited = tokio::time::timeout(
-                Duration::from_millis(50 + rng.below(300)),
+                Duration::from_millis(50 + rng.u64(..300)),
                 send(client, request),
             )
             .await;
@@ -254,7 +240,7 @@ async fn run(
             }
         }
         "upstream error" => {
-            let status = [429u16, 500, 503][rng.below(3) as usize];
+            let status = [429u16, 500, 503][rng.u64(..3) as usize];
             let mock = serde_json::json!({"status": status});
             let response = send(client, post(base, chat(id, mock), false)).await?;
             if response.status().as_u16() != status {
@@ -272,8 +258,8 @@ async fn run(
                 "stall_after"
             };
             let mock =
-                serde_json::json!({"tokens": 30, "interval_ms": 10, fault: 1 + rng.below(5)});
-            let response = send(client, post(base, chat(id, mock), rng.below(3) == 0)).await?;
+                serde_json::json!({"tokens": 30, "interval_ms": 10, fault: 1 + rng.u64(..5)});
+            let response = send(client, post(base, chat(id, mock), rng.u64(..3) == 0)).await?;
             match read_body(response, Duration::ZERO).await {
                 Ending::Broken => Ok(()),
                 Ending::Clean(_) => Err("a broken stream ended cleanly".into()),

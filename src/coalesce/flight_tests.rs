@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use fastrand::Rng;
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::BodyExt;
 use tokio_util::sync::CancellationToken;
@@ -12,27 +13,6 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::coalesce::key::KeyInput;
 use crate::metrics::Metrics;
-
-/// A small deterministic generator, so a failing seed can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound.max(1)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 fn key() -> Key {
     Key::compute(&KeyInput {
@@ -89,7 +69,8 @@ async fn read(
     seed: u64,
     writer_done: CancellationToken,
 ) -> Seen {
-    let mut rng = Rng(seed | 1);
+    // Seeded, so a failing seed can be replayed.
+    let mut rng = Rng::with_seed(seed);
     let mut seen = Seen {
         bytes: Vec::new(),
         end: None,
@@ -120,7 +101,7 @@ async fn read(
             }
         }
         if matches!(pace, Pace::Slow) {
-            for _ in 0..rng.below(4) {
+            for _ in 0..rng.u64(..4) {
                 tokio::task::yield_now().await;
             }
         }
@@ -128,10 +109,10 @@ async fn read(
 }
 
 fn pace(rng: &mut Rng) -> Pace {
-    match rng.below(4) {
+    match rng.u64(..4) {
         0 => Pace::Eager,
         1 => Pace::Slow,
-        2 => Pace::LeavesAfter(rng.below(6) as usize),
+        2 => Pace::LeavesAfter(rng.u64(..6) as usize),
         _ => Pace::Stalled,
     }
 }
@@ -139,27 +120,27 @@ fn pace(rng: &mut Rng) -> Pace {
 /// `exact`: the test runs on one thread, so nothing changes between reading
 /// the subscriber count and joining.
 async fn scenario(seed: u64, exact: bool) {
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Rng::with_seed(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let metrics = Metrics::new();
-    let max_replay = 1 + rng.below(3000);
-    let max_subscribers = 1 + rng.below(6) as usize;
+    let max_replay = 1 + rng.u64(..3000);
+    let max_subscribers = 1 + rng.u64(..6) as usize;
     let (flight, leader) = Flight::lead(key(), settings(&metrics, max_replay, max_subscribers));
     let writer_done = CancellationToken::new();
     let mut readers = vec![tokio::spawn(read(
         leader,
         pace(&mut rng),
-        rng.next(),
+        rng.u64(..),
         writer_done.clone(),
     ))];
 
     flight.set_head(ok_head());
-    let chunks: Vec<Bytes> = (0..rng.below(25))
-        .map(|i| Bytes::from(vec![b'a' + (i % 26) as u8; 1 + rng.below(300) as usize]))
+    let chunks: Vec<Bytes> = (0..rng.u64(..25))
+        .map(|i| Bytes::from(vec![b'a' + (i % 26) as u8; 1 + rng.u64(..300) as usize]))
         .collect();
-    let broken = rng.chance(30);
+    let broken = rng.u8(..100) < 30;
     let mut appended = 0u64;
     for (index, chunk) in chunks.iter().enumerate() {
-        if rng.chance(40) {
+        if rng.u8(..100) < 40 {
             let subscribers = metrics.route("test").subscribers_active.get() as usize;
             let joined = flight.join();
             // Joinable exactly while the log is small enough and there is room.
@@ -180,7 +161,7 @@ async fn scenario(seed: u64, exact: bool) {
                 readers.push(tokio::spawn(read(
                     subscriber,
                     pace(&mut rng),
-                    rng.next(),
+                    rng.u64(..),
                     writer_done.clone(),
                 )));
             }
@@ -188,7 +169,7 @@ async fn scenario(seed: u64, exact: bool) {
         let last = !broken && index + 1 == chunks.len();
         flight.append(chunk.clone(), last);
         appended += chunk.len() as u64;
-        for _ in 0..rng.below(3) {
+        for _ in 0..rng.u64(..3) {
             tokio::task::yield_now().await;
         }
     }
