@@ -204,8 +204,8 @@ pub struct UpstreamBody {
     idle: Duration,
     /// Made on the first wait: a body that never waits never needs one.
     timer: Option<Pin<Box<Sleep>>>,
-    /// Whether `timer` measures the current wait; cleared by every frame.
-    armed: bool,
+    /// When the current wait began; cleared by every frame.
+    waiting_since: Option<Instant>,
 }
 
 impl UpstreamBody {
@@ -214,7 +214,7 @@ impl UpstreamBody {
             inner,
             idle,
             timer: None,
-            armed: false,
+            waiting_since: None,
         }
     }
 }
@@ -230,7 +230,7 @@ impl Body for UpstreamBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.armed = false;
+                this.waiting_since = None;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => {
@@ -240,23 +240,21 @@ impl Body for UpstreamBody {
             Poll::Pending => {
                 // Silence is measured from when we started waiting, so a slow
                 // client that polls late is not mistaken for a silent upstream.
-                if !this.armed {
-                    this.armed = true;
-                    let deadline = Instant::now() + this.idle;
-                    match &mut this.timer {
-                        Some(timer) => timer.as_mut().reset(deadline),
-                        None => this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                let since = *this.waiting_since.get_or_insert_with(Instant::now);
+                let deadline = since + this.idle;
+                // The timer keeps an earlier wait's deadline until it fires,
+                // and only then moves to this wait's: resetting it on every
+                // wait would reach into the timer wheel once per chunk.
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    timer.as_mut().reset(deadline);
+                    if Instant::now() >= deadline || timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(Err(BodyError::UpstreamIdle(this.idle))));
                     }
                 }
-                let expired = this
-                    .timer
-                    .as_mut()
-                    .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
-                if expired {
-                    Poll::Ready(Some(Err(BodyError::UpstreamIdle(this.idle))))
-                } else {
-                    Poll::Pending
-                }
+                Poll::Pending
             }
         }
     }

@@ -666,6 +666,21 @@ async fn idle_timeout_closes_the_stalled_upstream_request() {
     gateway.assert_idle().await;
 }
 
+#[tokio::test]
+async fn idle_timeout_measures_silence_not_the_length_of_the_stream() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&one_route(&upstream.url(), "idle_timeout = \"400ms\"")).await;
+    for bypass in [true, false] {
+        // 1.8 s of stream, never more than 150 ms of silence.
+        let body = chat("steady", json!({"tokens": 12, "interval_ms": 150}));
+        let response = send(&http1(), request(&gateway, body, bypass)).await;
+        let events = EventReader::new(response).rest().await;
+        let events = events.expect("a steady stream longer than idle_timeout was cut");
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    }
+    gateway.assert_idle().await;
+}
+
 // ---------------------------------------------------------------------------
 // Clients leaving
 
