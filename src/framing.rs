@@ -34,6 +34,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::gather;
+
 /// A request whose head breaks one of the rules: the handler refuses it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Suspect(pub &'static str);
@@ -127,12 +129,15 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
+    /// Gathered when small (see [`crate::gather`]).
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let inner = &mut self.get_mut().inner;
+        gather::gathered(bufs, |joined| Pin::new(&mut *inner).poll_write(cx, joined))
+            .unwrap_or_else(|| Pin::new(inner).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {

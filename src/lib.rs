@@ -13,6 +13,7 @@
 //!   ambiguous framings requests are smuggled with.
 //! - [`proxy`]: the request handler: route, limits, body, coalesce or pass through.
 //! - [`route`]: the route table and its longest-prefix match.
+//! - [`gather`]: small vectored writes sent as one plain write, both sides.
 //! - [`headers`]: hop-by-hop removal, `X-Forwarded-*`, `Host`, the SSE rewrite.
 //! - [`upstream`]: the pooled upstream client, request building, timeouts.
 //! - [`coalesce`]: the key, the flight (a shared append-only log), its pump,
@@ -45,6 +46,7 @@ pub mod coalesce;
 pub mod config;
 pub mod error;
 pub mod framing;
+pub mod gather;
 pub mod headers;
 pub mod metrics;
 pub mod mock;

@@ -24,6 +24,7 @@ use tower_service::Service;
 
 use crate::config::RouteConfig;
 use crate::error::{BodyError, GatewayError};
+use crate::gather::Gathered;
 use crate::headers::{self, ClientSide};
 use crate::tls::{self, TlsError};
 
@@ -173,9 +174,9 @@ where
     C::Future: Send + 'static,
     C::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
-    type Response = C::Response;
+    type Response = Gathered<C::Response>;
     type Error = Box<dyn StdError + Send + Sync>;
-    type Future = Pin<Box<dyn Future<Output = Result<C::Response, Self::Error>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -186,7 +187,7 @@ where
         let connecting = self.inner.call(uri);
         Box::pin(async move {
             match tokio::time::timeout(timeout, connecting).await {
-                Ok(connected) => connected.map_err(Into::into),
+                Ok(connected) => connected.map(Gathered::new).map_err(Into::into),
                 Err(_) => Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("connecting (TCP and TLS) took longer than {timeout:?}"),
