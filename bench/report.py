@@ -128,6 +128,9 @@ def main():
     meta = dict(item.split("=", 1) for item in args.meta)
     alt_label = meta.get("alt") or ""
     targets = ["direct", "nginx", "chorus"] + (["chorus-alt"] if alt_label else [])
+    # The fan-out floor (loadgen broadcast): the least a fan-out costs here.
+    if any("floor" in per_target for per_target in runs.values()):
+        targets.append("floor")
 
     rows = []
     # (scenario, target, metric) -> [min, max] over the rounds

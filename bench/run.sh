@@ -17,7 +17,7 @@
 #                    "chorus-alt" (e.g. one built with another allocator);
 #                    CHORUS_ALT_LABEL names it in the table
 #   BENCH_PORT_BASE  first of the 6 loopback ports used (default: the first
-#                    of 19100, 19110, ... whose 6 ports nobody listens on)
+#                    of 19100, 19110, ... whose 7 ports nobody listens on)
 #   SKIP_INSTALL=1, SKIP_BUILD=1
 #
 # Layout: the proxy under test runs alone on CPU 0; the mock upstream and the
@@ -177,12 +177,12 @@ wait_port() { "$LOADGEN" wait --addr "127.0.0.1:$1" --timeout-ms 10000 >/dev/nul
 port_free() { ! "$LOADGEN" wait --addr "127.0.0.1:$1" --timeout-ms 1 >/dev/null 2>&1; }
 ports_free() {
     local port
-    for port in $(seq "$1" $(($1 + 5))); do port_free "$port" || return 1; done
+    for port in $(seq "$1" $(($1 + 6))); do port_free "$port" || return 1; done
 }
 
 if [[ -n ${BENCH_PORT_BASE:-} ]]; then
     PORT_BASE=$BENCH_PORT_BASE
-    ports_free "$PORT_BASE" || die "a port in $PORT_BASE..$((PORT_BASE + 5)) is in use"
+    ports_free "$PORT_BASE" || die "a port in $PORT_BASE..$((PORT_BASE + 6)) is in use"
 else
     PORT_BASE=""
     for base in $(seq 19100 10 19190); do
@@ -191,7 +191,7 @@ else
             break
         fi
     done
-    [[ -n $PORT_BASE ]] || die "no 6 free ports in 19100..19195; set BENCH_PORT_BASE"
+    [[ -n $PORT_BASE ]] || die "no 7 free ports in 19100..19196; set BENCH_PORT_BASE"
 fi
 MOCK_PORT=$PORT_BASE
 CHORUS_PORT=$((PORT_BASE + 1))
@@ -199,6 +199,7 @@ CHORUS_ADMIN_PORT=$((PORT_BASE + 2))
 NGINX_PORT=$((PORT_BASE + 3))
 ALT_PORT=$((PORT_BASE + 4))
 ALT_ADMIN_PORT=$((PORT_BASE + 5))
+FLOOR_PORT=$((PORT_BASE + 6))
 
 # ---------------------------------------------------------------------------
 # The processes under test. Each start sets PROXY_PIDS (what is measured) and
@@ -256,6 +257,20 @@ start_nginx() {
     done
 }
 
+start_floor() {
+    # $1 clients, $2 first byte delay ms: the fan-out floor (loadgen broadcast),
+    # on the proxy's CPU; it serves one stream to $1 clients and then lingers
+    # until stopped, so that its CPU time and memory can be read.
+    port_free "$FLOOR_PORT" || die "port $FLOOR_PORT is taken by another process"
+    "${ON_PROXY_CPU[@]}" "$LOADGEN" broadcast --listen "127.0.0.1:$FLOOR_PORT" --clients "$1" \
+        --tokens 40 --interval-ms "${MOCK_INTERVAL%ms}" --first-byte-delay-ms "$2" --linger-ms 60000 \
+        >>"$RUN/floor.log" 2>&1 &
+    PROXY_MAIN=$!
+    PIDS+=("$PROXY_MAIN")
+    wait_port "$FLOOR_PORT" || die "the floor did not start (see $RUN/floor.log)"
+    PROXY_PIDS=("$PROXY_MAIN")
+}
+
 TARGETS=(direct nginx chorus)
 [[ -n $CHORUS_ALT_BIN ]] && TARGETS+=(chorus-alt)
 
@@ -277,6 +292,10 @@ start_target() {
     chorus-alt)
         start_chorus "$CHORUS_ALT_BIN" "$ALT_PORT" "$ALT_ADMIN_PORT"
         ADDR_PORT=$ALT_PORT
+        ;;
+    floor)
+        start_floor "$FLOOR_CLIENTS" "$FLOOR_DELAY"
+        ADDR_PORT=$FLOOR_PORT
         ;;
     esac
     sleep 0.2
@@ -395,8 +414,9 @@ scenario_fanout() {
     local target size workers delay
     for size in $FANOUT_SIZES; do
         delay=$((size >= 5000 ? 4000 : 1500))
+        FLOOR_CLIENTS=$size FLOOR_DELAY=$delay
         for ROUND in $(seq 1 "$ROUNDS"); do
-            for target in "${TARGETS[@]}"; do
+            for target in "${TARGETS[@]}" floor; do
                 workers=1
                 # nginx holds two descriptors per client (client + upstream):
                 # past half the fd limit one worker cannot, so it gets a
@@ -454,7 +474,7 @@ LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 if awk -v l="${LOADAVG_START%% *}" 'BEGIN { exit !(l > 0.5) }'; then
     log "warning: load average $LOADAVG_START before starting: something else is running, figures will be noisy"
 fi
-log "run directory $RUN; ports $PORT_BASE..$((PORT_BASE + 5)); fd limit $NOFILE; pinning $([[ $PIN == 1 ]] && echo "proxy CPU 0, load CPU 1" || echo off)"
+log "run directory $RUN; ports $PORT_BASE..$((PORT_BASE + 6)); fd limit $NOFILE; pinning $([[ $PIN == 1 ]] && echo "proxy CPU 0, load CPU 1" || echo off)"
 start_mock
 for scenario in $SCENARIOS; do
     "scenario_$scenario"

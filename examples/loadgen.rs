@@ -13,6 +13,9 @@
 //! stamped before the client sent its request are replays (a late joiner's
 //! catch-up), counted apart and left out of the latency figures.
 //!
+//! `broadcast` is the other end: the fan-out scenario's `floor`, a server
+//! that does only what no fan-out proxy can avoid (see [`broadcast`]).
+//!
 //! ```text
 //! cargo build --release --example loadgen
 //! target/release/examples/loadgen stream --addr 127.0.0.1:8080 --clients 1000 --identical
@@ -53,6 +56,9 @@ enum Cmd {
     Cancel(CancelArgs),
     /// Starts a command, times until its port accepts, reads its idle RSS, stops it.
     Startup(StartupArgs),
+    /// The fan-out floor: a bare broadcaster that serves `stream --identical`
+    /// clients one stream written to every socket in turn.
+    Broadcast(BroadcastArgs),
     /// Waits until a port accepts connections.
     Wait {
         #[arg(long)]
@@ -151,6 +157,28 @@ struct StartupArgs {
     command: Vec<String>,
 }
 
+#[derive(Args)]
+struct BroadcastArgs {
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Serves this many clients (one request each), then exits.
+    #[arg(long)]
+    clients: usize,
+    /// Content tokens per stream, as the mock's `--tokens`.
+    #[arg(long, default_value_t = 40)]
+    tokens: usize,
+    /// Pause between events, as the mock's `--interval`.
+    #[arg(long, default_value_t = 50)]
+    interval_ms: u64,
+    /// From the first request to the response head, as the mock's.
+    #[arg(long, default_value_t = 2000)]
+    first_byte_delay_ms: u64,
+    /// Stays this long after the stream, so that its CPU time and memory can
+    /// still be read (the runner stops it sooner).
+    #[arg(long, default_value_t = 0)]
+    linger_ms: u64,
+}
+
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> Result<(), Error> {
@@ -163,6 +191,7 @@ fn main() -> Result<(), Error> {
         Cmd::Ttft(args) => runtime.block_on(ttft(args))?,
         Cmd::Cancel(args) => runtime.block_on(cancel(args))?,
         Cmd::Startup(args) => startup(&args)?,
+        Cmd::Broadcast(args) => broadcast(&args)?,
         Cmd::Wait { addr, timeout_ms } => {
             let waited = wait_port(addr, Duration::from_millis(timeout_ms))
                 .ok_or_else(|| format!("{addr} did not accept within {timeout_ms} ms"))?;
@@ -518,6 +547,135 @@ async fn client(mut send: SendRequest<Full<Bytes>>, request: Request<Full<Bytes>
         outcome.error = Some(format!("incomplete: status {status}, done {}", events.done));
     }
     outcome
+}
+
+// ---------------------------------------------------------------------------
+// broadcast
+
+/// The least work any fan-out proxy can do on its core, for the fan-out
+/// scenario's `floor` column: one thread, blocking sockets, and no HTTP past
+/// finding each request's end. The stream is one append-only buffer (events
+/// framed as chunks once, at their time); the thread sweeps the clients in
+/// turn, sending each everything it has not had yet in one `send`, so a client
+/// the sweep reaches late gets its events together, as chorus's subscribers
+/// do. What is left is what the machine's TCP stack costs per delivery.
+fn broadcast(args: &BroadcastArgs) -> Result<Value, Error> {
+    let listener = std::net::TcpListener::bind(args.listen)?;
+    // Every connection first: the load generator opens them all before it
+    // sends any request.
+    let mut clients = Vec::with_capacity(args.clients);
+    while clients.len() < args.clients {
+        clients.push(accept_nodelay(&listener)?);
+    }
+    // A connection that closes without a request (a readiness probe) gives
+    // its place to the next one.
+    let mut first_request = None;
+    for client in &mut clients {
+        while !read_request(client)? {
+            *client = accept_nodelay(&listener)?;
+        }
+        first_request.get_or_insert_with(Instant::now);
+    }
+    let start = first_request.unwrap_or_else(Instant::now)
+        + Duration::from_millis(args.first_byte_delay_ms);
+    std::thread::sleep(start.saturating_duration_since(Instant::now()));
+
+    let cpu_start = own_cpu_seconds();
+    let mut log = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                    cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
+        .to_vec();
+    // The mock's events: a role delta, the content tokens, a stop; then the end.
+    let events = args.tokens + 2;
+    let due = |index: usize| start + Duration::from_millis(args.interval_ms) * index as u32;
+    let mut produced = 0;
+    let mut sent = vec![0; clients.len()];
+    let (mut writes, mut failed) = (0u64, 0usize);
+    loop {
+        let mut behind = false;
+        for (client, sent) in clients.iter_mut().zip(&mut sent) {
+            while produced < events && due(produced) <= Instant::now() {
+                append_event(&mut log, produced, events);
+                produced += 1;
+            }
+            if *sent < log.len() {
+                writes += 1;
+                if std::io::Write::write_all(client, &log[*sent..]).is_err() {
+                    failed += 1;
+                    *sent = usize::MAX;
+                    continue;
+                }
+                *sent = log.len();
+                behind = true;
+            }
+        }
+        if !behind {
+            if produced == events {
+                break;
+            }
+            std::thread::sleep(due(produced).saturating_duration_since(Instant::now()));
+        }
+    }
+    let cpu_s = own_cpu_seconds() - cpu_start;
+    std::thread::sleep(Duration::from_millis(args.linger_ms));
+    Ok(json!({
+        "served": clients.len() - failed,
+        "failed": failed,
+        "writes": writes,
+        "streaming_cpu_s": cpu_s,
+        "cpu_us_per_write": cpu_s * 1e6 / writes.max(1) as f64,
+    }))
+}
+
+fn accept_nodelay(listener: &std::net::TcpListener) -> Result<StdTcpStream, Error> {
+    let (stream, _) = listener.accept()?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Appends event `index` of `events`, stamped now and framed as a chunk; the
+/// last one carries `[DONE]` and the body's end as well.
+fn append_event(log: &mut Vec<u8>, index: usize, events: usize) {
+    let delta = match index {
+        0 => r#"{"role":"assistant","content":""},"finish_reason":null"#.to_owned(),
+        _ if index + 1 == events => r#"{},"finish_reason":"stop""#.to_owned(),
+        _ => format!(r#"{{"content":"token{index} "}},"finish_reason":null"#),
+    };
+    let event = format!(
+        "data: {{\"chorus_sent_ns\":{},\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\
+         \"model\":\"floor\",\"choices\":[{{\"index\":0,\"delta\":{delta}}}]}}\n\n",
+        wall_ns()
+    );
+    log.extend_from_slice(format!("{:X}\r\n{event}\r\n", event.len()).as_bytes());
+    if index + 1 == events {
+        log.extend_from_slice(b"E\r\ndata: [DONE]\n\n\r\n0\r\n\r\n");
+    }
+}
+
+/// Reads one request (head and `Content-Length` body) and ignores it; false
+/// if the connection closed first.
+fn read_request(stream: &mut StdTcpStream) -> Result<bool, Error> {
+    let mut received = Vec::with_capacity(2048);
+    let mut chunk = [0; 4096];
+    loop {
+        let read = stream.read(&mut chunk)?;
+        if read == 0 {
+            return Ok(false);
+        }
+        received.extend_from_slice(&chunk[..read]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut request = httparse::Request::new(&mut headers);
+        if let httparse::Status::Complete(head) = request.parse(&received)? {
+            let length = request
+                .headers
+                .iter()
+                .find(|header| header.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|header| std::str::from_utf8(header.value).ok()?.parse().ok())
+                .unwrap_or(0);
+            if received.len() >= head + length {
+                return Ok(true);
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
