@@ -613,7 +613,10 @@ fn find_special(bytes: &[u8]) -> Option<usize> {
     let special = |b: u8| (b == b'"') | (b == b'\\') | (b < 0x20);
     let mut skipped = 0;
     for chunk in bytes.chunks_exact(16) {
-        if chunk.iter().fold(0u8, |hits, &b| hits | u8::from(special(b))) != 0 {
+        let hits = chunk
+            .iter()
+            .fold(0u8, |hits, &b| hits | u8::from(special(b)));
+        if hits != 0 {
             break;
         }
         skipped += 16;
