@@ -225,6 +225,7 @@ def main():
         if name not in runs:
             continue
         m = metrics_of(name, stream_metrics)
+        bypass = m.pop("chorus-bypass", None)
         clients = next(iter(runs[name].values()))[0]["load"]["clients"]
         for metric in ["upstream requests", "complete", "distinct bodies", "delivery p50 ms", "delivery p99 ms",
                        "delivery max ms", "replayed events", "proxy CPU s", "peak RSS MiB", "KiB per client",
@@ -248,6 +249,12 @@ def main():
             if name.startswith("fanout") and name != "fanout10000" and metric == "upstream requests" and c is not None:
                 target, verdict = "= 1", c == 1
             add(title, metric, values, target, verdict)
+        if bypass:
+            for metric in ["complete", "delivery p50 ms", "delivery p99 ms", "delivery max ms", "proxy CPU s",
+                           "peak RSS MiB", "KiB per client", "other processes on proxy CPU, s"]:
+                values = {t: m[t][metric] for t in m if t != "chorus-alt"}
+                values["chorus"] = bypass[metric]
+                add(f"{title.split(':')[0]}, chorus with x-chorus-coalesce: off", metric, values)
 
     # 5. cancel
     if "cancel" in runs:

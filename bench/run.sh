@@ -389,12 +389,17 @@ scenario_ttft() {
 }
 
 stream_run() {
-    # $1 scenario, $2 target, $3 clients, $4 identical|distinct, $5 first byte delay ms, $6 nginx workers
-    local identical=()
-    [[ $4 == identical ]] && identical=(--identical)
-    start_target "$2" "${6:-1}"
+    # $1 scenario, $2 target (chorus-bypass: chorus with x-chorus-coalesce: off),
+    # $3 clients, $4 identical|distinct, $5 first byte delay ms, $6 nginx workers
+    local options=() base=$2
+    [[ $4 == identical ]] && options+=(--identical)
+    if [[ $2 == chorus-bypass ]]; then
+        base=chorus
+        options+=(--header "x-chorus-coalesce: off")
+    fi
+    start_target "$base" "${6:-1}"
     measure "${ON_LOAD_CPU[@]}" "$LOADGEN" stream --addr "127.0.0.1:$ADDR_PORT" --clients "$3" \
-        "${identical[@]}" --tokens 40 --first-byte-delay-ms "$5" --tag "$TAG-$1-$3-$2-${ROUND:-1}"
+        "${options[@]}" --tokens 40 --first-byte-delay-ms "$5" --tag "$TAG-$1-$3-$2-${ROUND:-1}"
     emit "$1" "$2" "$OUT" "\"clients\":$3,\"nginx_workers\":${6:-1}"
     stop_target
 }
@@ -402,7 +407,7 @@ stream_run() {
 scenario_distinct() {
     local target
     for ROUND in $(seq 1 "$ROUNDS"); do
-        for target in "${TARGETS[@]}"; do
+        for target in "${TARGETS[@]}" chorus-bypass; do
             log "distinct streams: $target (1000 concurrent, distinct bodies, round $ROUND/$ROUNDS)"
             stream_run distinct "$target" 1000 distinct 1500
         done
