@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -34,23 +33,36 @@ pub const PREMATURE_WINDOW: Duration = Duration::from_secs(1);
 pub const PREMATURE_MIN_STREAMS: u64 = 100;
 
 /// The requests of one client connection.
-#[derive(Default)]
 pub struct Activity {
     /// Counters; a std `Mutex` held for a few instructions, never across
     /// an `.await`.
     state: Mutex<Counts>,
-    /// Wakes [`Activity::idle`] whenever a request starts or ends.
-    changed: Notify,
     /// Cancelled once the connection is judged abusive.
     abusive: CancellationToken,
 }
 
-#[derive(Default)]
 struct Counts {
     in_flight: usize,
     started: u64,
     ended: u64,
     premature: u64,
+    /// When the last request ended (at first, when the connection opened).
+    quiet_since: Instant,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(Counts {
+                in_flight: 0,
+                started: 0,
+                ended: 0,
+                premature: 0,
+                quiet_since: Instant::now(),
+            }),
+            abusive: CancellationToken::new(),
+        }
+    }
 }
 
 impl Activity {
@@ -60,7 +72,6 @@ impl Activity {
         counts.in_flight += 1;
         counts.started += 1;
         drop(counts);
-        self.changed.notify_waiters();
         Guard {
             activity: Arc::clone(self),
             arrived: Instant::now(),
@@ -69,29 +80,26 @@ impl Activity {
     }
 
     /// Resolves once no request has been in progress for `timeout`.
+    ///
+    /// One timer, moved only when it fires: requests starting and ending
+    /// touch nothing but the counters, so a busy connection pays nothing
+    /// per request for its idle watch.
     pub async fn idle(&self, timeout: Duration) {
+        let timer = tokio::time::sleep(timeout);
+        tokio::pin!(timer);
         loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            // Registered before the counts are read: no change is missed.
-            changed.as_mut().enable();
-            let (in_flight, started) = {
-                let counts = self.counts();
-                (counts.in_flight, counts.started)
+            timer.as_mut().await;
+            let counts = self.counts();
+            let deadline = if counts.in_flight > 0 {
+                Instant::now() + timeout
+            } else {
+                counts.quiet_since + timeout
             };
-            if in_flight > 0 {
-                changed.await;
-                continue;
+            drop(counts);
+            if deadline <= Instant::now() {
+                return;
             }
-            tokio::select! {
-                () = tokio::time::sleep(timeout) => {
-                    let counts = self.counts();
-                    if counts.in_flight == 0 && counts.started == started {
-                        return;
-                    }
-                }
-                () = &mut changed => {}
-            }
+            timer.as_mut().reset(deadline);
         }
     }
 
@@ -107,17 +115,18 @@ impl Activity {
         (counts.ended, counts.premature)
     }
 
-    fn end(&self, premature: bool) {
+    /// A request ended at `now`.
+    fn end(&self, now: Instant, premature: bool) {
         let mut counts = self.counts();
         counts.in_flight = counts.in_flight.saturating_sub(1);
         counts.ended += 1;
         counts.premature += u64::from(premature);
+        counts.quiet_since = now;
         let abusive = counts.ended >= PREMATURE_MIN_STREAMS && counts.premature * 2 > counts.ended;
         drop(counts);
         if abusive {
             self.abusive.cancel();
         }
-        self.changed.notify_waiters();
     }
 
     fn counts(&self) -> MutexGuard<'_, Counts> {
@@ -137,14 +146,16 @@ impl Guard {
     /// The response ended (cleanly, or because the upstream broke).
     pub fn finish(mut self) {
         self.done = true;
-        self.activity.end(false);
+        self.activity.end(Instant::now(), false);
     }
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
         if !self.done {
-            self.activity.end(self.arrived.elapsed() < PREMATURE_WINDOW);
+            let now = Instant::now();
+            let premature = now.saturating_duration_since(self.arrived) < PREMATURE_WINDOW;
+            self.activity.end(now, premature);
         }
     }
 }
@@ -233,6 +244,27 @@ mod tests {
         guard.finish();
         idle.await.unwrap();
         assert_eq!(started.elapsed(), Duration::from_secs(40));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn short_requests_keep_a_connection_from_idling() {
+        let activity = Arc::new(Activity::default());
+        let started = Instant::now();
+        let idle = tokio::spawn({
+            let activity = Arc::clone(&activity);
+            async move { activity.idle(Duration::from_secs(10)).await }
+        });
+        // A request of 1 s every 7 s: never 10 s without one.
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            let guard = activity.start();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            guard.finish();
+        }
+        assert!(!idle.is_finished(), "idle between requests 6 s apart");
+        idle.await.unwrap();
+        // The last request ended at 42 s.
+        assert_eq!(started.elapsed(), Duration::from_secs(52));
     }
 
     #[tokio::test(start_paused = true)]

@@ -14,6 +14,8 @@
 //! - [`proxy`]: the request handler: route, limits, body, coalesce or pass through.
 //! - [`route`]: the route table and its longest-prefix match.
 //! - [`gather`]: small vectored writes sent as one plain write, both sides.
+//! - [`quiet`]: a future polled only when its own waker fired, for the rare
+//!   signals (drain, shutdown, idle) a busy task waits on.
 //! - [`headers`]: hop-by-hop removal, `X-Forwarded-*`, `Host`, the SSE rewrite.
 //! - [`upstream`]: the pooled upstream client, request building, timeouts.
 //! - [`coalesce`]: the key, the flight (a shared append-only log), its pump,
@@ -51,6 +53,7 @@ pub mod headers;
 pub mod metrics;
 pub mod mock;
 pub mod proxy;
+pub mod quiet;
 pub mod response;
 pub mod route;
 pub mod server;

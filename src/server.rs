@@ -41,6 +41,7 @@ use crate::framing;
 use crate::headers::ClientSide;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::quiet::Quiet;
 use crate::tls::{self, Accepted};
 
 /// A TLS handshake must finish within this, or within `header_read_timeout`
@@ -142,7 +143,7 @@ pub async fn serve(
             };
             tokio::select! {
                 () = connection(&shared, stream, client) => {}
-                () = shared.cut.cancelled() => {}
+                () = Quiet::new(shared.cut.cancelled()) => {}
             }
             shared.metrics.connections_active.dec();
             drop(permit);
@@ -302,6 +303,12 @@ where
     // hyper times an HTTP/1.1 head, but not a connection that never sends
     // one, nor an idle HTTP/2 connection: those would hold their
     // `max_connections` slot for ever. The idle timer covers all three.
+    // The watches are `Quiet`: the connection's every wake-up polls hyper's
+    // connection, not them.
+    let drain = Quiet::new(shared.drain.cancelled());
+    let idle = Quiet::new(activity.idle(shared.header_read_timeout));
+    let abusive = Quiet::new(activity.abusive());
+    tokio::pin!(drain, idle, abusive);
     let mut closing = false;
     loop {
         tokio::select! {
@@ -312,16 +319,16 @@ where
                 }
                 return;
             }
-            () = shared.drain.cancelled(), if !closing => {
+            () = &mut drain, if !closing => {
                 closing = true;
                 connection.as_mut().graceful_shutdown();
             }
-            () = activity.idle(shared.header_read_timeout), if !closing => {
+            () = &mut idle, if !closing => {
                 tracing::debug!(peer = %client.ip, "no request within header_read_timeout: closing");
                 closing = true;
                 connection.as_mut().graceful_shutdown();
             }
-            () = activity.abusive() => {
+            () = &mut abusive => {
                 let (requests, resets) = activity.resets();
                 tracing::warn!(
                     peer = %client.ip,

@@ -23,6 +23,7 @@ use super::flight::{End, Flight, ResponseHead};
 use super::registry::Registry;
 use crate::error::{BodyError, GatewayError};
 use crate::headers;
+use crate::quiet::Quiet;
 use crate::upstream::Upstream;
 
 /// Everything a flight's pump needs.
@@ -126,8 +127,9 @@ async fn stream(
         Ok(request) => request,
         Err(error) => return failed(flight, error),
     };
-    let deserted = flight.deserted(settings.cancel_grace);
-    let shut_down = shutdown.cancelled();
+    // Quiet: the pump wakes for every chunk, these two almost never.
+    let deserted = Quiet::new(flight.deserted(settings.cancel_grace));
+    let shut_down = Quiet::new(shutdown.cancelled());
     tokio::pin!(deserted, shut_down);
 
     settings.metrics.upstream_requests.inc();
