@@ -260,8 +260,11 @@ impl Reader {
                 .position(|&byte| byte != b'\r' && byte != b'\n')
                 .unwrap_or(bytes.len());
             bytes = &bytes[skip..];
-            if bytes.is_empty() {
-                return bytes;
+            // Most heads arrive whole in one read: judged where they lie,
+            // with no copy.
+            if let Some(end) = head_end(bytes, 0) {
+                self.judge(&bytes[..end]);
+                return &bytes[end..];
             }
         }
         let searched = self.head.len().saturating_sub(2);
