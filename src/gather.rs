@@ -7,10 +7,11 @@
 //! and writes are most of what a fan-out costs: on this project's benchmark
 //! machine a `writev` of three slices per event cost 15-25 % more than one
 //! `send` of the same bytes (README, Performance). Copying a few hundred bytes
-//! on the stack is cheaper, and hyper's zero-copy queue still carries anything
-//! larger. [`Gathered`] does it for upstream connections; client connections
-//! get it from [`crate::framing::Watched`].
+//! into a buffer each thread keeps is cheaper, and hyper's zero-copy queue
+//! still carries anything larger. [`Gathered`] does it for upstream
+//! connections; client connections get it from [`crate::framing::Watched`].
 
+use std::cell::RefCell;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -21,10 +22,12 @@ use hyper_util::client::legacy::connect::{Connected, Connection};
 /// Slices adding up to at most this many bytes are gathered.
 const LIMIT: usize = 4096;
 
-/// Writes up to this size (an SSE event, its chunk framing included) are
-/// joined in a buffer this small: the buffer is zeroed first, and zeroing
-/// 4 KiB for a 200-byte event cost more than copying it.
-const SMALL: usize = 512;
+thread_local! {
+    /// Where a thread joins its writes: kept from one write to the next, so
+    /// joining neither allocates nor zeroes (a zeroed 4 KiB stack buffer per
+    /// write cost more than the copy).
+    static JOINED: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(LIMIT));
+}
 
 /// Hands `write` one slice holding all of `bufs` when they are several and
 /// small together; `None` when they should be written as they are.
@@ -36,22 +39,15 @@ pub fn gathered<R>(bufs: &[IoSlice<'_>], write: impl FnOnce(&[u8]) -> R) -> Opti
     if total > LIMIT {
         return None;
     }
-    Some(if total <= SMALL {
-        join::<SMALL, R>(bufs, write)
-    } else {
-        join::<LIMIT, R>(bufs, write)
+    JOINED.with(|joined| {
+        // Busy only if `write` itself gathered: then this write goes as it is.
+        let mut joined = joined.try_borrow_mut().ok()?;
+        joined.clear();
+        for buf in bufs {
+            joined.extend_from_slice(buf);
+        }
+        Some(write(&joined))
     })
-}
-
-/// Copies `bufs` (at most `N` bytes together) into one slice for `write`.
-fn join<const N: usize, R>(bufs: &[IoSlice<'_>], write: impl FnOnce(&[u8]) -> R) -> R {
-    let mut joined = [0; N];
-    let mut len = 0;
-    for buf in bufs {
-        joined[len..len + buf.len()].copy_from_slice(buf);
-        len += buf.len();
-    }
-    write(&joined[..len])
 }
 
 /// An upstream connection whose small vectored writes are gathered.
@@ -145,12 +141,22 @@ mod tests {
     }
 
     #[test]
-    fn writes_either_side_of_the_small_buffer_keep_every_byte() {
-        for total in [SMALL - 1, SMALL, SMALL + 1] {
+    fn writes_of_any_size_keep_every_byte() {
+        // Larger, then smaller than the last: nothing of an earlier write stays.
+        for total in [LIMIT, 600, 512, 20, LIMIT - 1] {
             let head: Vec<u8> = (0..7).collect();
             let tail: Vec<u8> = (0..total - head.len()).map(|i| (i % 251) as u8).collect();
             let joined = gathered(&[IoSlice::new(&head), IoSlice::new(&tail)], <[u8]>::to_vec);
             assert_eq!(joined, Some([head, tail].concat()), "{total} bytes");
         }
+    }
+
+    #[test]
+    fn a_write_that_gathers_inside_a_gathered_write_goes_as_it_is() {
+        let bufs = [IoSlice::new(b"a"), IoSlice::new(b"b")];
+        let nested = gathered(&bufs, |outer| {
+            (outer.to_vec(), gathered(&bufs, <[u8]>::to_vec))
+        });
+        assert_eq!(nested, Some((b"ab".to_vec(), None)));
     }
 }
