@@ -43,7 +43,6 @@ pub struct Activity {
 
 struct Counts {
     in_flight: usize,
-    started: u64,
     ended: u64,
     premature: u64,
     /// When the last request ended (at first, when the connection opened).
@@ -55,7 +54,6 @@ impl Default for Activity {
         Self {
             state: Mutex::new(Counts {
                 in_flight: 0,
-                started: 0,
                 ended: 0,
                 premature: 0,
                 quiet_since: Instant::now(),
@@ -70,7 +68,6 @@ impl Activity {
     pub fn start(self: &Arc<Self>) -> Guard {
         let mut counts = self.counts();
         counts.in_flight += 1;
-        counts.started += 1;
         drop(counts);
         Guard {
             activity: Arc::clone(self),
@@ -89,14 +86,15 @@ impl Activity {
         tokio::pin!(timer);
         loop {
             timer.as_mut().await;
+            let now = Instant::now();
             let counts = self.counts();
             let deadline = if counts.in_flight > 0 {
-                Instant::now() + timeout
+                now + timeout
             } else {
                 counts.quiet_since + timeout
             };
             drop(counts);
-            if deadline <= Instant::now() {
+            if deadline <= now {
                 return;
             }
             timer.as_mut().reset(deadline);
