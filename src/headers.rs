@@ -33,12 +33,27 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 /// What the upstream is told about the client's side of the connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClientSide {
     /// The peer address of the client connection.
     pub ip: IpAddr,
     /// Whether the client connection is TLS (`X-Forwarded-Proto: https`).
     pub tls: bool,
+    /// `ip` as an `X-Forwarded-For` entry, written once per connection rather
+    /// than once per request.
+    forwarded_for: HeaderValue,
+}
+
+impl ClientSide {
+    pub fn new(ip: IpAddr, tls: bool) -> Self {
+        let forwarded_for = HeaderValue::from_str(&ip.to_canonical().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self {
+            ip,
+            tls,
+            forwarded_for,
+        }
+    }
 }
 
 /// Removes hop-by-hop headers, including every header named in `Connection`.
@@ -93,7 +108,7 @@ pub fn to_upstream(
     headers.remove(EXPECT);
     headers.remove(CONTENT_LENGTH);
 
-    append_forwarded_for(headers, client.ip);
+    append_forwarded_for(headers, &client.forwarded_for);
     let proto = if client.tls { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     match client_host {
@@ -143,7 +158,11 @@ fn remove_gateway_headers(headers: &mut HeaderMap) {
 }
 
 /// Appends the client to `X-Forwarded-For`, keeping what earlier proxies wrote.
-fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
+fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
+    if !headers.contains_key(X_FORWARDED_FOR) {
+        headers.insert(X_FORWARDED_FOR, client.clone());
+        return;
+    }
     let earlier: Vec<&str> = headers
         .get_all(X_FORWARDED_FOR)
         .iter()
@@ -151,11 +170,11 @@ fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
         .map(str::trim)
         .filter(|value| !value.is_empty())
         .collect();
-    let ip = ip.to_canonical().to_string();
+    let ours = client.to_str().unwrap_or_default();
     let value = if earlier.is_empty() {
-        ip
+        ours.to_owned()
     } else {
-        format!("{}, {ip}", earlier.join(", "))
+        format!("{}, {ours}", earlier.join(", "))
     };
     if let Ok(value) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR, value);
@@ -178,10 +197,7 @@ mod tests {
     }
 
     fn upstream(headers: &mut HeaderMap, coalesced: bool) {
-        let client = ClientSide {
-            ip: "10.0.0.7".parse().unwrap(),
-            tls: false,
-        };
+        let client = ClientSide::new("10.0.0.7".parse().unwrap(), false);
         let uri: Uri = "/v1/chat".parse().unwrap();
         let authority = HeaderValue::from_static("backend:9000");
         to_upstream(headers, &uri, client, &authority, &[], coalesced);
@@ -218,6 +234,23 @@ mod tests {
         assert_eq!(headers["host"], "backend:9000");
         assert!(headers.get("x-chorus-coalesce").is_none());
         assert!(headers.get("accept-encoding").is_none());
+    }
+
+    #[test]
+    fn forwarded_for_names_v4_mapped_peers_by_their_v4_address() {
+        let mut headers = HeaderMap::new();
+        let client = ClientSide::new("::ffff:10.0.0.9".parse().unwrap(), true);
+        let authority = HeaderValue::from_static("backend:9000");
+        to_upstream(
+            &mut headers,
+            &"/".parse().unwrap(),
+            client,
+            &authority,
+            &[],
+            false,
+        );
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(headers["x-forwarded-proto"], "https");
     }
 
     #[test]

@@ -137,10 +137,7 @@ pub async fn serve(
         let shared = Arc::clone(&shared);
         connections.spawn(async move {
             shared.metrics.connections_active.inc();
-            let client = ClientSide {
-                ip: peer.ip(),
-                tls: shared.tls.is_some(),
-            };
+            let client = ClientSide::new(peer.ip(), shared.tls.is_some());
             tokio::select! {
                 () = connection(&shared, stream, client) => {}
                 () = Quiet::new(shared.cut.cancelled()) => {}
@@ -278,12 +275,14 @@ where
     // handler to refuse (see `framing`).
     let verdicts = Arc::new(framing::Verdicts::default());
     let io = framing::Watched::new(io, Arc::clone(&verdicts));
+    let peer = client.ip;
     let service = service_fn(move |mut request: hyper::Request<Incoming>| {
         let guard = requests.start();
         if let Some(suspect) = verdicts.next_request() {
             request.extensions_mut().insert(suspect);
         }
         let proxy = Arc::clone(&proxy);
+        let client = client.clone();
         // Boxed: hyper keeps the slot of a connection's request future for
         // the connection's lifetime, so an unboxed future (a few KiB) would
         // stay allocated for every idle or streaming connection.
@@ -315,7 +314,7 @@ where
             result = connection.as_mut() => {
                 if let Err(error) = result {
                     // Malformed requests, resets, timeouts: the client's problem, not ours.
-                    tracing::debug!(peer = %client.ip, error = %error, "connection ended with an error");
+                    tracing::debug!(%peer, error = %error, "connection ended with an error");
                 }
                 return;
             }
@@ -324,14 +323,14 @@ where
                 connection.as_mut().graceful_shutdown();
             }
             () = &mut idle, if !closing => {
-                tracing::debug!(peer = %client.ip, "no request within header_read_timeout: closing");
+                tracing::debug!(%peer, "no request within header_read_timeout: closing");
                 closing = true;
                 connection.as_mut().graceful_shutdown();
             }
             () = &mut abusive => {
                 let (requests, resets) = activity.resets();
                 tracing::warn!(
-                    peer = %client.ip,
+                    %peer,
                     requests,
                     resets,
                     "closing a connection whose client resets most streams as it opens them"

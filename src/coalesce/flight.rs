@@ -356,10 +356,15 @@ struct Log {
 
 impl Default for Log {
     fn default() -> Self {
+        // Room for a few chunks from the start: most answers that are not
+        // streamed are one or two chunks, and growing from empty costs a
+        // reallocation per flight.
+        let mut readers = VecDeque::with_capacity(Self::START_CHUNKS + 1);
+        readers.push_back(0);
         Self {
-            chunks: VecDeque::new(),
+            chunks: VecDeque::with_capacity(Self::START_CHUNKS),
             first: 0,
-            readers: VecDeque::from([0]),
+            readers,
             bytes: 0,
             held: 0,
         }
@@ -367,6 +372,8 @@ impl Default for Log {
 }
 
 impl Log {
+    const START_CHUNKS: usize = 4;
+
     fn len(&self) -> usize {
         self.first + self.chunks.len()
     }
