@@ -7,7 +7,6 @@
 //! in the gateway picks an error status.
 
 use std::error::Error as StdError;
-use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,39 +36,22 @@ pub enum GatewayError {
     BodyUnreadable(Arc<hyper::Error>),
     /// The upstream could not be reached: refused, reset, unresolvable, bad TLS.
     #[error("upstream unreachable: {0}")]
-    Unreachable(#[source] Arc<hyper_util::client::legacy::Error>),
-    /// Connecting to the upstream took longer than `connect_timeout`.
-    #[error("connecting to the upstream timed out: {0}")]
-    ConnectTimeout(#[source] Arc<hyper_util::client::legacy::Error>),
+    Unreachable(#[source] Arc<dyn StdError + Send + Sync>),
+    /// Connecting to the upstream (TCP and TLS) took longer than `connect_timeout`.
+    #[error("connecting to the upstream (TCP and TLS) took longer than {0:?}")]
+    ConnectTimeout(Duration),
     /// The upstream response head did not arrive within `first_byte_timeout`.
     #[error("upstream sent no response head within {0:?}")]
     FirstByteTimeout(Duration),
     /// The upstream connection failed after it was established (reset, malformed response).
     #[error("upstream failed: {0}")]
-    UpstreamFailed(#[source] Arc<hyper_util::client::legacy::Error>),
+    UpstreamFailed(#[source] Arc<dyn StdError + Send + Sync>),
     /// The flight ended before the upstream answered (shutdown, or a fault in the gateway).
     #[error("{0}")]
     Interrupted(BodyError),
 }
 
 impl GatewayError {
-    /// Classifies a failure of the pooled client by what went wrong underneath.
-    pub(crate) fn from_client(err: hyper_util::client::legacy::Error) -> Self {
-        let timed_out = sources(&err).any(|source| {
-            source
-                .downcast_ref::<io::Error>()
-                .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
-        });
-        let err = Arc::new(err);
-        if timed_out {
-            Self::ConnectTimeout(err)
-        } else if err.is_connect() {
-            Self::Unreachable(err)
-        } else {
-            Self::UpstreamFailed(err)
-        }
-    }
-
     /// The status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -149,7 +131,7 @@ pub fn describe(err: &(dyn StdError + 'static)) -> String {
     text
 }
 
-fn sources<'a>(
+pub(crate) fn sources<'a>(
     err: &'a (dyn StdError + 'static),
 ) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
     std::iter::successors(Some(err), |&e| e.source())
@@ -158,6 +140,7 @@ fn sources<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io;
 
     #[test]
     fn statuses_follow_blame() {

@@ -17,7 +17,9 @@
 //! - [`quiet`]: a future polled only when its own waker fired, for the rare
 //!   signals (drain, shutdown, idle) a busy task waits on.
 //! - [`headers`]: hop-by-hop removal, `X-Forwarded-*`, `Host`, the SSE rewrite.
-//! - [`upstream`]: the pooled upstream client, request building, timeouts.
+//! - [`upstream`]: a route's upstream: request building, timeouts, the response body.
+//! - [`pool`]: upstream connections kept between requests; an HTTP/1.1
+//!   connection is driven by the request that holds it.
 //! - [`coalesce`]: the key, the flight (a shared append-only log), its pump,
 //!   and the registry of open flights.
 //! - [`response`]: the response body served to clients and its access log line.
@@ -52,6 +54,7 @@ pub mod gather;
 pub mod headers;
 pub mod metrics;
 pub mod mock;
+pub mod pool;
 pub mod proxy;
 pub mod quiet;
 pub mod response;

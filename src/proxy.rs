@@ -266,7 +266,7 @@ impl Proxy {
         route.metrics.first_byte(waited);
 
         let (upstream_parts, upstream_body) = response.into_parts();
-        let mut response = Response::new(Source::Upstream(route.upstream.body(upstream_body)));
+        let mut response = Response::new(Source::Upstream(upstream_body));
         *response.status_mut() = upstream_parts.status;
         *response.headers_mut() = upstream_parts.headers;
         headers::to_downstream(response.headers_mut());

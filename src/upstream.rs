@@ -1,9 +1,7 @@
-//! A route's upstream: the pooled hyper-util client (HTTP/1.1, or HTTP/2 when
-//! an https upstream offers it by ALPN), building the upstream request, and
-//! the three timeouts: connect, first byte, and idle between body chunks.
+//! A route's upstream: building the upstream request, sending it on the
+//! route's [`Pool`], and the three timeouts: connect (in the pool), first
+//! byte, and idle between body chunks.
 
-use std::error::Error as StdError;
-use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -15,29 +13,17 @@ use http::{HeaderName, HeaderValue, Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::{Instant, Sleep};
-use tower_service::Service;
 
 use crate::config::RouteConfig;
 use crate::error::{BodyError, GatewayError};
-use crate::gather::Gathered;
 use crate::headers::{self, ClientSide};
+use crate::pool::{Http1, Pool};
 use crate::tls::{self, TlsError};
-
-type PooledClient = Client<ConnectWithin<HttpsConnector<HttpConnector>>, Full<Bytes>>;
-
-/// How long an unused pooled connection is kept.
-const POOL_IDLE: Duration = Duration::from_secs(90);
 
 /// The upstream of one route.
 pub struct Upstream {
-    client: PooledClient,
-    scheme: Scheme,
-    authority: Authority,
+    pool: Arc<Pool>,
     /// `Host` for upstream requests.
     host: HeaderValue,
     /// The upstream URL's own path, without a trailing slash ("" for none).
@@ -56,26 +42,6 @@ impl Upstream {
             .zip(route.upstream_client_key.as_deref());
         let tls = tls::client_config(route.upstream_ca_file.as_deref(), client_cert)?;
 
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(route.connect_timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let connector = ConnectWithin {
-            inner: connector,
-            timeout: route.connect_timeout,
-        };
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .build(connector);
-
         let upstream = &route.upstream;
         let scheme = upstream.scheme().cloned().unwrap_or(Scheme::HTTP);
         // The config guarantees an authority; an empty one would fail every
@@ -86,10 +52,14 @@ impl Upstream {
             .unwrap_or_else(|| Authority::from_static("localhost"));
         let host = HeaderValue::from_str(authority.as_str())
             .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        let target = Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query("/")
+            .build()
+            .unwrap_or_else(|_| Uri::from_static("http://localhost/"));
         Ok(Self {
-            client,
-            scheme,
-            authority,
+            pool: Arc::new(Pool::new(tls, target, route.connect_timeout)),
             host,
             base_path: upstream.path().trim_end_matches('/').to_owned(),
             extra_headers: route.upstream_headers.clone(),
@@ -116,92 +86,56 @@ impl Upstream {
             coalesced,
         );
         parts.uri = uri;
-        // The client library picks HTTP/1.1 or HTTP/2 by what the upstream offers.
+        // The pool sends HTTP/2 instead where the upstream offers it.
         parts.version = Version::HTTP_11;
         Ok(Request::from_parts(parts, Full::new(body)))
     }
 
+    /// The upstream's path for a client's target, in origin form.
     fn uri_for(&self, client_uri: &Uri) -> Result<Uri, GatewayError> {
-        let unforwardable = GatewayError::BadRequest("the request target cannot be forwarded");
         let path_and_query = match (client_uri.path_and_query(), self.base_path.is_empty()) {
             // The client's own target, shared rather than copied.
             (Some(path_and_query), true) => path_and_query.clone(),
             (None, true) => PathAndQuery::from_static("/"),
             (client, false) => {
                 let client = client.map_or("/", PathAndQuery::as_str);
-                PathAndQuery::try_from(format!("{}{client}", self.base_path))
-                    .map_err(|_| unforwardable.clone())?
+                PathAndQuery::try_from(format!("{}{client}", self.base_path)).map_err(|_| {
+                    GatewayError::BadRequest("the request target cannot be forwarded")
+                })?
             }
         };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| unforwardable)
+        Ok(Uri::from(path_and_query))
     }
 
     /// Sends a request; the response head must arrive within `first_byte_timeout`.
     pub async fn send(
         &self,
         request: Request<Full<Bytes>>,
-    ) -> Result<Response<Incoming>, GatewayError> {
-        match tokio::time::timeout(self.first_byte_timeout, self.client.request(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(GatewayError::from_client(error)),
+    ) -> Result<Response<UpstreamBody>, GatewayError> {
+        match tokio::time::timeout(self.first_byte_timeout, self.pool.send(request)).await {
+            Ok(Ok((response, connection))) => Ok(response.map(|body| UpstreamBody {
+                inner: body,
+                connection: connection.map(|connection| (connection, Arc::clone(&self.pool))),
+                ended: false,
+                idle: self.idle_timeout,
+                timer: None,
+                waiting_since: None,
+            })),
+            Ok(Err(error)) => Err(error),
             Err(_) => Err(GatewayError::FirstByteTimeout(self.first_byte_timeout)),
         }
-    }
-
-    /// Wraps an upstream body with the route's idle timeout.
-    pub fn body(&self, body: Incoming) -> UpstreamBody {
-        UpstreamBody::new(body, self.idle_timeout)
-    }
-}
-
-/// Bounds connecting, TCP and TLS handshake together, by the route's
-/// `connect_timeout` (`HttpConnector`'s own timeout covers TCP only). Past
-/// it the error is a `TimedOut` I/O error, which makes a 504.
-#[derive(Clone)]
-struct ConnectWithin<C> {
-    inner: C,
-    timeout: Duration,
-}
-
-impl<C> Service<Uri> for ConnectWithin<C>
-where
-    C: Service<Uri>,
-    C::Future: Send + 'static,
-    C::Error: Into<Box<dyn StdError + Send + Sync>>,
-{
-    type Response = Gathered<C::Response>;
-    type Error = Box<dyn StdError + Send + Sync>;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let timeout = self.timeout;
-        let connecting = self.inner.call(uri);
-        Box::pin(async move {
-            match tokio::time::timeout(timeout, connecting).await {
-                Ok(connected) => connected.map(Gathered::new).map_err(Into::into),
-                Err(_) => Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("connecting (TCP and TLS) took longer than {timeout:?}"),
-                )
-                .into()),
-            }
-        })
     }
 }
 
 /// An upstream response body that fails when the upstream stays silent for
-/// longer than `idle_timeout` while someone is waiting for it.
+/// longer than `idle_timeout` while someone is waiting for it. Over HTTP/1.1
+/// it gives its connection back to the pool once it has ended; dropped
+/// before its end, it closes the connection.
 pub struct UpstreamBody {
     inner: Incoming,
+    connection: Option<(Http1, Arc<Pool>)>,
+    /// The body was read to its end.
+    ended: bool,
     idle: Duration,
     /// Made on the first wait: a body that never waits never needs one.
     timer: Option<Pin<Box<Sleep>>>,
@@ -209,13 +143,12 @@ pub struct UpstreamBody {
     waiting_since: Option<Instant>,
 }
 
-impl UpstreamBody {
-    fn new(inner: Incoming, idle: Duration) -> Self {
-        Self {
-            inner,
-            idle,
-            timer: None,
-            waiting_since: None,
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if let Some((connection, pool)) = self.connection.take()
+            && (self.ended || self.inner.is_end_stream())
+        {
+            pool.check_in(connection);
         }
     }
 }
@@ -237,7 +170,10 @@ impl Body for UpstreamBody {
             Poll::Ready(Some(Err(error))) => {
                 Poll::Ready(Some(Err(BodyError::UpstreamBroke(Arc::new(error)))))
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.ended = true;
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 // Silence is measured from when we started waiting, so a slow
                 // client that polls late is not mistaken for a silent upstream.

@@ -146,13 +146,12 @@ async fn stream(
     };
     settings.metrics.first_byte(sent.elapsed());
 
-    let (parts, body) = response.into_parts();
+    let (parts, mut body) = response.into_parts();
     let status = parts.status;
     let mut headers = parts.headers;
     headers::to_downstream(&mut headers);
     flight.set_head(ResponseHead { status, headers });
 
-    let mut body = upstream.body(body);
     if body.is_end_stream() {
         flight.finish(End::Complete);
         return Outcome::Complete(status);

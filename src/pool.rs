@@ -1,0 +1,330 @@
+//! A route's upstream connections, kept between requests.
+//!
+//! An HTTP/1.1 connection carries one request at a time: a request takes the
+//! most recently used idle connection (or makes one), and its response body
+//! gives the connection back once it has been read to the end. A body dropped
+//! before its end takes the connection down with it, which is how a
+//! cancelled flight stops the upstream. The list is plain: one lock, no
+//! hashing (every connection of a pool goes to the same place), no task per
+//! request; a sweep closes connections unused for [`IDLE_FOR`].
+//!
+//! An HTTP/2 connection (an `https` upstream that offers it by ALPN) carries
+//! every request at once, so it is shared.
+//!
+//! Each connection runs in a task of its own. Driving an HTTP/1.1
+//! connection from the task that reads its body saves that hand-off, but
+//! costs more than it saves: hyper's body channel wakes the other side on
+//! every chunk, and with both sides in one task every chunk polled the task
+//! twice (bench/instructions.sh, README).
+
+use std::error::Error as StdError;
+use std::future::poll_fn;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::{Parts, PathAndQuery};
+use http::{Request, Response, Uri};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::ClientConfig;
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::error::GatewayError;
+use crate::gather::Gathered;
+
+type RequestBody = Full<Bytes>;
+
+/// How long an unused connection is kept.
+pub const IDLE_FOR: Duration = Duration::from_secs(90);
+/// How often unused connections are checked for age and for a close by the upstream.
+const SWEEP_EVERY: Duration = Duration::from_secs(15);
+
+/// The connections to one upstream.
+pub struct Pool {
+    connector: HttpsConnector<HttpConnector>,
+    /// The upstream's scheme and authority: where every connection goes.
+    target: Uri,
+    /// Bounds TCP and TLS together (`HttpConnector`'s own timeout covers TCP only).
+    connect_timeout: Duration,
+    idle: Mutex<Idle>,
+}
+
+#[derive(Default)]
+struct Idle {
+    /// Unused HTTP/1.1 connections and when each was put back, the latest last.
+    http1: Vec<(Http1, Instant)>,
+    /// The HTTP/2 connection and when a request last took it.
+    http2: Option<(http2::SendRequest<RequestBody>, Instant)>,
+    /// A sweep task is running.
+    sweeping: bool,
+}
+
+/// A connection ready to carry one request.
+enum Checkout {
+    Http1(Http1),
+    Http2(http2::SendRequest<RequestBody>),
+}
+
+/// An HTTP/1.1 connection, whose bytes a task of its own moves.
+pub struct Http1 {
+    sender: http1::SendRequest<RequestBody>,
+    /// It carried a request before, so it may have been closed by the
+    /// upstream just as this one was sent (then the request is retried).
+    reused: bool,
+}
+
+impl Http1 {
+    /// Whether it can take another request now (never once it is closed).
+    fn is_reusable(&self) -> bool {
+        self.sender.is_ready()
+    }
+
+    async fn request(&mut self, request: Request<RequestBody>) -> Result<Response<Incoming>, Sent> {
+        self.sender
+            .try_send_request(request)
+            .await
+            .map_err(|mut error| match error.take_message() {
+                Some(request) => Sent::Not(Box::new(request), error.into_error()),
+                None => Sent::Failed(error.into_error()),
+            })
+    }
+}
+
+/// How a request on an HTTP/1.1 connection failed.
+enum Sent {
+    /// Before it was written: it can go on another connection.
+    Not(Box<Request<RequestBody>>, hyper::Error),
+    /// After.
+    Failed(hyper::Error),
+}
+
+impl Pool {
+    /// A pool of connections to `target` (scheme and authority), over TLS
+    /// with `tls` for `https`.
+    pub fn new(tls: ClientConfig, target: Uri, connect_timeout: Duration) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        Self {
+            connector,
+            target,
+            connect_timeout,
+            idle: Mutex::default(),
+        }
+    }
+
+    /// Sends a request whose URI is in origin form (`/path?query`). Returns
+    /// the response and, for HTTP/1.1, the connection its body arrives on.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut request: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Option<Http1>), GatewayError> {
+        loop {
+            match self.checkout().await? {
+                Checkout::Http2(mut sender) => {
+                    *request.uri_mut() = self.absolute(request.uri());
+                    let response = sender
+                        .send_request(request)
+                        .await
+                        .map_err(|error| GatewayError::UpstreamFailed(Arc::new(error)))?;
+                    return Ok((response, None));
+                }
+                Checkout::Http1(mut connection) => match connection.request(request).await {
+                    Ok(response) => return Ok((response, Some(connection))),
+                    // A kept connection the upstream closed as the request
+                    // went out: the request was not written, so another
+                    // connection may carry it.
+                    Err(Sent::Not(unsent, _)) if connection.reused => request = *unsent,
+                    Err(Sent::Not(_, error) | Sent::Failed(error)) => {
+                        return Err(GatewayError::UpstreamFailed(Arc::new(error)));
+                    }
+                },
+            }
+        }
+    }
+
+    /// Puts a connection whose response has ended back for the next request.
+    pub fn check_in(self: &Arc<Self>, mut connection: Http1) {
+        if connection.sender.is_closed() {
+            return;
+        }
+        if !connection.is_reusable() {
+            // Its task has not yet seen the end of the body it delivered:
+            // the connection is put back once it has.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let pool = Arc::clone(self);
+                runtime.spawn(async move {
+                    if connection.sender.ready().await.is_ok() {
+                        pool.check_in(connection);
+                    }
+                });
+            }
+            return;
+        }
+        connection.reused = true;
+        let mut idle = self.lock();
+        idle.http1.push((connection, Instant::now()));
+        self.keep_swept(&mut idle);
+    }
+
+    /// The shared HTTP/2 connection, an unused HTTP/1.1 one, or a new one.
+    async fn checkout(self: &Arc<Self>) -> Result<Checkout, GatewayError> {
+        loop {
+            let (connection, since) = {
+                let mut idle = self.lock();
+                if let Some((sender, used)) = &mut idle.http2 {
+                    if sender.is_ready() {
+                        *used = Instant::now();
+                        return Ok(Checkout::Http2(sender.clone()));
+                    }
+                    idle.http2 = None;
+                }
+                match idle.http1.pop() {
+                    Some(unused) => unused,
+                    None => break,
+                }
+            };
+            if since.elapsed() < IDLE_FOR && connection.is_reusable() {
+                return Ok(Checkout::Http1(connection));
+            }
+        }
+        // Boxed: connecting (TCP, TLS, either handshake) is a large future,
+        // and a rare one; unboxed, every request would carry room for it.
+        Box::pin(self.connect()).await
+    }
+
+    async fn connect(self: &Arc<Self>) -> Result<Checkout, GatewayError> {
+        let mut connector = self.connector.clone();
+        poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(|error| GatewayError::from_connect(error, self.connect_timeout))?;
+        let connecting = connector.call(self.target.clone());
+        let stream = match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => return Err(GatewayError::from_connect(error, self.connect_timeout)),
+            Err(_) => return Err(GatewayError::ConnectTimeout(self.connect_timeout)),
+        };
+        let io = Gathered::new(stream);
+        let failed = |error: hyper::Error| GatewayError::UpstreamFailed(Arc::new(error));
+        if io.connected().is_negotiated_h2() {
+            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(failed)?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "upstream HTTP/2 connection ended with an error");
+                }
+            });
+            let mut idle = self.lock();
+            idle.http2 = Some((sender.clone(), Instant::now()));
+            self.keep_swept(&mut idle);
+            return Ok(Checkout::Http2(sender));
+        }
+        let (sender, connection) = http1::handshake(io).await.map_err(failed)?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "upstream connection ended with an error");
+            }
+        });
+        Ok(Checkout::Http1(Http1 {
+            sender,
+            reused: false,
+        }))
+    }
+
+    /// `/path` on the upstream's scheme and authority, as HTTP/2 sends it.
+    fn absolute(&self, origin: &Uri) -> Uri {
+        let mut parts = Parts::from(self.target.clone());
+        parts.path_and_query = Some(
+            origin
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        Uri::from_parts(parts).unwrap_or_else(|_| origin.clone())
+    }
+
+    /// Starts the sweep if it is not running (it stops when nothing is left to sweep).
+    fn keep_swept(self: &Arc<Self>, idle: &mut Idle) {
+        if idle.sweeping {
+            return;
+        }
+        // A connection put back while the runtime shuts down is not swept:
+        // it is closed with everything else.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            idle.sweeping = true;
+            runtime.spawn(sweep(Arc::downgrade(self)));
+        }
+    }
+
+    /// Closes connections unused for too long or closed by the upstream;
+    /// false once none is left.
+    fn sweep(&self) -> bool {
+        let mut idle = self.lock();
+        idle.http1.retain_mut(|(connection, since)| {
+            since.elapsed() < IDLE_FOR && connection.is_reusable()
+        });
+        if idle
+            .http2
+            .as_ref()
+            .is_some_and(|(sender, used)| sender.is_closed() || used.elapsed() >= IDLE_FOR)
+        {
+            // Requests still running on it keep it open until they end.
+            idle.http2 = None;
+        }
+        idle.sweeping = !idle.http1.is_empty() || idle.http2.is_some();
+        idle.sweeping
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Idle> {
+        // Nothing panics while holding the lock; if something did, the list
+        // of idle connections is still a list of connections.
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+async fn sweep(pool: Weak<Pool>) {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        let Some(pool) = pool.upgrade() else { return };
+        if !pool.sweep() {
+            return;
+        }
+    }
+}
+
+impl GatewayError {
+    /// Classifies a failure to connect: timed out (504) or unreachable (502).
+    fn from_connect(error: Box<dyn StdError + Send + Sync>, limit: Duration) -> Self {
+        let timed_out = crate::error::sources(&*error).any(|source| {
+            source
+                .downcast_ref::<io::Error>()
+                .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+        });
+        if timed_out {
+            Self::ConnectTimeout(limit)
+        } else {
+            Self::Unreachable(Arc::from(error))
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "pool_tests.rs"]
+mod tests;

@@ -1,0 +1,202 @@
+//! Tests of the pool alone, against a small hyper upstream on loopback that
+//! counts the connections it accepts and the ones that closed.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures::StreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use super::*;
+
+/// Connections accepted and closed by the test upstream.
+#[derive(Default)]
+struct Counts {
+    accepted: AtomicUsize,
+    closed: AtomicUsize,
+    changed: Notify,
+    connections: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Counts {
+    /// Drops every connection the upstream holds, as an upstream's own idle timeout would.
+    fn close_all(&self) {
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    async fn wait_closed(&self, n: usize) {
+        let closed = async {
+            loop {
+                let changed = self.changed.notified();
+                if self.closed.load(Ordering::SeqCst) >= n {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), closed)
+            .await
+            .unwrap_or_else(|_| panic!("{n} upstream connection(s) never closed"));
+    }
+}
+
+type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// `/stream` sends one chunk and then nothing, for ever; anything else is a
+/// short answer with a length, on a kept-alive connection.
+async fn upstream() -> (Uri, Arc<Counts>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target: Uri = format!("http://{}/", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    let counts = Arc::new(Counts::default());
+    let server = Arc::clone(&counts);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            server.accepted.fetch_add(1, Ordering::SeqCst);
+            let counts = Arc::clone(&server);
+            let connection = tokio::spawn(async move {
+                let service = service_fn(|request: Request<Incoming>| async move {
+                    let body: TestBody = if request.uri().path() == "/stream" {
+                        let first = futures::stream::once(async {
+                            Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"data: 1\n\n")))
+                        });
+                        BodyExt::boxed(StreamBody::new(first.chain(futures::stream::pending())))
+                    } else {
+                        BodyExt::boxed(Full::new(Bytes::from_static(b"hello")))
+                    };
+                    Ok::<_, Infallible>(Response::new(body))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                counts.closed.fetch_add(1, Ordering::SeqCst);
+                counts.changed.notify_waiters();
+            });
+            server
+                .connections
+                .lock()
+                .unwrap()
+                .push(connection.abort_handle());
+        }
+    });
+    (target, counts)
+}
+
+fn pool(target: Uri) -> Arc<Pool> {
+    let tls = crate::tls::client_config(None, None).unwrap();
+    Arc::new(Pool::new(tls, target, Duration::from_secs(5)))
+}
+
+fn get(path: &str) -> Request<RequestBody> {
+    Request::get(path).body(Full::new(Bytes::new())).unwrap()
+}
+
+/// Sends a request and reads its body to the end, as a flight does, then
+/// gives the connection back.
+async fn fetch(pool: &Arc<Pool>, path: &str) -> Bytes {
+    let (response, connection) = pool.send(get(path)).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    pool.check_in(connection.expect("an HTTP/1.1 connection"));
+    body
+}
+
+fn idle(pool: &Pool) -> usize {
+    pool.lock().http1.len()
+}
+
+#[tokio::test]
+async fn a_connection_is_reused_once_its_body_has_ended() {
+    let (target, counts) = upstream().await;
+    let pool = pool(target);
+    for _ in 0..5 {
+        assert_eq!(fetch(&pool, "/").await, "hello");
+    }
+    assert_eq!(
+        counts.accepted(),
+        1,
+        "every request after the first reused it"
+    );
+    assert_eq!(idle(&pool), 1);
+}
+
+#[tokio::test]
+async fn a_body_dropped_before_its_end_closes_its_connection() {
+    let (target, counts) = upstream().await;
+    let pool = pool(target);
+    let (response, connection) = pool.send(get("/stream")).await.unwrap();
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "data: 1\n\n");
+    // What a cancelled flight does: the body and its connection go.
+    drop((body, connection));
+    counts.wait_closed(1).await;
+    assert_eq!(idle(&pool), 0);
+    assert_eq!(fetch(&pool, "/").await, "hello");
+    assert_eq!(counts.accepted(), 2);
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closed_while_idle_is_not_handed_out() {
+    let (target, counts) = upstream().await;
+    let pool = pool(target);
+    assert_eq!(fetch(&pool, "/").await, "hello");
+    counts.close_all();
+    // The connection's task sees the close on its own; no request is needed.
+    let closed = async {
+        while !pool.lock().http1[0].0.sender.is_closed() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), closed)
+        .await
+        .expect("the pool never saw the close");
+    assert_eq!(fetch(&pool, "/").await, "hello");
+    assert_eq!(counts.accepted(), 2);
+    assert_eq!(idle(&pool), 1, "the closed connection was dropped");
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_after_idle_for() {
+    let (target, counts) = upstream().await;
+    let pool = pool(target);
+    assert_eq!(fetch(&pool, "/").await, "hello");
+    assert_eq!(idle(&pool), 1);
+    // Sweep by sweep, so that each one runs at its time.
+    tokio::time::pause();
+    for _ in 0..=IDLE_FOR.as_secs() / SWEEP_EVERY.as_secs() {
+        tokio::time::advance(SWEEP_EVERY).await;
+        tokio::task::yield_now().await;
+    }
+    tokio::time::resume();
+    counts.wait_closed(1).await;
+    assert_eq!(idle(&pool), 0);
+    assert!(
+        !pool.lock().sweeping,
+        "the sweep stops once nothing is idle"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_502_naming_the_connect() {
+    // Bound and dropped: nothing listens there.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target: Uri = format!("http://{}/", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    drop(listener);
+    let error = pool(target).send(get("/")).await.err().unwrap();
+    assert_eq!(error.status(), 502);
+    assert_eq!(error.kind(), "upstream_unreachable");
+}
