@@ -33,7 +33,7 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 /// What the upstream is told about the client's side of the connection.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ClientSide {
     /// The peer address of the client connection.
     pub ip: IpAddr,
@@ -91,7 +91,7 @@ pub fn coalesce_opted_out(headers: &HeaderMap) -> bool {
 pub fn to_upstream(
     headers: &mut HeaderMap,
     uri: &Uri,
-    client: ClientSide,
+    client: &ClientSide,
     upstream_authority: &HeaderValue,
     extra: &[(HeaderName, HeaderValue)],
     coalesced: bool,
@@ -200,7 +200,7 @@ mod tests {
         let client = ClientSide::new("10.0.0.7".parse().unwrap(), false);
         let uri: Uri = "/v1/chat".parse().unwrap();
         let authority = HeaderValue::from_static("backend:9000");
-        to_upstream(headers, &uri, client, &authority, &[], coalesced);
+        to_upstream(headers, &uri, &client, &authority, &[], coalesced);
     }
 
     #[test]
@@ -244,7 +244,7 @@ mod tests {
         to_upstream(
             &mut headers,
             &"/".parse().unwrap(),
-            client,
+            &client,
             &authority,
             &[],
             false,

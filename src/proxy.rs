@@ -97,7 +97,7 @@ impl Proxy {
     pub async fn handle(
         &self,
         request: Request<Incoming>,
-        client: ClientSide,
+        client: &ClientSide,
     ) -> Response<ResponseBody> {
         let mut log = AccessLog::start(&request, &self.metrics.requests_active);
         let head_only = request.method() == Method::HEAD;
@@ -129,7 +129,7 @@ impl Proxy {
     async fn answer(
         &self,
         request: Request<Incoming>,
-        client: ClientSide,
+        client: &ClientSide,
         log: &mut AccessLog,
     ) -> Answered {
         let route = self.check_head(&request).and_then(|()| {
@@ -193,7 +193,7 @@ impl Proxy {
         route: &Arc<Route>,
         parts: http::request::Parts,
         body: Bytes,
-        client: ClientSide,
+        client: &ClientSide,
         log: &mut AccessLog,
     ) -> Waiting {
         let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -239,7 +239,7 @@ impl Proxy {
         route: &Arc<Route>,
         parts: http::request::Parts,
         body: Bytes,
-        client: ClientSide,
+        client: &ClientSide,
         log: &mut AccessLog,
     ) -> Answer {
         route.metrics.request(Role::Bypass);

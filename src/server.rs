@@ -21,6 +21,7 @@
 
 use std::convert::Infallible;
 use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -137,9 +138,8 @@ pub async fn serve(
         let shared = Arc::clone(&shared);
         connections.spawn(async move {
             shared.metrics.connections_active.inc();
-            let client = ClientSide::new(peer.ip(), shared.tls.is_some());
             tokio::select! {
-                () = connection(&shared, stream, client) => {}
+                () = connection(&shared, stream, peer.ip()) => {}
                 () = Quiet::new(shared.cut.cancelled()) => {}
             }
             shared.metrics.connections_active.dec();
@@ -216,12 +216,12 @@ impl Protocol {
 }
 
 /// Serves one connection: the TLS handshake if any, then HTTP.
-async fn connection(shared: &Shared, stream: TcpStream, client: ClientSide) {
+async fn connection(shared: &Shared, stream: TcpStream, peer: IpAddr) {
     if let Some(acceptor) = &shared.tls {
         // Boxed: the handshake and a TLS stream are large, and a future's
         // size is its largest state's, so inline they would make every
         // connection's task as large as a TLS one.
-        return Box::pin(tls_connection(shared, acceptor, stream, client)).await;
+        return Box::pin(tls_connection(shared, acceptor, stream, peer)).await;
     }
     // A connection that sends nothing is closed like an idle one.
     let peeked = tokio::select! {
@@ -229,28 +229,23 @@ async fn connection(shared: &Shared, stream: TcpStream, client: ClientSide) {
         () = shared.drain.cancelled() => return,
     };
     if let Ok(Ok(protocol)) = peeked {
-        http(shared, stream, client, protocol).await;
+        http(shared, stream, peer, protocol).await;
     }
 }
 
 /// The TLS handshake, then HTTP.
-async fn tls_connection(
-    shared: &Shared,
-    acceptor: &TlsAcceptor,
-    stream: TcpStream,
-    client: ClientSide,
-) {
+async fn tls_connection(shared: &Shared, acceptor: &TlsAcceptor, stream: TcpStream, peer: IpAddr) {
     // A failed or slow handshake costs its own connection and a debug line.
     match tokio::time::timeout(shared.handshake_timeout, tls::accept(acceptor, stream)).await {
         Ok(Ok(Accepted::Tls(stream))) => {
             let protocol = Protocol::negotiated(stream.get_ref().1.alpn_protocol());
-            http(shared, stream, client, protocol).await;
+            http(shared, stream, peer, protocol).await;
         }
         Ok(Ok(Accepted::PlainHttp)) => {
-            tracing::debug!(peer = %client.ip, "plain HTTP on the TLS port: answered 400")
+            tracing::debug!(%peer, "plain HTTP on the TLS port: answered 400")
         }
-        Ok(Err(error)) => tracing::debug!(peer = %client.ip, %error, "TLS handshake failed"),
-        Err(_) => tracing::debug!(peer = %client.ip, "TLS handshake timed out"),
+        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
 }
 
@@ -264,7 +259,7 @@ async fn first_bytes(stream: &TcpStream) -> io::Result<Protocol> {
     }
 }
 
-async fn http<I>(shared: &Shared, io: I, client: ClientSide, protocol: Protocol)
+async fn http<I>(shared: &Shared, io: I, peer: IpAddr, protocol: Protocol)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -275,19 +270,22 @@ where
     // handler to refuse (see `framing`).
     let verdicts = Arc::new(framing::Verdicts::default());
     let io = framing::Watched::new(io, Arc::clone(&verdicts));
-    let peer = client.ip;
+    // Made once per connection, in the boxed hyper connection with the
+    // service rather than in the connection's task; each request holds a
+    // pointer to it (its futures wait long, and 10,000 of them at once).
+    let client = Arc::new(ClientSide::new(peer, shared.tls.is_some()));
     let service = service_fn(move |mut request: hyper::Request<Incoming>| {
         let guard = requests.start();
         if let Some(suspect) = verdicts.next_request() {
             request.extensions_mut().insert(suspect);
         }
         let proxy = Arc::clone(&proxy);
-        let client = client.clone();
+        let client = Arc::clone(&client);
         // Boxed: hyper keeps the slot of a connection's request future for
         // the connection's lifetime, so an unboxed future (a few KiB) would
         // stay allocated for every idle or streaming connection.
         Box::pin(async move {
-            let response = proxy.handle(request, client).await;
+            let response = proxy.handle(request, &client).await;
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
         })
     });

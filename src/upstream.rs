@@ -73,7 +73,7 @@ impl Upstream {
         &self,
         mut parts: http::request::Parts,
         body: Bytes,
-        client: ClientSide,
+        client: &ClientSide,
         coalesced: bool,
     ) -> Result<Request<Full<Bytes>>, GatewayError> {
         let uri = self.uri_for(&parts.uri)?;
@@ -112,7 +112,11 @@ impl Upstream {
         &self,
         request: Request<Full<Bytes>>,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
-        match tokio::time::timeout(self.first_byte_timeout, self.pool.send(request)).await {
+        // Boxed: the wait for a head (checkout, sending, retrying) is over
+        // once the head arrives, and a flight streams for far longer; inline,
+        // its room would stay in every flight's pump for the whole stream.
+        let sending = Box::pin(self.pool.send(request));
+        match tokio::time::timeout(self.first_byte_timeout, sending).await {
             Ok(Ok((response, connection))) => Ok(response.map(|body| UpstreamBody {
                 inner: body,
                 connection: connection.map(|connection| (connection, Arc::clone(&self.pool))),
