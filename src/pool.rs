@@ -69,7 +69,8 @@ struct Idle {
 /// A connection ready to carry one request.
 enum Checkout {
     Http1(Http1),
-    Http2(http2::SendRequest<RequestBody>),
+    /// The shared connection, and whether it was already open.
+    Http2(http2::SendRequest<RequestBody>, bool),
 }
 
 /// An HTTP/1.1 connection, whose bytes a task of its own moves.
@@ -135,13 +136,24 @@ impl Pool {
     ) -> Result<(Response<Incoming>, Option<Http1>), GatewayError> {
         loop {
             match self.checkout().await? {
-                Checkout::Http2(mut sender) => {
-                    *request.uri_mut() = self.absolute(request.uri());
-                    let response = sender
-                        .send_request(request)
-                        .await
-                        .map_err(|error| GatewayError::UpstreamFailed(Arc::new(error)))?;
-                    return Ok((response, None));
+                Checkout::Http2(mut sender, reused) => {
+                    let origin = std::mem::take(request.uri_mut());
+                    *request.uri_mut() = self.absolute(&origin);
+                    let mut error = match sender.try_send_request(request).await {
+                        Ok(response) => return Ok((response, None)),
+                        Err(error) => error,
+                    };
+                    match error.take_message() {
+                        // The shared connection closed (a GOAWAY, say) before
+                        // the request went out: it goes on a new one.
+                        Some(mut unsent) if reused => {
+                            *unsent.uri_mut() = origin;
+                            request = unsent;
+                        }
+                        _ => {
+                            return Err(GatewayError::UpstreamFailed(Arc::new(error.into_error())));
+                        }
+                    }
                 }
                 Checkout::Http1(mut connection) => match connection.request(request).await {
                     Ok(response) => return Ok((response, Some(connection))),
@@ -189,7 +201,7 @@ impl Pool {
                 if let Some((sender, used)) = &mut idle.http2 {
                     if sender.is_ready() {
                         *used = Instant::now();
-                        return Ok(Checkout::Http2(sender.clone()));
+                        return Ok(Checkout::Http2(sender.clone(), true));
                     }
                     idle.http2 = None;
                 }
@@ -236,7 +248,7 @@ impl Pool {
             let mut idle = self.lock();
             idle.http2 = Some((sender.clone(), Instant::now()));
             self.keep_swept(&mut idle);
-            return Ok(Checkout::Http2(sender));
+            return Ok(Checkout::Http2(sender, false));
         }
         let (sender, connection) = Box::pin(http1::handshake(io)).await.map_err(failed)?;
         // Boxed: awaited in place, the connection took room twice in its
