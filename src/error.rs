@@ -7,6 +7,7 @@
 //! in the gateway picks an error status.
 
 use std::error::Error as StdError;
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +53,20 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
+    /// Classifies a failure to connect: timed out (504) or unreachable (502).
+    pub(crate) fn from_connect(error: Box<dyn StdError + Send + Sync>, limit: Duration) -> Self {
+        let timed_out = sources(&*error).any(|source| {
+            source
+                .downcast_ref::<io::Error>()
+                .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+        });
+        if timed_out {
+            Self::ConnectTimeout(limit)
+        } else {
+            Self::Unreachable(Arc::from(error))
+        }
+    }
+
     /// The status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -131,7 +146,7 @@ pub fn describe(err: &(dyn StdError + 'static)) -> String {
     text
 }
 
-pub(crate) fn sources<'a>(
+fn sources<'a>(
     err: &'a (dyn StdError + 'static),
 ) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
     std::iter::successors(Some(err), |&e| e.source())
@@ -140,7 +155,6 @@ pub(crate) fn sources<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io;
 
     #[test]
     fn statuses_follow_blame() {

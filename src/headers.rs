@@ -35,24 +35,18 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// What the upstream is told about the client's side of the connection.
 #[derive(Debug)]
 pub struct ClientSide {
-    /// The peer address of the client connection.
-    pub ip: IpAddr,
-    /// Whether the client connection is TLS (`X-Forwarded-Proto: https`).
-    pub tls: bool,
-    /// `ip` as an `X-Forwarded-For` entry, written once per connection rather
-    /// than once per request.
+    /// The client's address as an `X-Forwarded-For` entry, written once per
+    /// connection rather than once per request.
     forwarded_for: HeaderValue,
+    /// Whether the client connection is TLS (`X-Forwarded-Proto: https`).
+    tls: bool,
 }
 
 impl ClientSide {
     pub fn new(ip: IpAddr, tls: bool) -> Self {
         let forwarded_for = HeaderValue::from_str(&ip.to_canonical().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self {
-            ip,
-            tls,
-            forwarded_for,
-        }
+        Self { forwarded_for, tls }
     }
 }
 
@@ -159,10 +153,6 @@ fn remove_gateway_headers(headers: &mut HeaderMap) {
 
 /// Appends the client to `X-Forwarded-For`, keeping what earlier proxies wrote.
 fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
-    if !headers.contains_key(X_FORWARDED_FOR) {
-        headers.insert(X_FORWARDED_FOR, client.clone());
-        return;
-    }
     let earlier: Vec<&str> = headers
         .get_all(X_FORWARDED_FOR)
         .iter()
@@ -170,12 +160,12 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
         .map(str::trim)
         .filter(|value| !value.is_empty())
         .collect();
+    if earlier.is_empty() {
+        headers.insert(X_FORWARDED_FOR, client.clone());
+        return;
+    }
     let ours = client.to_str().unwrap_or_default();
-    let value = if earlier.is_empty() {
-        ours.to_owned()
-    } else {
-        format!("{}, {ours}", earlier.join(", "))
-    };
+    let value = format!("{}, {ours}", earlier.join(", "));
     if let Ok(value) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR, value);
     }

@@ -17,9 +17,7 @@
 //! every chunk, and with both sides in one task every chunk polled the task
 //! twice (bench/instructions.sh, README).
 
-use std::error::Error as StdError;
 use std::future::poll_fn;
-use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -322,22 +320,6 @@ async fn sweep(pool: Weak<Pool>) {
         let Some(pool) = pool.upgrade() else { return };
         if !pool.sweep() {
             return;
-        }
-    }
-}
-
-impl GatewayError {
-    /// Classifies a failure to connect: timed out (504) or unreachable (502).
-    fn from_connect(error: Box<dyn StdError + Send + Sync>, limit: Duration) -> Self {
-        let timed_out = crate::error::sources(&*error).any(|source| {
-            source
-                .downcast_ref::<io::Error>()
-                .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
-        });
-        if timed_out {
-            Self::ConnectTimeout(limit)
-        } else {
-            Self::Unreachable(Arc::from(error))
         }
     }
 }
