@@ -8,6 +8,12 @@
 //! hashing (every connection of a pool goes to the same place), no task per
 //! request; a sweep closes connections unused for [`IDLE_FOR`].
 //!
+//! The upstream closes idle connections too, and a request can meet that
+//! close on the way (the keep-alive race, a 502 behind many proxies). A
+//! request that was not written goes on another connection; one the upstream
+//! closed or reset its connection under before any answer, soon after it was
+//! sent, goes once more on a new connection.
+//!
 //! An HTTP/2 connection (an `https` upstream that offers it by ALPN) carries
 //! every request at once, so it is shared.
 //!
@@ -43,6 +49,14 @@ type RequestBody = Full<Bytes>;
 pub const IDLE_FOR: Duration = Duration::from_secs(90);
 /// How often unused connections are checked for age and for a close by the upstream.
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
+/// A kept connection unused for less than this is not closed by the
+/// upstream's keep-alive timeout (those are seconds long).
+const CLOSE_AFTER: Duration = Duration::from_millis(100);
+/// A kept connection closed under a request sooner than this after it was
+/// sent is taken for the keep-alive race, and the request is sent again. A
+/// later failure is the upstream's own (it may have acted on the request),
+/// and is reported.
+const CLOSE_RACE: Duration = Duration::from_secs(1);
 
 /// The connections to one upstream.
 pub struct Pool {
@@ -74,9 +88,10 @@ enum Checkout {
 /// An HTTP/1.1 connection, whose bytes a task of its own moves.
 pub struct Http1 {
     sender: http1::SendRequest<RequestBody>,
-    /// It carried a request before, so it may have been closed by the
-    /// upstream just as this one was sent (then the request is retried).
-    reused: bool,
+    /// For a kept connection, how long it sat unused before this request:
+    /// the upstream may have closed it just as the request was sent (then
+    /// the request goes again). None for a new connection.
+    unused_for: Option<Duration>,
 }
 
 impl Http1 {
@@ -132,8 +147,9 @@ impl Pool {
         self: &Arc<Self>,
         mut request: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Option<Http1>), GatewayError> {
+        let mut fresh = false;
         loop {
-            match self.checkout().await? {
+            match self.checkout(fresh).await? {
                 Checkout::Http2(mut sender, reused) => {
                     let origin = std::mem::take(request.uri_mut());
                     *request.uri_mut() = self.absolute(&origin);
@@ -153,16 +169,41 @@ impl Pool {
                         }
                     }
                 }
-                Checkout::Http1(mut connection) => match connection.request(request).await {
-                    Ok(response) => return Ok((response, Some(connection))),
-                    // A kept connection the upstream closed as the request
-                    // went out: the request was not written, so another
-                    // connection may carry it.
-                    Err(Sent::Not(unsent, _)) if connection.reused => request = *unsent,
-                    Err(Sent::Not(_, error) | Sent::Failed(error)) => {
-                        return Err(GatewayError::UpstreamFailed(Arc::new(error)));
+                Checkout::Http1(mut connection) => {
+                    // A kept connection may turn out dead only once the
+                    // request is written, so the request is kept to be sent
+                    // again; but not from one used moments ago, since
+                    // upstreams close connections only after seconds unused
+                    // (and a busy connection pays nothing for the copy).
+                    let again = match connection.unused_for {
+                        Some(unused) if unused >= CLOSE_AFTER => Some(copy(&request)),
+                        Some(_) | None => None,
+                    };
+                    let sent_at = Instant::now();
+                    match (connection.request(request).await, again) {
+                        (Ok(response), _) => return Ok((response, Some(connection))),
+                        // A kept connection the upstream closed as the request
+                        // went out: the request was not written, so another
+                        // connection may carry it.
+                        (Err(Sent::Not(unsent, _)), _) if connection.unused_for.is_some() => {
+                            request = *unsent;
+                        }
+                        // The upstream closed or reset a kept connection just
+                        // as the request reached it (its keep-alive timeout,
+                        // or a restart): it never saw the request, which goes
+                        // once more, on a new connection.
+                        (Err(Sent::Failed(error)), Some(again))
+                            if closed_under(&error) && sent_at.elapsed() < CLOSE_RACE =>
+                        {
+                            tracing::debug!(%error, "a kept upstream connection was closed under a request; sending it again");
+                            request = again;
+                            fresh = true;
+                        }
+                        (Err(Sent::Not(_, error) | Sent::Failed(error)), _) => {
+                            return Err(GatewayError::UpstreamFailed(Arc::new(error)));
+                        }
                     }
-                },
+                }
             }
         }
     }
@@ -185,36 +226,41 @@ impl Pool {
             }
             return;
         }
-        connection.reused = true;
         let mut idle = self.lock();
         idle.http1.push((connection, Instant::now()));
         self.keep_swept(&mut idle);
     }
 
-    /// The shared HTTP/2 connection, an unused HTTP/1.1 one, or a new one.
-    async fn checkout(self: &Arc<Self>) -> Result<Checkout, GatewayError> {
-        loop {
-            let (connection, since) = {
-                let mut idle = self.lock();
-                if let Some((sender, used)) = &mut idle.http2 {
-                    if sender.is_ready() {
-                        *used = Instant::now();
-                        return Ok(Checkout::Http2(sender.clone(), true));
-                    }
-                    idle.http2 = None;
-                }
-                match idle.http1.pop() {
-                    Some(unused) => unused,
-                    None => break,
-                }
-            };
-            if since.elapsed() < IDLE_FOR && connection.is_reusable() {
-                return Ok(Checkout::Http1(connection));
-            }
+    /// The shared HTTP/2 connection, an unused HTTP/1.1 one, or (always
+    /// when `fresh`) a new one.
+    async fn checkout(self: &Arc<Self>, fresh: bool) -> Result<Checkout, GatewayError> {
+        if !fresh && let Some(kept) = self.kept() {
+            return Ok(kept);
         }
         // Boxed: connecting (TCP, TLS, either handshake) is a large future,
         // and a rare one; unboxed, every request would carry room for it.
         Box::pin(self.connect()).await
+    }
+
+    /// The shared HTTP/2 connection or the latest unused HTTP/1.1 one that
+    /// is still open.
+    fn kept(&self) -> Option<Checkout> {
+        let mut idle = self.lock();
+        if let Some((sender, used)) = &mut idle.http2 {
+            if sender.is_ready() {
+                *used = Instant::now();
+                return Some(Checkout::Http2(sender.clone(), true));
+            }
+            idle.http2 = None;
+        }
+        while let Some((mut connection, since)) = idle.http1.pop() {
+            let unused = since.elapsed();
+            if unused < IDLE_FOR && connection.is_reusable() {
+                connection.unused_for = Some(unused);
+                return Some(Checkout::Http1(connection));
+            }
+        }
+        None
     }
 
     async fn connect(self: &Arc<Self>) -> Result<Checkout, GatewayError> {
@@ -259,7 +305,7 @@ impl Pool {
         });
         Ok(Checkout::Http1(Http1 {
             sender,
-            reused: false,
+            unused_for: None,
         }))
     }
 
@@ -312,6 +358,28 @@ impl Pool {
         // of idle connections is still a list of connections.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// The same request again; its parts are shared, not copied, except the headers.
+fn copy(request: &Request<RequestBody>) -> Request<RequestBody> {
+    let mut again = Request::new(request.body().clone());
+    *again.method_mut() = request.method().clone();
+    *again.uri_mut() = request.uri().clone();
+    *again.version_mut() = request.version();
+    *again.headers_mut() = request.headers().clone();
+    again
+}
+
+/// Whether a request failed because its connection closed or was reset
+/// before any response came: an end of input (hyper's incomplete message)
+/// or a reset.
+fn closed_under(error: &hyper::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    let io =
+        std::error::Error::source(error).and_then(|source| source.downcast_ref::<std::io::Error>());
+    error.is_incomplete_message()
+        || io
+            .is_some_and(|io| matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted))
 }
 
 async fn sweep(pool: Weak<Pool>) {

@@ -200,3 +200,118 @@ async fn an_unreachable_upstream_is_a_502_naming_the_connect() {
     assert_eq!(error.status(), 502);
     assert_eq!(error.kind(), "upstream_unreachable");
 }
+
+/// How the raw upstream ends the first connection at its second request.
+#[derive(Clone, Copy)]
+enum Ending {
+    /// A reset (as when the upstream closes with the request unread), after a wait.
+    Reset(Duration),
+    /// A plain close (FIN), at once.
+    Close,
+}
+
+/// A raw upstream: answers every request `hello` on kept-alive connections,
+/// except that the first connection, at its second request, ends as told
+/// instead of answering. Counts connections and request heads read.
+async fn closing_upstream(ending: Ending) -> (Uri, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target: Uri = format!("http://{}/", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let heads = Arc::new(AtomicUsize::new(0));
+    let (connections, requests) = (Arc::clone(&accepted), Arc::clone(&heads));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let first = connections.fetch_add(1, Ordering::SeqCst) == 0;
+            let requests = Arc::clone(&requests);
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                for served in 0.. {
+                    // Bodiless GETs: a head ends at the blank line.
+                    while !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut chunk = [0; 1024];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buffer.clear();
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    if first && served == 1 {
+                        match ending {
+                            Ending::Reset(after) => {
+                                tokio::time::sleep(after).await;
+                                stream.set_zero_linger().unwrap();
+                            }
+                            Ending::Close => {}
+                        }
+                        return;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (target, accepted, heads)
+}
+
+#[tokio::test]
+async fn a_request_whose_kept_connection_is_reset_under_it_goes_again_on_a_new_one() {
+    for ending in [Ending::Reset(Duration::ZERO), Ending::Close] {
+        let (target, accepted, heads) = closing_upstream(ending).await;
+        let pool = pool(target);
+        assert_eq!(fetch(&pool, "/").await, "hello");
+        // Unused long enough for an upstream's keep-alive timeout to be at play.
+        tokio::time::sleep(CLOSE_AFTER).await;
+        assert_eq!(fetch(&pool, "/").await, "hello", "sent again, and answered");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "once more, on a new connection"
+        );
+        assert_eq!(heads.load(Ordering::SeqCst), 3);
+    }
+}
+
+#[tokio::test]
+async fn a_request_whose_kept_connection_fails_late_is_not_sent_again() {
+    // Past CLOSE_RACE the upstream may have acted on the request: a second
+    // one could be paid for twice.
+    let (target, accepted, heads) = closing_upstream(Ending::Reset(CLOSE_RACE * 2)).await;
+    let pool = pool(target);
+    assert_eq!(fetch(&pool, "/").await, "hello");
+    tokio::time::sleep(CLOSE_AFTER).await;
+    let error = pool.send(get("/")).await.err().unwrap();
+    assert_eq!(error.status(), 502);
+    assert_eq!(error.kind(), "upstream_failed");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(heads.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_request_on_a_new_connection_is_never_sent_again() {
+    // Reset at the first request of the first connection: nothing was kept,
+    // so the failure is the upstream's.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target: Uri = format!("http://{}/", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            connections.fetch_add(1, Ordering::SeqCst);
+            let _ = stream.read(&mut [0; 1024]).await;
+            stream.set_zero_linger().unwrap();
+        }
+    });
+    let error = pool(target).send(get("/")).await.err().unwrap();
+    assert_eq!(error.status(), 502);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}

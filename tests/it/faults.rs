@@ -41,6 +41,9 @@ enum Fault {
     /// Answers the first request on each connection in full, keeping the
     /// connection alive, and closes it when the next request arrives on it.
     CloseOnReuse,
+    /// As `CloseOnReuse`, with a reset and without waiting to be released:
+    /// an upstream's keep-alive timeout meeting the next request.
+    ResetOnReuse,
     /// Answers in full, keeping the connection alive in the header but
     /// closing it right after the response.
     CloseAfterAnswer,
@@ -207,7 +210,11 @@ async fn serve(
                 released.await;
                 return;
             }
-            Fault::CloseOnReuse => {
+            Fault::ResetOnReuse if on_this_connection > 1 => {
+                let _ = stream.set_zero_linger();
+                return;
+            }
+            Fault::CloseOnReuse | Fault::ResetOnReuse => {
                 let _ = stream.write_all(ANSWER).await;
             }
             Fault::CloseAfterAnswer => {
@@ -422,6 +429,32 @@ async fn an_upstream_closing_a_reused_connection_gives_everyone_the_same_answer(
         all_got(&outcomes, shared);
         gateway.assert_idle().await;
     }
+}
+
+/// The keep-alive race: the upstream resets a connection that sat unused just
+/// as the next request reaches it. The request never reached the upstream's
+/// application, so the gateway sends it again on a new connection, and the
+/// client never sees the race.
+#[tokio::test]
+async fn a_request_meeting_the_upstreams_keep_alive_close_is_sent_again() {
+    let upstream = Faulty::start(Fault::ResetOnReuse).await;
+    let gateway = Gateway::start(&route(&upstream.url())).await;
+    let client = http1();
+    for round in 0..3 {
+        let request = post(&gateway.url(PATH), format!("{BODY}{}", " ".repeat(round)));
+        let (_, outcome) = outcome(send(&client, request).await).await;
+        assert_eq!(
+            outcome,
+            Outcome::Complete(200, b"{\"ok\":true}".to_vec()),
+            "round {round}"
+        );
+        // Unused long enough to be one an upstream's keep-alive timeout closes.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Round 0 opened a connection; rounds 1 and 2 each met a reset and went
+    // again on a new one.
+    assert_eq!(upstream.requests(), 5);
+    gateway.assert_idle().await;
 }
 
 /// The upstream says keep-alive but closes right after each answer: the
