@@ -10,6 +10,11 @@
 //!   (`authorization`, `x-api-key`, `api-key`, `cookie`) keep tenants apart: two
 //!   callers with different credentials never share a response, and a request
 //!   without credentials never joins one that has them;
+//! - every value, in order, of the headers that ask for an answer relative to
+//!   what the client already holds ([`CLIENT_STATE_HEADERS`]: ranges,
+//!   conditionals, SSE's `Last-Event-ID`), whatever the config says: a plain
+//!   request must never be answered with another's 206 or 304, nor an event
+//!   stream resumed at an event its client has not seen;
 //! - the body. A JSON body (whatever its content type) is hashed in canonical
 //!   form, so that clients which serialise the same request differently (key
 //!   order, white space, escapes) still coalesce. Numbers stay exactly as
@@ -27,7 +32,9 @@
 use std::cell::RefCell;
 use std::fmt;
 
-use http::header::CONTENT_TYPE;
+use http::header::{
+    CONTENT_TYPE, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE,
+};
 use http::{HeaderMap, HeaderName, Method};
 
 /// blake3 context string: keys from other uses of blake3 can never collide.
@@ -37,6 +44,18 @@ const KEY_CONTEXT: &str = "chorus request coalescing key v1";
 /// depth limit, so ours bounds both recursion and work; deeper bodies are
 /// hashed byte for byte.
 const MAX_DEPTH: usize = 128;
+
+/// Request headers whose answer depends on what the client already holds:
+/// always part of the key, beside the configured `key_headers`.
+pub static CLIENT_STATE_HEADERS: [HeaderName; 7] = [
+    RANGE,
+    IF_RANGE,
+    IF_MATCH,
+    IF_NONE_MATCH,
+    IF_MODIFIED_SINCE,
+    IF_UNMODIFIED_SINCE,
+    HeaderName::from_static("last-event-id"),
+];
 
 /// The fingerprint of a request: two requests share a flight only when their keys are equal.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -81,6 +100,7 @@ impl Key {
             e.field(Tag::PathAndQuery, input.path_and_query.as_bytes());
             e.content_type(input.headers);
             e.key_headers(input.headers, input.key_headers);
+            e.client_state(input.headers);
             match canonicalize(input.body, input.json_ignore_fields, out, scratch) {
                 Some(()) => e.field(Tag::JsonBody, out),
                 None => e.field(Tag::RawBody, input.body),
@@ -125,6 +145,9 @@ enum Tag {
     KeyHeaderName,
     KeyHeaderValueCount,
     KeyHeaderValue,
+    ClientStateHeader,
+    ClientStateValueCount,
+    ClientStateValue,
     JsonBody,
     RawBody,
 }
@@ -165,6 +188,33 @@ impl Encoder<'_> {
             self.count(Tag::KeyHeaderValueCount, values.iter().count());
             for value in values {
                 self.field(Tag::KeyHeaderValue, value.as_bytes());
+            }
+        }
+    }
+}
+
+impl Encoder<'_> {
+    /// The client-state headers present, each by its place in
+    /// [`CLIENT_STATE_HEADERS`], with all its values; nothing for absent
+    /// ones, so that the usual request hashes no more bytes for them.
+    fn client_state(&mut self, headers: &HeaderMap) {
+        // One pass over the names the request has: seven lookups, each
+        // hashing a name, cost more, and almost no request has any of them.
+        if !headers
+            .keys()
+            .any(|name| CLIENT_STATE_HEADERS.contains(name))
+        {
+            return;
+        }
+        for (index, name) in CLIENT_STATE_HEADERS.iter().enumerate() {
+            let values = headers.get_all(name);
+            if values.iter().next().is_none() {
+                continue;
+            }
+            self.count(Tag::ClientStateHeader, index);
+            self.count(Tag::ClientStateValueCount, values.iter().count());
+            for value in values {
+                self.field(Tag::ClientStateValue, value.as_bytes());
             }
         }
     }
@@ -850,6 +900,25 @@ mod tests {
         let b = req("{}").header("user-agent", "python-httpx").key();
         assert_eq!(a, b);
         assert_eq!(a, req("{}").key());
+    }
+
+    #[test]
+    fn ranges_conditionals_and_last_event_id_always_matter() {
+        let plain = req("{}").key();
+        for (name, value) in [
+            ("range", "bytes=0-99"),
+            ("if-range", "\"v1\""),
+            ("if-match", "\"v1\""),
+            ("if-none-match", "\"v1\""),
+            ("if-modified-since", "Tue, 24 Nov 2026 10:00:00 GMT"),
+            ("if-unmodified-since", "Tue, 24 Nov 2026 10:00:00 GMT"),
+            ("last-event-id", "42"),
+        ] {
+            let with = req("{}").header(name, value).key();
+            assert_ne!(plain, with, "{name}");
+            assert_eq!(with, req("{}").header(name, value).key(), "{name}");
+            assert_ne!(with, req("{}").header(name, "other").key(), "{name}");
+        }
     }
 
     #[test]

@@ -168,6 +168,40 @@ async fn equivalent_json_coalesces_and_different_requests_do_not() {
     gateway.assert_idle().await;
 }
 
+/// A reconnecting `EventSource` (`Last-Event-ID`) or a conditional request
+/// asks for an answer relative to what its client holds: it never joins a
+/// plain request's flight, whatever `key_headers` says.
+#[tokio::test]
+async fn resuming_and_conditional_requests_never_join_plain_ones() {
+    let (upstream, gateway, url) = start("").await;
+    let client = http1();
+    let body = chat("resume", json!({"tokens": 10, "interval_ms": 100}));
+    let with = |name: &'static str, value: &'static str| {
+        let request = Request::post(&url)
+            .header("content-type", "application/json")
+            .header(name, value)
+            .body(Full::new(Bytes::from(body.clone())))
+            .unwrap();
+        let client = client.clone();
+        async move { role(&send(&client, request).await) }
+    };
+    let (plain, again, resuming, conditional) = futures::join!(
+        fetch(&client, &url, &body),
+        fetch(&client, &url, &body),
+        with("last-event-id", "3"),
+        with("if-none-match", "\"v1\""),
+    );
+    assert_eq!(upstream.stats.requests(), 3, "plain, resuming, conditional");
+    let mut plain_roles = [plain.0, again.0];
+    plain_roles.sort();
+    assert_eq!(plain_roles, ["follower", "leader"]);
+    assert_eq!(
+        (resuming.as_str(), conditional.as_str()),
+        ("leader", "leader")
+    );
+    gateway.assert_idle().await;
+}
+
 #[tokio::test]
 async fn routes_never_share_flights() {
     let upstream = TestUpstream::slow(Duration::from_millis(300), 200, "ok").await;
