@@ -110,7 +110,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.command.unwrap_or(Command::Run) {
+    let command = cli.command.unwrap_or(Command::Run);
+    if matches!(
+        command,
+        Command::Run | Command::Demo { .. } | Command::MockUpstream(_)
+    ) {
+        raise_open_files_limit();
+    }
+    match command {
         Command::Run => runtime.block_on(run(cli.config)),
         Command::Check => check(&cli.config),
         Command::Demo { listen, admin } => runtime.block_on(demo(listen, admin)),
@@ -129,6 +136,46 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Raises the soft limit on open files to the hard one, as Go's runtime
+/// does (and nginx's `worker_rlimit_nofile` is set for): every client takes
+/// a descriptor and every upstream connection another, and services are
+/// often started with a soft limit of 1,024 (systemd's default) under a far
+/// higher hard one, which would refuse clients long before
+/// `server.max_connections`.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    if let Err(error) = setrlimit(Resource::Nofile, raised) {
+        // Still served, with fewer connections: the warning below says so.
+        eprintln!("chorus: cannot raise the open files limit: {error}");
+    }
+}
+
+/// Warns when the open-files limit cannot even hold `max_connections`
+/// clients: past it, connections are refused with "too many open files".
+fn warn_if_few_open_files(max_connections: usize) {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    // Room for the listeners, the log, and a few upstream connections.
+    let needed = max_connections as u64 + 64;
+    if let Some(current) = limit.current
+        && current < needed
+    {
+        tracing::warn!(
+            open_files = current,
+            max_connections,
+            "the open files limit is below server.max_connections: clients past it are refused \
+             (raise it with `ulimit -n`, systemd's LimitNOFILE or docker run --ulimit nofile)"
+        );
     }
 }
 
@@ -174,6 +221,7 @@ async fn run(path: PathBuf) -> ExitCode {
     if let Err(code) = check_tls(&config, &path) {
         return code;
     }
+    warn_if_few_open_files(config.server.max_connections);
     let listeners = match bind(&config) {
         Ok(listeners) => listeners,
         Err(code) => return code,

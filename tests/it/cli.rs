@@ -227,8 +227,17 @@ struct Running {
 
 impl Running {
     fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(CHORUS)
-            .args(args)
+        Self::spawn(Command::new(CHORUS).args(args))
+    }
+
+    /// Starts `chorus` with `args` under a soft limit of `soft` open files.
+    fn start_with_open_files(soft: u64, args: &[&str]) -> Self {
+        let script = format!("ulimit -Sn {soft} && exec \"$0\" \"$@\"");
+        Self::spawn(Command::new("sh").args(["-c", &script, CHORUS]).args(args))
+    }
+
+    fn spawn(command: &mut Command) -> Self {
+        let mut child = command
             .env_remove("CHORUS_CONFIG")
             .env("RUST_LOG", "info,chorus=debug")
             .stdout(Stdio::piped())
@@ -532,6 +541,58 @@ async fn mock_upstream_serves_streams_and_stats() {
 
 async fn body_bytes(response: http::Response<hyper::body::Incoming>) -> bytes::Bytes {
     body(response).await.unwrap()
+}
+
+/// (soft, hard) limits on open files of a process, from /proc.
+fn open_files(pid: &str) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap();
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|word| word.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
+/// Services are often started with a low soft limit under a high hard one
+/// (systemd: 1,024 and 524,288): chorus raises the soft limit to the hard one
+/// rather than refuse clients at the thousandth, and warns when even that
+/// cannot hold `max_connections`.
+#[tokio::test]
+async fn the_open_files_limit_is_raised_to_the_hard_one() {
+    let (_, hard) = open_files("self");
+    assert!(
+        hard > 256,
+        "this test needs a hard limit above 256, not {hard}"
+    );
+    let nothing = closed_port().await;
+    let dir = Dir::new();
+    for (max_connections, warned) in [(100, false), (hard, true)] {
+        let config = good_config(&format!("http://{nothing}"), "1s").replace(
+            "[server]\n",
+            &format!("[server]\nmax_connections = {max_connections}\n"),
+        );
+        let config = dir.file("files.toml", &config);
+        let mut running = Running::start_with_open_files(
+            256,
+            &["--config", config.to_str().unwrap(), "--log-format", "json"],
+        );
+        running.wait_log("chorus is ready").await;
+        let pid = running.child.id().unwrap().to_string();
+        assert_eq!(open_files(&pid), (hard, hard));
+        let warning = "the open files limit is below server.max_connections";
+        assert_eq!(
+            running.output().contains(warning),
+            warned,
+            "max_connections {max_connections}: {}",
+            running.output()
+        );
+        running.terminate();
+        assert_eq!(running.exit().await.code(), Some(0));
+    }
 }
 
 #[tokio::test]
