@@ -116,6 +116,7 @@ fn main() -> ExitCode {
         Command::Run | Command::Demo { .. } | Command::MockUpstream(_)
     ) {
         raise_open_files_limit();
+        return_memory_in_the_background();
     }
     match command {
         Command::Run => runtime.block_on(run(cli.config)),
@@ -136,6 +137,19 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Has jemalloc give freed memory back to the system from a background
+/// thread, over its decay time (10 s). Without it, pages are given back only
+/// in the course of later allocations: 25 s after a burst of 5,000 distinct
+/// streams, an idle gateway still held 207 MB; with it, 54 MB (README,
+/// Allocator).
+fn return_memory_in_the_background() {
+    let enabled = tikv_jemalloc_ctl::max_background_threads::write(1)
+        .and_then(|()| tikv_jemalloc_ctl::background_thread::write(true));
+    if let Err(error) = enabled {
+        tracing::debug!(%error, "jemalloc's background thread is not available");
     }
 }
 

@@ -315,3 +315,19 @@ async fn a_request_on_a_new_connection_is_never_sent_again() {
     assert_eq!(error.status(), 502);
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn at_most_max_idle_connections_are_kept() {
+    let (target, counts) = upstream().await;
+    let pool = pool(target);
+    // All in flight at once: one connection each.
+    let sent = futures::future::join_all((0..=MAX_IDLE).map(|_| pool.send(get("/")))).await;
+    assert_eq!(counts.accepted(), MAX_IDLE + 1);
+    for result in sent {
+        let (response, connection) = result.unwrap();
+        response.into_body().collect().await.unwrap();
+        pool.check_in(connection.expect("an HTTP/1.1 connection"));
+    }
+    counts.wait_closed(1).await;
+    assert_eq!(idle(&pool), MAX_IDLE);
+}

@@ -595,6 +595,26 @@ async fn the_open_files_limit_is_raised_to_the_hard_one() {
     }
 }
 
+/// jemalloc gives freed memory back from its background thread, so that an
+/// idle gateway does not keep what a burst took (README, Allocator).
+#[tokio::test]
+async fn freed_memory_is_given_back_by_a_background_thread() {
+    let nothing = closed_port().await;
+    let dir = Dir::new();
+    let config = dir.file("bg.toml", &good_config(&format!("http://{nothing}"), "1s"));
+    let (running, _, _) = start_gateway(&config).await;
+    let pid = running.child.id().unwrap();
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).unwrap())
+        .map(|name| name.trim().to_owned())
+        .collect();
+    assert!(
+        threads.iter().any(|name| name == "jemalloc_bg_thd"),
+        "threads: {threads:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_signal_right_after_ready_exits_0_without_waiting_for_idle_connections() {
     let nothing = closed_port().await;
