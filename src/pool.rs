@@ -12,7 +12,8 @@
 //! close on the way (the keep-alive race, a 502 behind many proxies). A
 //! request that was not written goes on another connection; one the upstream
 //! closed or reset its connection under before any answer, soon after it was
-//! sent, goes once more on a new connection.
+//! sent, goes once more on a new connection; so does one whose HTTP/2 stream
+//! the upstream refused (`REFUSED_STREAM`: not processed).
 //!
 //! An HTTP/2 connection (an `https` upstream that offers it by ALPN) carries
 //! every request at once, so it is shared.
@@ -155,23 +156,35 @@ impl Pool {
         mut request: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Option<Http1>), GatewayError> {
         let mut fresh = false;
+        let mut refused_once = false;
         loop {
             match self.checkout(fresh).await? {
                 Checkout::Http2(mut sender, reused) => {
+                    // An HTTP/2 upstream may refuse a stream it did not
+                    // process; the request is kept to be sent again (beside
+                    // a remote TLS round trip, the copy costs nothing).
+                    let again = (!refused_once).then(|| copy(&request));
                     let origin = std::mem::take(request.uri_mut());
                     *request.uri_mut() = self.absolute(&origin);
                     let mut error = match sender.try_send_request(request).await {
                         Ok(response) => return Ok((response, None)),
                         Err(error) => error,
                     };
-                    match error.take_message() {
+                    match (error.take_message(), again) {
                         // The shared connection closed (a GOAWAY, say) before
                         // the request went out: it goes on a new one.
-                        Some(mut unsent) if reused => {
+                        (Some(mut unsent), _) if reused => {
                             *unsent.uri_mut() = origin;
                             request = unsent;
                         }
-                        _ => {
+                        // REFUSED_STREAM: by RFC 9113 (§8.7) the upstream did
+                        // nothing with the request, which goes once more.
+                        (None, Some(again)) if refused(&error) => {
+                            tracing::debug!("the upstream refused a stream; sending it again");
+                            request = again;
+                            refused_once = true;
+                        }
+                        (_, _) => {
                             return Err(GatewayError::UpstreamFailed(Arc::new(error.into_error())));
                         }
                     }
@@ -197,8 +210,8 @@ impl Pool {
                         }
                         // The upstream closed or reset a kept connection just
                         // as the request reached it (its keep-alive timeout,
-                        // or a restart): it never saw the request, which goes
-                        // once more, on a new connection.
+                        // or a restart): so soon, it did not act on the
+                        // request, which goes once more, on a new connection.
                         (Err(Sent::Failed(error)), Some(again))
                             if closed_under(&error) && sent_at.elapsed() < CLOSE_RACE =>
                         {
@@ -392,6 +405,15 @@ fn closed_under(error: &hyper::Error) -> bool {
     error.is_incomplete_message()
         || io
             .is_some_and(|io| matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted))
+}
+
+/// Whether the upstream reset a stream with REFUSED_STREAM.
+fn refused(error: &hyper::client::conn::TrySendError<Request<RequestBody>>) -> bool {
+    let h2 = std::error::Error::source(error.error())
+        .and_then(|source| source.downcast_ref::<h2::Error>());
+    h2.is_some_and(|h2| {
+        h2.is_reset() && h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+    })
 }
 
 async fn sweep(pool: Weak<Pool>) {

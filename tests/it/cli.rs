@@ -604,15 +604,19 @@ async fn freed_memory_is_given_back_by_a_background_thread() {
     let config = dir.file("bg.toml", &good_config(&format!("http://{nothing}"), "1s"));
     let (running, _, _) = start_gateway(&config).await;
     let pid = running.child.id().unwrap();
-    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).unwrap())
-        .map(|name| name.trim().to_owned())
-        .collect();
-    assert!(
-        threads.iter().any(|name| name == "jemalloc_bg_thd"),
-        "threads: {threads:?}"
-    );
+    let threads = || -> Vec<String> {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+        tasks
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim().to_owned())
+            .collect()
+    };
+    // The thread names itself once it runs.
+    let deadline = Instant::now() + PATIENCE;
+    while !threads().iter().any(|name| name == "jemalloc_bg_thd") {
+        assert!(Instant::now() < deadline, "threads: {:?}", threads());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]

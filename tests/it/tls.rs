@@ -5,6 +5,8 @@
 
 mod fixtures;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -442,6 +444,52 @@ async fn https_upstream_with_a_private_ca_speaks_h2_and_pools() {
         1,
         "the upstream connection was not reused"
     );
+}
+
+/// A plain h2 backend (put a [`TlsUpstream`] in front) that resets its
+/// first stream with REFUSED_STREAM and answers every other one; counts the
+/// streams it was sent.
+async fn refusing_h2_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let streams = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&streams);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let counted = Arc::clone(&counted);
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((_, mut respond))) = connection.accept().await {
+                    if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    let head = http::Response::new(());
+                    if let Ok(mut body) = respond.send_response(head, false) {
+                        let _ = body.send_data(Bytes::from_static(b"answered"), true);
+                    }
+                }
+            });
+        }
+    });
+    (addr, streams)
+}
+
+/// A stream an HTTP/2 upstream refuses (RST_STREAM REFUSED_STREAM) was not
+/// processed, by RFC 9113: the gateway sends it again, and the client never
+/// sees the refusal.
+#[tokio::test]
+async fn a_stream_the_h2_upstream_refuses_is_sent_again() {
+    let pki = Pki::new();
+    let (backend, streams) = refusing_h2_backend().await;
+    let leaf = pki.server("upstream", &["127.0.0.1"]);
+    let tls = TlsUpstream::start(backend, &leaf, &[H2], None).await;
+    let gateway = Gateway::start(&one_route(&tls.url(), &ca_file(&pki))).await;
+    let (status, body) = through(&gateway, "/v1/chat/completions", "{}".to_owned()).await;
+    assert_eq!((status, body.as_str()), (200, "answered"));
+    assert_eq!(streams.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
