@@ -18,8 +18,9 @@
 //!   signals (drain, shutdown, idle) a busy task waits on.
 //! - [`headers`]: hop-by-hop removal, `X-Forwarded-*`, `Host`, the SSE rewrite.
 //! - [`upstream`]: a route's upstream: request building, timeouts, the response body.
-//! - [`pool`]: upstream connections kept between requests; an HTTP/1.1
-//!   connection is driven by the request that holds it.
+//! - [`pool`]: upstream connections kept between requests (HTTP/1.1 one
+//!   request at a time, HTTP/2 shared), and the retries of requests the
+//!   upstream never acted on.
 //! - [`coalesce`]: the key, the flight (a shared append-only log), its pump,
 //!   and the registry of open flights.
 //! - [`response`]: the response body served to clients and its access log line.

@@ -16,7 +16,8 @@
 //! the upstream refused (`REFUSED_STREAM`: not processed).
 //!
 //! An HTTP/2 connection (an `https` upstream that offers it by ALPN) carries
-//! every request at once, so it is shared.
+//! many requests at once, so it is shared, up to [`MAX_STREAMS`] streams;
+//! past that another is opened.
 //!
 //! Each connection runs in a task of its own. Driving an HTTP/1.1
 //! connection from the task that reads its body saves that hand-off, but
@@ -26,6 +27,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -54,6 +56,11 @@ pub const IDLE_FOR: Duration = Duration::from_secs(90);
 /// descriptors and 68 MB more (124 MB of RSS against 56 MB, 25 s later) for
 /// the next 90 s. nginx keeps what its `keepalive` says, Pingora 128.
 pub const MAX_IDLE: usize = 1024;
+/// Streams one HTTP/2 connection carries before another is opened. hyper
+/// queues streams past the upstream's own limit instead, and behind a long
+/// stream a queued request waits for it to end; RFC 9113 (§6.5.2) asks
+/// every peer to allow at least 100.
+pub const MAX_STREAMS: usize = 100;
 /// How often unused connections are checked for age and for a close by the upstream.
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
 /// A kept connection unused for less than this is not closed by the
@@ -80,8 +87,8 @@ struct Idle {
     /// Unused HTTP/1.1 connections and when each was put back, the latest
     /// last; at most [`MAX_IDLE`].
     http1: VecDeque<(Http1, Instant)>,
-    /// The HTTP/2 connection and when a request last took it.
-    http2: Option<(http2::SendRequest<RequestBody>, Instant)>,
+    /// The shared HTTP/2 connections.
+    http2: Vec<Http2>,
     /// A sweep task is running.
     sweeping: bool,
 }
@@ -89,8 +96,43 @@ struct Idle {
 /// A connection ready to carry one request.
 enum Checkout {
     Http1(Http1),
-    /// The shared connection, and whether it was already open.
-    Http2(http2::SendRequest<RequestBody>, bool),
+    /// A shared connection, whether it was already open, and the stream
+    /// taken on it.
+    Http2(http2::SendRequest<RequestBody>, bool, Stream),
+}
+
+/// An HTTP/2 connection shared by requests.
+struct Http2 {
+    sender: http2::SendRequest<RequestBody>,
+    /// Streams open on it (responses still being read).
+    streams: Arc<AtomicUsize>,
+    /// When a request last took it.
+    used: Instant,
+}
+
+/// One of an HTTP/2 connection's streams, counted until its response is
+/// dropped.
+pub struct Stream(Arc<AtomicUsize>);
+
+impl Stream {
+    fn take(streams: &Arc<AtomicUsize>) -> Self {
+        streams.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(streams))
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a response holds of its connection while its body is read.
+pub enum Held {
+    /// An HTTP/1.1 connection, given back once the body has ended.
+    Http1(Http1),
+    /// A stream of a shared HTTP/2 connection.
+    Http2(Stream),
 }
 
 /// An HTTP/1.1 connection, whose bytes a task of its own moves.
@@ -150,16 +192,16 @@ impl Pool {
     }
 
     /// Sends a request whose URI is in origin form (`/path?query`). Returns
-    /// the response and, for HTTP/1.1, the connection its body arrives on.
+    /// the response and what its body holds of the connection.
     pub async fn send(
         self: &Arc<Self>,
         mut request: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Option<Http1>), GatewayError> {
+    ) -> Result<(Response<Incoming>, Held), GatewayError> {
         let mut fresh = false;
         let mut refused_once = false;
         loop {
             match self.checkout(fresh).await? {
-                Checkout::Http2(mut sender, reused) => {
+                Checkout::Http2(mut sender, reused, stream) => {
                     // An HTTP/2 upstream may refuse a stream it did not
                     // process; the request is kept to be sent again (beside
                     // a remote TLS round trip, the copy costs nothing).
@@ -167,7 +209,7 @@ impl Pool {
                     let origin = std::mem::take(request.uri_mut());
                     *request.uri_mut() = self.absolute(&origin);
                     let mut error = match sender.try_send_request(request).await {
-                        Ok(response) => return Ok((response, None)),
+                        Ok(response) => return Ok((response, Held::Http2(stream))),
                         Err(error) => error,
                     };
                     match (error.take_message(), again) {
@@ -201,7 +243,7 @@ impl Pool {
                     };
                     let sent_at = Instant::now();
                     match (connection.request(request).await, again) {
-                        (Ok(response), _) => return Ok((response, Some(connection))),
+                        (Ok(response), _) => return Ok((response, Held::Http1(connection))),
                         // A kept connection the upstream closed as the request
                         // went out: the request was not written, so another
                         // connection may carry it.
@@ -267,16 +309,19 @@ impl Pool {
         Box::pin(self.connect()).await
     }
 
-    /// The shared HTTP/2 connection or the latest unused HTTP/1.1 one that
-    /// is still open.
+    /// A shared HTTP/2 connection with a stream to spare, or the latest
+    /// unused HTTP/1.1 one that is still open.
     fn kept(&self) -> Option<Checkout> {
         let mut idle = self.lock();
-        if let Some((sender, used)) = &mut idle.http2 {
-            if sender.is_ready() {
-                *used = Instant::now();
-                return Some(Checkout::Http2(sender.clone(), true));
-            }
-            idle.http2 = None;
+        idle.http2.retain(|connection| connection.sender.is_ready());
+        let spare = idle
+            .http2
+            .iter_mut()
+            .find(|connection| connection.streams.load(Ordering::Relaxed) < MAX_STREAMS);
+        if let Some(connection) = spare {
+            connection.used = Instant::now();
+            let stream = Stream::take(&connection.streams);
+            return Some(Checkout::Http2(connection.sender.clone(), true, stream));
         }
         while let Some((mut connection, since)) = idle.http1.pop_back() {
             let unused = since.elapsed();
@@ -314,10 +359,25 @@ impl Pool {
                     tracing::debug!(%error, "upstream HTTP/2 connection ended with an error");
                 }
             });
+            let streams = Arc::new(AtomicUsize::new(0));
+            let stream = Stream::take(&streams);
             let mut idle = self.lock();
-            idle.http2 = Some((sender.clone(), Instant::now()));
-            self.keep_swept(&mut idle);
-            return Ok(Checkout::Http2(sender, false));
+            // Requests that found no connection at once (the first burst)
+            // each made one; only those needed are kept for the next ones,
+            // the others close when their one stream ends.
+            let spare = idle.http2.iter().any(|connection| {
+                connection.sender.is_ready()
+                    && connection.streams.load(Ordering::Relaxed) < MAX_STREAMS
+            });
+            if !spare {
+                idle.http2.push(Http2 {
+                    sender: sender.clone(),
+                    streams,
+                    used: Instant::now(),
+                });
+                self.keep_swept(&mut idle);
+            }
+            return Ok(Checkout::Http2(sender, false, stream));
         }
         let (sender, connection) = Box::pin(http1::handshake(io)).await.map_err(failed)?;
         // Boxed: awaited in place, the connection took room twice in its
@@ -366,15 +426,12 @@ impl Pool {
         idle.http1.retain_mut(|(connection, since)| {
             since.elapsed() < IDLE_FOR && connection.is_reusable()
         });
-        if idle
-            .http2
-            .as_ref()
-            .is_some_and(|(sender, used)| sender.is_closed() || used.elapsed() >= IDLE_FOR)
-        {
-            // Requests still running on it keep it open until they end.
-            idle.http2 = None;
-        }
-        idle.sweeping = !idle.http1.is_empty() || idle.http2.is_some();
+        // Requests still running on a connection let go here keep it open
+        // until they end.
+        idle.http2.retain(|connection| {
+            !connection.sender.is_closed() && connection.used.elapsed() < IDLE_FOR
+        });
+        idle.sweeping = !idle.http1.is_empty() || !idle.http2.is_empty();
         idle.sweeping
     }
 

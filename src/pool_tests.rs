@@ -108,8 +108,15 @@ fn get(path: &str) -> Request<RequestBody> {
 async fn fetch(pool: &Arc<Pool>, path: &str) -> Bytes {
     let (response, connection) = pool.send(get(path)).await.unwrap();
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    pool.check_in(connection.expect("an HTTP/1.1 connection"));
+    pool.check_in(http1_of(connection));
     body
+}
+
+fn http1_of(held: Held) -> Http1 {
+    match held {
+        Held::Http1(connection) => connection,
+        Held::Http2(_) => panic!("an HTTP/2 stream, not an HTTP/1.1 connection"),
+    }
 }
 
 fn idle(pool: &Pool) -> usize {
@@ -326,7 +333,7 @@ async fn at_most_max_idle_connections_are_kept() {
     for result in sent {
         let (response, connection) = result.unwrap();
         response.into_body().collect().await.unwrap();
-        pool.check_in(connection.expect("an HTTP/1.1 connection"));
+        pool.check_in(http1_of(connection));
     }
     counts.wait_closed(1).await;
     assert_eq!(idle(&pool), MAX_IDLE);

@@ -18,7 +18,7 @@ use tokio::time::{Instant, Sleep};
 use crate::config::RouteConfig;
 use crate::error::{BodyError, GatewayError};
 use crate::headers::{self, ClientSide};
-use crate::pool::{Http1, Pool};
+use crate::pool::{Held, Http1, Pool, Stream};
 use crate::tls::{self, TlsError};
 
 /// The upstream of one route.
@@ -117,14 +117,21 @@ impl Upstream {
         // its room would stay in every flight's pump for the whole stream.
         let sending = Box::pin(self.pool.send(request));
         match tokio::time::timeout(self.first_byte_timeout, sending).await {
-            Ok(Ok((response, connection))) => Ok(response.map(|body| UpstreamBody {
-                inner: body,
-                connection: connection.map(|connection| (connection, Arc::clone(&self.pool))),
-                ended: false,
-                idle: self.idle_timeout,
-                timer: None,
-                waiting_since: None,
-            })),
+            Ok(Ok((response, held))) => {
+                let (connection, stream) = match held {
+                    Held::Http1(connection) => (Some((connection, Arc::clone(&self.pool))), None),
+                    Held::Http2(stream) => (None, Some(stream)),
+                };
+                Ok(response.map(|body| UpstreamBody {
+                    inner: body,
+                    connection,
+                    _stream: stream,
+                    ended: false,
+                    idle: self.idle_timeout,
+                    timer: None,
+                    waiting_since: None,
+                }))
+            }
             Ok(Err(error)) => Err(error),
             Err(_) => Err(GatewayError::FirstByteTimeout(self.first_byte_timeout)),
         }
@@ -138,6 +145,8 @@ impl Upstream {
 pub struct UpstreamBody {
     inner: Incoming,
     connection: Option<(Http1, Arc<Pool>)>,
+    /// Over HTTP/2, the stream, counted on its connection while the body lives.
+    _stream: Option<Stream>,
     /// The body was read to its end.
     ended: bool,
     idle: Duration,

@@ -492,6 +492,34 @@ async fn a_stream_the_h2_upstream_refuses_is_sent_again() {
     assert_eq!(streams.load(Ordering::SeqCst), 2);
 }
 
+/// One HTTP/2 connection carries up to 100 streams (`pool::MAX_STREAMS`);
+/// the next one goes on a second connection instead of waiting, behind
+/// long streams, for one of them to end.
+#[tokio::test]
+async fn past_100_streams_a_second_h2_connection_is_opened() {
+    let pki = Pki::new();
+    let (_mock, tls) = tls_upstream(&pki, &["127.0.0.1"], &[H2], None).await;
+    let gateway = Gateway::start(&one_route(&tls.url(), &ca_file(&pki))).await;
+    let client = http1();
+    let url = gateway.url("/v1/chat/completions");
+    // The first connection, open and idle.
+    let (status, _) = through(&gateway, "/echo", "{}".to_owned()).await;
+    assert_eq!(status, 200);
+    // Distinct bodies, each a stream that outlasts the test's wait for all heads.
+    let heads = futures::future::join_all((0..101).map(|index| {
+        let body = chat(
+            &format!("stream {index}"),
+            json!({"tokens": 200, "interval_ms": 50}),
+        );
+        send(&client, post(&url, body))
+    }))
+    .await;
+    assert!(heads.iter().all(|head| head.status() == 200));
+    assert_eq!(tls.handshakes(), 2);
+    drop(heads);
+    gateway.assert_idle().await;
+}
+
 #[tokio::test]
 async fn https_upstream_without_h2_gets_http1_and_pools() {
     let pki = Pki::new();
