@@ -141,7 +141,8 @@ impl Upstream {
 /// An upstream response body that fails when the upstream stays silent for
 /// longer than `idle_timeout` while someone is waiting for it. Over HTTP/1.1
 /// it gives its connection back to the pool once it has ended; dropped
-/// before its end, it closes the connection.
+/// before its end, it closes the connection. Over HTTP/2 it counts as one of
+/// its connection's streams for as long as it lives.
 pub struct UpstreamBody {
     inner: Incoming,
     connection: Option<(Http1, Arc<Pool>)>,

@@ -1,7 +1,8 @@
 //! TLS both ways: HTTPS for clients (ALPN h2 and http/1.1 on one port, TLS
 //! 1.2 and 1.3 only, certificate reload, junk on the port), and HTTPS to
-//! upstreams (private CA, name check, h2 by ALPN, pooling, mutual TLS), with
-//! certificates made in the test.
+//! upstreams (private CA, name check, h2 by ALPN, pooling, streams per h2
+//! connection, refused streams, mutual TLS), with certificates made in the
+//! test.
 
 mod fixtures;
 
