@@ -51,15 +51,21 @@ impl Counts {
     }
 }
 
+/// A listener on an ephemeral loopback port, and its URL.
+async fn listen() -> (TcpListener, Uri) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = format!("http://{}/", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    (listener, target)
+}
+
 type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// `/stream` sends one chunk and then nothing, for ever; anything else is a
 /// short answer with a length, on a kept-alive connection.
 async fn upstream() -> (Uri, Arc<Counts>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let target: Uri = format!("http://{}/", listener.local_addr().unwrap())
-        .parse()
-        .unwrap();
+    let (listener, target) = listen().await;
     let counts = Arc::new(Counts::default());
     let server = Arc::clone(&counts);
     tokio::spawn(async move {
@@ -198,10 +204,7 @@ async fn idle_connections_are_closed_after_idle_for() {
 #[tokio::test]
 async fn an_unreachable_upstream_is_a_502_naming_the_connect() {
     // Bound and dropped: nothing listens there.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let target: Uri = format!("http://{}/", listener.local_addr().unwrap())
-        .parse()
-        .unwrap();
+    let (listener, target) = listen().await;
     drop(listener);
     let error = pool(target).send(get("/")).await.err().unwrap();
     assert_eq!(error.status(), 502);
@@ -222,10 +225,7 @@ enum Ending {
 /// instead of answering. Counts connections and request heads read.
 async fn closing_upstream(ending: Ending) -> (Uri, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let target: Uri = format!("http://{}/", listener.local_addr().unwrap())
-        .parse()
-        .unwrap();
+    let (listener, target) = listen().await;
     let accepted = Arc::new(AtomicUsize::new(0));
     let heads = Arc::new(AtomicUsize::new(0));
     let (connections, requests) = (Arc::clone(&accepted), Arc::clone(&heads));
@@ -304,10 +304,7 @@ async fn a_request_whose_kept_connection_fails_late_is_not_sent_again() {
 async fn a_request_on_a_new_connection_is_never_sent_again() {
     // Reset at the first request of the first connection: nothing was kept,
     // so the failure is the upstream's.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let target: Uri = format!("http://{}/", listener.local_addr().unwrap())
-        .parse()
-        .unwrap();
+    let (listener, target) = listen().await;
     let accepted = Arc::new(AtomicUsize::new(0));
     let connections = Arc::clone(&accepted);
     tokio::spawn(async move {

@@ -191,9 +191,7 @@ impl Encoder<'_> {
             }
         }
     }
-}
 
-impl Encoder<'_> {
     /// The client-state headers present, each by its place in
     /// [`CLIENT_STATE_HEADERS`], with all its values; nothing for absent
     /// ones, so that the usual request hashes no more bytes for them.
