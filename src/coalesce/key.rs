@@ -10,11 +10,13 @@
 //!   (`authorization`, `x-api-key`, `api-key`, `cookie`) keep tenants apart: two
 //!   callers with different credentials never share a response, and a request
 //!   without credentials never joins one that has them;
-//! - every value, in order, of the headers that ask for an answer relative to
-//!   what the client already holds ([`CLIENT_STATE_HEADERS`]: ranges,
-//!   conditionals, SSE's `Last-Event-ID`), whatever the config says: a plain
-//!   request must never be answered with another's 206 or 304, nor an event
-//!   stream resumed at an event its client has not seen;
+//! - every value, in order, of the headers that make an answer fit only its
+//!   client ([`CLIENT_BOUND_HEADERS`]), whatever the config says: ranges,
+//!   conditionals and SSE's `Last-Event-ID` ask for an answer relative to what
+//!   the client already holds, so a plain request must never be answered with
+//!   another's 206 or 304, nor an event stream resumed at an event its client
+//!   has not seen; and a browser's `Origin`, because a CORS answer names the
+//!   one origin it allows, and a page of another origin may not read it;
 //! - the body. A JSON body (whatever its content type) is hashed in canonical
 //!   form, so that clients which serialise the same request differently (key
 //!   order, white space, escapes) still coalesce. Numbers stay exactly as
@@ -33,7 +35,8 @@ use std::cell::RefCell;
 use std::fmt;
 
 use http::header::{
-    CONTENT_TYPE, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE,
+    CONTENT_TYPE, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE,
+    ORIGIN, RANGE,
 };
 use http::{HeaderMap, HeaderName, Method};
 
@@ -45,9 +48,10 @@ const KEY_CONTEXT: &str = "chorus request coalescing key v1";
 /// hashed byte for byte.
 const MAX_DEPTH: usize = 128;
 
-/// Request headers whose answer depends on what the client already holds:
-/// always part of the key, beside the configured `key_headers`.
-pub static CLIENT_STATE_HEADERS: [HeaderName; 7] = [
+/// Request headers whose answer fits only the client that sent them (what it
+/// already holds, or the origin its page is from): always part of the key,
+/// beside the configured `key_headers`.
+pub static CLIENT_BOUND_HEADERS: [HeaderName; 8] = [
     RANGE,
     IF_RANGE,
     IF_MATCH,
@@ -55,6 +59,7 @@ pub static CLIENT_STATE_HEADERS: [HeaderName; 7] = [
     IF_MODIFIED_SINCE,
     IF_UNMODIFIED_SINCE,
     HeaderName::from_static("last-event-id"),
+    ORIGIN,
 ];
 
 /// The fingerprint of a request: two requests share a flight only when their keys are equal.
@@ -100,7 +105,7 @@ impl Key {
             e.field(Tag::PathAndQuery, input.path_and_query.as_bytes());
             e.content_type(input.headers);
             e.key_headers(input.headers, input.key_headers);
-            e.client_state(input.headers);
+            e.client_bound(input.headers);
             match canonicalize(input.body, input.json_ignore_fields, out, scratch) {
                 Some(()) => e.field(Tag::JsonBody, out),
                 None => e.field(Tag::RawBody, input.body),
@@ -145,9 +150,9 @@ enum Tag {
     KeyHeaderName,
     KeyHeaderValueCount,
     KeyHeaderValue,
-    ClientStateHeader,
-    ClientStateValueCount,
-    ClientStateValue,
+    ClientBoundHeader,
+    ClientBoundValueCount,
+    ClientBoundValue,
     JsonBody,
     RawBody,
 }
@@ -192,27 +197,27 @@ impl Encoder<'_> {
         }
     }
 
-    /// The client-state headers present, each by its place in
-    /// [`CLIENT_STATE_HEADERS`], with all its values; nothing for absent
+    /// The client-bound headers present, each by its place in
+    /// [`CLIENT_BOUND_HEADERS`], with all its values; nothing for absent
     /// ones, so that the usual request hashes no more bytes for them.
-    fn client_state(&mut self, headers: &HeaderMap) {
-        // One pass over the names the request has: seven lookups, each
-        // hashing a name, cost more, and almost no request has any of them.
+    fn client_bound(&mut self, headers: &HeaderMap) {
+        // One pass over the names the request has: eight lookups, each
+        // hashing a name, cost more, and most requests have none of them.
         if !headers
             .keys()
-            .any(|name| CLIENT_STATE_HEADERS.contains(name))
+            .any(|name| CLIENT_BOUND_HEADERS.contains(name))
         {
             return;
         }
-        for (index, name) in CLIENT_STATE_HEADERS.iter().enumerate() {
+        for (index, name) in CLIENT_BOUND_HEADERS.iter().enumerate() {
             let values = headers.get_all(name);
             if values.iter().next().is_none() {
                 continue;
             }
-            self.count(Tag::ClientStateHeader, index);
-            self.count(Tag::ClientStateValueCount, values.iter().count());
+            self.count(Tag::ClientBoundHeader, index);
+            self.count(Tag::ClientBoundValueCount, values.iter().count());
             for value in values {
-                self.field(Tag::ClientStateValue, value.as_bytes());
+                self.field(Tag::ClientBoundValue, value.as_bytes());
             }
         }
     }
@@ -901,7 +906,7 @@ mod tests {
     }
 
     #[test]
-    fn ranges_conditionals_and_last_event_id_always_matter() {
+    fn ranges_conditionals_last_event_id_and_origin_always_matter() {
         let plain = req("{}").key();
         for (name, value) in [
             ("range", "bytes=0-99"),
@@ -911,6 +916,7 @@ mod tests {
             ("if-modified-since", "Tue, 24 Nov 2026 10:00:00 GMT"),
             ("if-unmodified-since", "Tue, 24 Nov 2026 10:00:00 GMT"),
             ("last-event-id", "42"),
+            ("origin", "https://chat.example"),
         ] {
             let with = req("{}").header(name, value).key();
             assert_ne!(plain, with, "{name}");

@@ -202,6 +202,37 @@ async fn resuming_and_conditional_requests_never_join_plain_ones() {
     gateway.assert_idle().await;
 }
 
+/// A CORS answer names the one origin it allows (`Access-Control-Allow-Origin`),
+/// so a page of another origin could not read it: pages of different origins
+/// never share a flight, while the triple click of one page still does.
+#[tokio::test]
+async fn pages_of_different_origins_never_share_a_flight() {
+    let (upstream, gateway, url) = start("").await;
+    let client = http1();
+    let body = chat("origins", json!({"tokens": 10, "interval_ms": 100}));
+    let from = |origin: &'static str| {
+        let request = Request::post(&url)
+            .header("content-type", "application/json")
+            .header("origin", origin)
+            .body(Full::new(Bytes::from(body.clone())))
+            .unwrap();
+        let client = client.clone();
+        async move { role(&send(&client, request).await) }
+    };
+    let (first, second, other, plain) = futures::join!(
+        from("https://chat.example"),
+        from("https://chat.example"),
+        from("https://other.example"),
+        fetch(&client, &url, &body),
+    );
+    assert_eq!(upstream.stats.requests(), 3, "one per origin, one without");
+    let mut same_origin = [first, second];
+    same_origin.sort();
+    assert_eq!(same_origin, ["follower", "leader"]);
+    assert_eq!((other.as_str(), plain.0.as_str()), ("leader", "leader"));
+    gateway.assert_idle().await;
+}
+
 #[tokio::test]
 async fn routes_never_share_flights() {
     let upstream = TestUpstream::slow(Duration::from_millis(300), 200, "ok").await;

@@ -1,0 +1,262 @@
+"""A real browser (Chromium, driven by Playwright) against chorus in front of
+a FastAPI backend (backend.py): what pages do with an LLM stream.
+
+    python check.py CHORUS_BINARY     (tests/browser/run.sh sets it all up)
+
+Every scenario asserts what reached the backend, not only what the page saw.
+Prints a line per check; exits 1 if any failed.
+"""
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+from playwright.async_api import async_playwright
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+# One chat request, read to its end with a stream reader, as chat UIs do.
+CHAT = """async ({url, tag}) => {
+  const body = JSON.stringify({model: "m", stream: true, max_tokens: 15,
+    messages: [{role: "user", content: "hello " + tag}]});
+  const r = await fetch(url + "/v1/chat/completions",
+    {method: "POST", headers: {"Content-Type": "application/json"}, body});
+  const reader = r.body.getReader(), decoder = new TextDecoder();
+  let text = "", reads = 0;
+  for (;;) {
+    const {done, value} = await reader.read();
+    if (done) break;
+    reads++;
+    text += decoder.decode(value, {stream: true});
+  }
+  const h = (name) => r.headers.get(name);
+  return {status: r.status, role: h("x-chorus-role"), type: h("content-type"),
+          cacheControl: h("cache-control"), accelBuffering: h("x-accel-buffering"),
+          text, reads};
+}"""
+TRIPLE = "async (args) => Promise.all([0, 1, 2].map(() => (" + CHAT + ")(args)))"
+
+# Reads three chunks, then the user navigates away (the fetch is aborted).
+ABORT = """async ({url, tag}) => {
+  const controller = new AbortController();
+  const body = JSON.stringify({model: "m", stream: true, max_tokens: 200,
+    messages: [{role: "user", content: "abort " + tag}]});
+  const r = await fetch(url + "/v1/chat/completions", {method: "POST",
+    headers: {"Content-Type": "application/json"}, body, signal: controller.signal});
+  const reader = r.body.getReader();
+  for (let i = 0; i < 3; i++) await reader.read();
+  controller.abort();
+}"""
+
+# An EventSource until it has `want` messages; it reconnects by itself when
+# the stream ends, sending the last id it saw.
+FEED = """async ({url, count, want}) => new Promise((resolve) => {
+  const source = new EventSource(url + "/feed?count=" + count), got = [];
+  source.onmessage = (e) => {
+    got.push(e.lastEventId);
+    if (got.length == want) { source.close(); resolve(got); }
+  };
+})"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.load(response)
+
+
+def wait_for_port(port, process, what):
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"browser check: {what} exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"browser check: {what} never listened on {port}")
+
+
+async def until(predicate, timeout=10):
+    """Polls `predicate` until it holds (True) or `timeout` s pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.02)
+    return predicate()
+
+
+async def scenarios(gateway, backend, admin):
+    stats = lambda: get_json(backend + "/stats")
+    failures = []
+
+    def check(name, ok, detail):
+        print(f"{'PASS' if ok else 'FAIL'} {name}: {detail}", flush=True)
+        if not ok:
+            failures.append(name)
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox"]
+        )
+        page = await browser.new_page()
+        await page.goto(gateway + "/page")
+
+        before = stats()["chats"]
+        answers = await page.evaluate(TRIPLE, {"url": gateway, "tag": "triple"})
+        chats = stats()["chats"] - before
+        check("triple click reaches the backend once", chats == 1, f"{chats} upstream requests")
+        texts = {a["text"] for a in answers}
+        check(
+            "every click gets the whole, identical stream",
+            [a["status"] for a in answers] == [200] * 3
+            and len(texts) == 1
+            and "tok14" in answers[0]["text"]
+            and "[DONE]" in answers[0]["text"],
+            f"statuses {[a['status'] for a in answers]}, {len(texts)} distinct bodies",
+        )
+        roles = sorted(a["role"] for a in answers)
+        check("one leader, two followers", roles == ["follower", "follower", "leader"], roles)
+        check(
+            "event streams are marked unbuffered",
+            all(a["accelBuffering"] == "no" and a["cacheControl"] == "no-cache" for a in answers),
+            f"{answers[0]['type']}, x-accel-buffering {answers[0]['accelBuffering']}",
+        )
+        # 16 events 50 ms apart: a buffered answer arrives in one or two reads.
+        reads = [a["reads"] for a in answers]
+        check("chunks arrive as they are sent", min(reads) >= 8, f"reads per client {reads}")
+
+        tabs = [await browser.new_page() for _ in range(3)]
+        for tab in tabs:
+            await tab.goto(gateway + "/page")
+        before = stats()["chats"]
+        answers = await asyncio.gather(
+            *(tab.evaluate(CHAT, {"url": gateway, "tag": "tabs"}) for tab in tabs)
+        )
+        chats = stats()["chats"] - before
+        same = len({a["text"] for a in answers}) == 1
+        check("three tabs share one upstream request", chats == 1 and same, f"{chats} upstream requests")
+
+        cancelled = stats()["chats_cancelled"]
+        await page.evaluate(ABORT, {"url": gateway, "tag": "abort"})
+        stopped = await until(lambda: stats()["chats_cancelled"] > cancelled)
+        check("an aborted fetch stops the backend", stopped, f"cancelled {stats()['chats_cancelled'] - cancelled}")
+
+        cancelled = stats()["feeds_cancelled"]
+        ids = await page.evaluate(FEED, {"url": gateway, "count": 200, "want": 5})
+        check("EventSource gets every event in order", ids == ["1", "2", "3", "4", "5"], ids)
+        stopped = await until(lambda: stats()["feeds_cancelled"] > cancelled)
+        check("closing an EventSource stops the backend", stopped, f"cancelled {stats()['feeds_cancelled'] - cancelled}")
+
+        before = len(stats()["last_event_ids"])
+        ids = await page.evaluate(FEED, {"url": gateway, "count": 3, "want": 6})
+        seen = stats()["last_event_ids"][before:]
+        check(
+            "a reconnecting EventSource resumes after its last event",
+            ids == ["1", "2", "3", "4", "5", "6"] and seen[:2] == [None, "3"],
+            f"ids {ids}, Last-Event-ID at the backend {seen}",
+        )
+
+        # Pages served by the backend itself are of other origins than the
+        # gateway's: their JSON POSTs are preflighted, and the answers carry
+        # Access-Control-Allow-Origin for the page's origin only.
+        port = backend.rsplit(":", 1)[1]
+        pages = {}
+        for origin in (f"http://127.0.0.1:{port}", f"http://localhost:{port}"):
+            pages[origin] = await browser.new_page()
+            await pages[origin].goto(origin + "/page")
+        first = pages[f"http://127.0.0.1:{port}"]
+        before = stats()["chats"]
+        try:
+            answers = await first.evaluate(TRIPLE, {"url": gateway, "tag": "cross"})
+            ok = [a["status"] for a in answers] == [200] * 3 and len({a["text"] for a in answers}) == 1
+            detail = f"roles {sorted(a['role'] for a in answers)}"
+        except Exception as error:
+            ok, detail = False, str(error).splitlines()[0]
+        chats = stats()["chats"] - before
+        check("a cross-origin triple click shares one request", ok and chats == 1, f"{detail}, {chats} upstream requests")
+
+        before = stats()["chats"]
+        results = []
+        for outcome in await asyncio.gather(
+            *(p.evaluate(CHAT, {"url": gateway, "tag": "origins"}) for p in pages.values()),
+            return_exceptions=True,
+        ):
+            results.append(outcome["status"] if isinstance(outcome, dict) else str(outcome).splitlines()[0])
+        chats = stats()["chats"] - before
+        check(
+            "pages of two origins each get an answer they may read",
+            results == [200, 200] and chats == 2,
+            f"{results}, {chats} upstream requests",
+        )
+
+        await browser.close()
+
+    metrics = lambda: urllib.request.urlopen(admin + "/metrics", timeout=5).read().decode()
+    idle = lambda: all(
+        line.endswith(" 0")
+        for line in metrics().splitlines()
+        if line.startswith(("chorus_flights_active", "chorus_subscribers_active"))
+    )
+    check("nothing is left in flight", await until(idle), "flights and subscribers active at 0")
+    return failures
+
+
+def main():
+    chorus = os.path.abspath(sys.argv[1])
+    up_port, gateway_port, admin_port = free_port(), free_port(), free_port()
+    origins = f"http://127.0.0.1:{up_port},http://localhost:{up_port}"
+    with tempfile.TemporaryDirectory() as tmp:
+        config = os.path.join(tmp, "chorus.toml")
+        with open(config, "w") as f:
+            f.write(
+                f'[server]\nlisten = "127.0.0.1:{gateway_port}"\n'
+                f'[admin]\nlisten = "127.0.0.1:{admin_port}"\n'
+                f'[[routes]]\nname = "llm"\npath_prefix = "/"\n'
+                f'upstream = "http://127.0.0.1:{up_port}"\n'
+            )
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": open(os.path.join(tmp, "logs"), "w")}
+        backend = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "backend:app", "--port", str(up_port), "--log-level", "warning"],
+            cwd=HERE, env={**os.environ, "PAGE_ORIGINS": origins}, **quiet,
+        )
+        gateway = subprocess.Popen(
+            [chorus, "--config", config], env={**os.environ, "RUST_LOG": "warn"}, **quiet
+        )
+        try:
+            wait_for_port(up_port, backend, "the backend")
+            wait_for_port(gateway_port, gateway, "chorus")
+            failures = asyncio.run(
+                scenarios(
+                    f"http://127.0.0.1:{gateway_port}",
+                    f"http://127.0.0.1:{up_port}",
+                    f"http://127.0.0.1:{admin_port}",
+                )
+            )
+        finally:
+            for process in (gateway, backend):
+                process.terminate()
+                process.wait(timeout=30)
+        if failures:
+            with open(os.path.join(tmp, "logs")) as logs:
+                sys.stderr.write(logs.read()[-4000:])
+            sys.exit(f"browser check: {len(failures)} failed: {', '.join(failures)}")
+    print("browser check: all passed")
+
+
+if __name__ == "__main__":
+    main()
