@@ -17,7 +17,10 @@
 //!
 //! An HTTP/2 connection (an `https` upstream that offers it by ALPN) carries
 //! many requests at once, so it is shared, up to [`MAX_STREAMS`] streams;
-//! past that another is opened.
+//! past that another is opened. Such a connection is made by one request at
+//! a time, and so is the first to an `https` upstream (which may turn out to
+//! speak HTTP/2): the requests that find none wait for it and share it, where
+//! each would otherwise make one, a handshake each, and the pool keep one.
 //!
 //! Each connection runs in a task of its own. Driving an HTTP/1.1
 //! connection from the task that reads its body saves that hand-off, but
@@ -27,12 +30,12 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::{Parts, PathAndQuery};
+use http::uri::{Parts, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -80,7 +83,20 @@ pub struct Pool {
     /// Bounds TCP and TLS together (`HttpConnector`'s own timeout covers TCP only).
     connect_timeout: Duration,
     idle: Mutex<Idle>,
+    /// What the upstream's connections speak, as the last one made told:
+    /// [`UNKNOWN`] until the first one to an `https` upstream.
+    speaks: AtomicU8,
+    /// The turn to make a connection that may be shared (an async lock held
+    /// while connecting, which is its purpose); holds the last such
+    /// attempt's failure and when it came, which the requests that waited
+    /// for it get too.
+    connecting: tokio::sync::Mutex<Option<(Instant, GatewayError)>>,
 }
+
+/// Values of [`Pool::speaks`].
+const UNKNOWN: u8 = 0;
+const HTTP1: u8 = 1;
+const HTTP2: u8 = 2;
 
 #[derive(Default)]
 struct Idle {
@@ -183,11 +199,18 @@ impl Pool {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
+        let speaks = if target.scheme() == Some(&Scheme::HTTPS) {
+            UNKNOWN
+        } else {
+            HTTP1
+        };
         Self {
             connector,
             target,
             connect_timeout,
             idle: Mutex::default(),
+            speaks: AtomicU8::new(speaks),
+            connecting: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -306,7 +329,37 @@ impl Pool {
         }
         // Boxed: connecting (TCP, TLS, either handshake) is a large future,
         // and a rare one; unboxed, every request would carry room for it.
-        Box::pin(self.connect()).await
+        if fresh || self.speaks.load(Ordering::Relaxed) == HTTP1 {
+            Box::pin(self.connect()).await
+        } else {
+            Box::pin(self.connect_shared()).await
+        }
+    }
+
+    /// A connection that may be shared, made by one request at a time: a
+    /// request that waited for another's takes a stream on it, or gets its
+    /// failure; once the upstream turns out to speak HTTP/1.1, each makes
+    /// its own.
+    async fn connect_shared(self: &Arc<Self>) -> Result<Checkout, GatewayError> {
+        let waited_from = Instant::now();
+        let mut last_failure = self.connecting.lock().await;
+        if let Some(kept) = self.kept() {
+            return Ok(kept);
+        }
+        if let Some((at, error)) = &*last_failure
+            && *at >= waited_from
+        {
+            return Err(error.clone());
+        }
+        if self.speaks.load(Ordering::Relaxed) == HTTP1 {
+            drop(last_failure);
+            return self.connect().await;
+        }
+        let made = self.connect().await;
+        if let Err(error) = &made {
+            *last_failure = Some((Instant::now(), error.clone()));
+        }
+        made
     }
 
     /// A shared HTTP/2 connection with a stream to spare, or the latest
@@ -346,7 +399,10 @@ impl Pool {
         };
         let io = Gathered::new(stream);
         let failed = |error: hyper::Error| GatewayError::UpstreamFailed(Arc::new(error));
-        if io.connected().is_negotiated_h2() {
+        let h2 = io.connected().is_negotiated_h2();
+        self.speaks
+            .store(if h2 { HTTP2 } else { HTTP1 }, Ordering::Relaxed);
+        if h2 {
             // Both handshakes are boxed: each holds the stream (with TLS, a
             // large one) beside the stream connecting held, and a burst of
             // new connections would keep the pages of 6.4 KiB each.
@@ -362,9 +418,8 @@ impl Pool {
             let streams = Arc::new(AtomicUsize::new(0));
             let stream = Stream::take(&streams);
             let mut idle = self.lock();
-            // Requests that found no connection at once (the first burst)
-            // each made one; only those needed are kept for the next ones,
-            // the others close when their one stream ends.
+            // One made beside a spare one (a request that had to go on a
+            // new connection) is not kept: it closes when its stream ends.
             let spare = idle.http2.iter().any(|connection| {
                 connection.sender.is_ready()
                     && connection.streams.load(Ordering::Relaxed) < MAX_STREAMS

@@ -1,8 +1,8 @@
 //! TLS both ways: HTTPS for clients (ALPN h2 and http/1.1 on one port, TLS
 //! 1.2 and 1.3 only, certificate reload, junk on the port), and HTTPS to
 //! upstreams (private CA, name check, h2 by ALPN, pooling, streams per h2
-//! connection, refused streams, mutual TLS), with certificates made in the
-//! test.
+//! connection, one connection for a cold burst, refused streams, mutual
+//! TLS), with certificates made in the test.
 
 mod fixtures;
 
@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::Version;
+use http::{Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use rustls::ProtocolVersion;
@@ -501,24 +501,76 @@ async fn past_100_streams_a_second_h2_connection_is_opened() {
     let pki = Pki::new();
     let (_mock, tls) = tls_upstream(&pki, &["127.0.0.1"], &[H2], None).await;
     let gateway = Gateway::start(&one_route(&tls.url(), &ca_file(&pki))).await;
-    let client = http1();
-    let url = gateway.url("/v1/chat/completions");
-    // The first connection, open and idle.
-    let (status, _) = through(&gateway, "/echo", "{}".to_owned()).await;
-    assert_eq!(status, 200);
-    // Distinct bodies, each a stream that outlasts the test's wait for all heads.
-    let heads = futures::future::join_all((0..101).map(|index| {
-        let body = chat(
-            &format!("stream {index}"),
-            json!({"tokens": 200, "interval_ms": 50}),
-        );
-        send(&client, post(&url, body))
-    }))
-    .await;
+    let heads = long_streams(&gateway, "stream", 101).await;
     assert!(heads.iter().all(|head| head.status() == 200));
     assert_eq!(tls.handshakes(), 2);
     drop(heads);
     gateway.assert_idle().await;
+}
+
+/// Requests that find no connection to an HTTP/2 upstream (a cold start)
+/// wait for the first one and share it, rather than a handshake each.
+#[tokio::test]
+async fn a_cold_burst_to_an_h2_upstream_shares_one_connection() {
+    let pki = Pki::new();
+    let (_mock, tls) = tls_upstream(&pki, &["127.0.0.1"], &[H2], None).await;
+    let gateway = Gateway::start(&one_route(&tls.url(), &ca_file(&pki))).await;
+    let heads = long_streams(&gateway, "cold", 50).await;
+    assert!(heads.iter().all(|head| head.status() == 200));
+    assert_eq!(tls.handshakes(), 1);
+    drop(heads);
+    gateway.assert_idle().await;
+}
+
+/// Behind TLS, an upstream that turns out to speak only HTTP/1.1: the
+/// requests that waited for the first connection each make their own.
+#[tokio::test]
+async fn a_cold_burst_to_an_http1_tls_upstream_gets_a_connection_each() {
+    let pki = Pki::new();
+    let (_mock, tls) = tls_upstream(&pki, &["127.0.0.1"], &[HTTP11], None).await;
+    let gateway = Gateway::start(&one_route(&tls.url(), &ca_file(&pki))).await;
+    let heads = long_streams(&gateway, "cold", 20).await;
+    assert!(heads.iter().all(|head| head.status() == 200));
+    assert_eq!(tls.handshakes(), 20);
+    drop(heads);
+    gateway.assert_idle().await;
+}
+
+/// The requests that waited for a first connection that failed get its failure.
+#[tokio::test]
+async fn a_cold_burst_to_an_untrusted_upstream_is_502_for_every_request() {
+    let pki = Pki::new();
+    let (mock, tls) = tls_upstream(&pki, &["127.0.0.1"], &[H2, HTTP11], None).await;
+    let gateway = Gateway::start(&one_route(&tls.url(), "")).await;
+    let answers = futures::future::join_all((0..10).map(|index| {
+        through(
+            &gateway,
+            "/v1/chat/completions",
+            chat(&format!("untrusted {index}"), json!({})),
+        )
+    }))
+    .await;
+    for (status, body) in answers {
+        assert_eq!(status, 502, "{body}");
+        assert!(error_message(&body).contains("UnknownIssuer"), "{body}");
+    }
+    assert_eq!(mock.stats.requests(), 0);
+    gateway.assert_idle().await;
+}
+
+/// `count` concurrent distinct streams through `gateway`, each outlasting
+/// the wait for all their heads; the heads.
+async fn long_streams(gateway: &Gateway, tag: &str, count: usize) -> Vec<Response<Incoming>> {
+    let client = http1();
+    let url = gateway.url("/v1/chat/completions");
+    futures::future::join_all((0..count).map(|index| {
+        let body = chat(
+            &format!("{tag} {index}"),
+            json!({"tokens": 200, "interval_ms": 50}),
+        );
+        send(&client, post(&url, body))
+    }))
+    .await
 }
 
 #[tokio::test]
