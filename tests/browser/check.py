@@ -1,5 +1,6 @@
 """A real browser (Chromium, driven by Playwright) against chorus in front of
-a FastAPI backend (backend.py): what pages do with an LLM stream.
+a FastAPI backend (backend.py): what pages do with an LLM stream, over
+HTTP/1.1 (plain) and over HTTP/2 (TLS, a certificate made by openssl).
 
     python check.py CHORUS_BINARY     (tests/browser/run.sh sets it all up)
 
@@ -100,111 +101,111 @@ async def until(predicate, timeout=10):
     return predicate()
 
 
-async def scenarios(gateway, backend, admin):
+async def scenarios(context, gateway, backend, admin, protocol):
+    """Every check against one gateway, whose pages must reach it by `protocol`."""
     stats = lambda: get_json(backend + "/stats")
     failures = []
 
     def check(name, ok, detail):
+        name = f"{protocol}: {name}"
         print(f"{'PASS' if ok else 'FAIL'} {name}: {detail}", flush=True)
         if not ok:
             failures.append(name)
 
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox"]
-        )
-        page = await browser.new_page()
-        await page.goto(gateway + "/page")
+    page = await context.new_page()
+    await page.goto(gateway + "/page")
 
-        before = stats()["chats"]
-        answers = await page.evaluate(TRIPLE, {"url": gateway, "tag": "triple"})
-        chats = stats()["chats"] - before
-        check("triple click reaches the backend once", chats == 1, f"{chats} upstream requests")
-        texts = {a["text"] for a in answers}
-        check(
-            "every click gets the whole, identical stream",
-            [a["status"] for a in answers] == [200] * 3
-            and len(texts) == 1
-            and "tok14" in answers[0]["text"]
-            and "[DONE]" in answers[0]["text"],
-            f"statuses {[a['status'] for a in answers]}, {len(texts)} distinct bodies",
-        )
-        roles = sorted(a["role"] for a in answers)
-        check("one leader, two followers", roles == ["follower", "follower", "leader"], roles)
-        check(
-            "event streams are marked unbuffered",
-            all(a["accelBuffering"] == "no" and a["cacheControl"] == "no-cache" for a in answers),
-            f"{answers[0]['type']}, x-accel-buffering {answers[0]['accelBuffering']}",
-        )
-        # 16 events 50 ms apart: a buffered answer arrives in one or two reads.
-        reads = [a["reads"] for a in answers]
-        check("chunks arrive as they are sent", min(reads) >= 8, f"reads per client {reads}")
+    before = stats()["chats"]
+    answers = await page.evaluate(TRIPLE, {"url": gateway, "tag": "triple"})
+    chats = stats()["chats"] - before
+    used = await page.evaluate(
+        "() => performance.getEntriesByType('resource').map((e) => e.nextHopProtocol)"
+    )
+    check("the page speaks " + protocol, set(used) == {protocol}, used)
+    check("triple click reaches the backend once", chats == 1, f"{chats} upstream requests")
+    texts = {a["text"] for a in answers}
+    check(
+        "every click gets the whole, identical stream",
+        [a["status"] for a in answers] == [200] * 3
+        and len(texts) == 1
+        and "tok14" in answers[0]["text"]
+        and "[DONE]" in answers[0]["text"],
+        f"statuses {[a['status'] for a in answers]}, {len(texts)} distinct bodies",
+    )
+    roles = sorted(a["role"] for a in answers)
+    check("one leader, two followers", roles == ["follower", "follower", "leader"], roles)
+    check(
+        "event streams are marked unbuffered",
+        all(a["accelBuffering"] == "no" and a["cacheControl"] == "no-cache" for a in answers),
+        f"{answers[0]['type']}, x-accel-buffering {answers[0]['accelBuffering']}",
+    )
+    # 16 events 50 ms apart: a buffered answer arrives in one or two reads.
+    reads = [a["reads"] for a in answers]
+    check("chunks arrive as they are sent", min(reads) >= 8, f"reads per client {reads}")
 
-        tabs = [await browser.new_page() for _ in range(3)]
-        for tab in tabs:
-            await tab.goto(gateway + "/page")
-        before = stats()["chats"]
-        answers = await asyncio.gather(
-            *(tab.evaluate(CHAT, {"url": gateway, "tag": "tabs"}) for tab in tabs)
-        )
-        chats = stats()["chats"] - before
-        same = len({a["text"] for a in answers}) == 1
-        check("three tabs share one upstream request", chats == 1 and same, f"{chats} upstream requests")
+    tabs = [await context.new_page() for _ in range(3)]
+    for tab in tabs:
+        await tab.goto(gateway + "/page")
+    before = stats()["chats"]
+    answers = await asyncio.gather(
+        *(tab.evaluate(CHAT, {"url": gateway, "tag": "tabs"}) for tab in tabs)
+    )
+    chats = stats()["chats"] - before
+    same = len({a["text"] for a in answers}) == 1
+    check("three tabs share one upstream request", chats == 1 and same, f"{chats} upstream requests")
 
-        cancelled = stats()["chats_cancelled"]
-        await page.evaluate(ABORT, {"url": gateway, "tag": "abort"})
-        stopped = await until(lambda: stats()["chats_cancelled"] > cancelled)
-        check("an aborted fetch stops the backend", stopped, f"cancelled {stats()['chats_cancelled'] - cancelled}")
+    cancelled = stats()["chats_cancelled"]
+    await page.evaluate(ABORT, {"url": gateway, "tag": "abort"})
+    stopped = await until(lambda: stats()["chats_cancelled"] > cancelled)
+    check("an aborted fetch stops the backend", stopped, f"cancelled {stats()['chats_cancelled'] - cancelled}")
 
-        cancelled = stats()["feeds_cancelled"]
-        ids = await page.evaluate(FEED, {"url": gateway, "count": 200, "want": 5})
-        check("EventSource gets every event in order", ids == ["1", "2", "3", "4", "5"], ids)
-        stopped = await until(lambda: stats()["feeds_cancelled"] > cancelled)
-        check("closing an EventSource stops the backend", stopped, f"cancelled {stats()['feeds_cancelled'] - cancelled}")
+    cancelled = stats()["feeds_cancelled"]
+    ids = await page.evaluate(FEED, {"url": gateway, "count": 200, "want": 5})
+    check("EventSource gets every event in order", ids == ["1", "2", "3", "4", "5"], ids)
+    stopped = await until(lambda: stats()["feeds_cancelled"] > cancelled)
+    check("closing an EventSource stops the backend", stopped, f"cancelled {stats()['feeds_cancelled'] - cancelled}")
 
-        before = len(stats()["last_event_ids"])
-        ids = await page.evaluate(FEED, {"url": gateway, "count": 3, "want": 6})
-        seen = stats()["last_event_ids"][before:]
-        check(
-            "a reconnecting EventSource resumes after its last event",
-            ids == ["1", "2", "3", "4", "5", "6"] and seen[:2] == [None, "3"],
-            f"ids {ids}, Last-Event-ID at the backend {seen}",
-        )
+    before = len(stats()["last_event_ids"])
+    ids = await page.evaluate(FEED, {"url": gateway, "count": 3, "want": 6})
+    seen = stats()["last_event_ids"][before:]
+    check(
+        "a reconnecting EventSource resumes after its last event",
+        ids == ["1", "2", "3", "4", "5", "6"] and seen[:2] == [None, "3"],
+        f"ids {ids}, Last-Event-ID at the backend {seen}",
+    )
 
-        # Pages served by the backend itself are of other origins than the
-        # gateway's: their JSON POSTs are preflighted, and the answers carry
-        # Access-Control-Allow-Origin for the page's origin only.
-        port = backend.rsplit(":", 1)[1]
-        pages = {}
-        for origin in (f"http://127.0.0.1:{port}", f"http://localhost:{port}"):
-            pages[origin] = await browser.new_page()
-            await pages[origin].goto(origin + "/page")
-        first = pages[f"http://127.0.0.1:{port}"]
-        before = stats()["chats"]
-        try:
-            answers = await first.evaluate(TRIPLE, {"url": gateway, "tag": "cross"})
-            ok = [a["status"] for a in answers] == [200] * 3 and len({a["text"] for a in answers}) == 1
-            detail = f"roles {sorted(a['role'] for a in answers)}"
-        except Exception as error:
-            ok, detail = False, str(error).splitlines()[0]
-        chats = stats()["chats"] - before
-        check("a cross-origin triple click shares one request", ok and chats == 1, f"{detail}, {chats} upstream requests")
+    # Pages served by the backend itself are of other origins than the
+    # gateway's: their JSON POSTs are preflighted, and the answers carry
+    # Access-Control-Allow-Origin for the page's origin only.
+    port = backend.rsplit(":", 1)[1]
+    pages = {}
+    for origin in (f"http://127.0.0.1:{port}", f"http://localhost:{port}"):
+        pages[origin] = await context.new_page()
+        await pages[origin].goto(origin + "/page")
+    first = pages[f"http://127.0.0.1:{port}"]
+    before = stats()["chats"]
+    try:
+        answers = await first.evaluate(TRIPLE, {"url": gateway, "tag": "cross"})
+        ok = [a["status"] for a in answers] == [200] * 3 and len({a["text"] for a in answers}) == 1
+        detail = f"roles {sorted(a['role'] for a in answers)}"
+    except Exception as error:
+        ok, detail = False, str(error).splitlines()[0]
+    chats = stats()["chats"] - before
+    check("a cross-origin triple click shares one request", ok and chats == 1, f"{detail}, {chats} upstream requests")
 
-        before = stats()["chats"]
-        results = []
-        for outcome in await asyncio.gather(
-            *(p.evaluate(CHAT, {"url": gateway, "tag": "origins"}) for p in pages.values()),
-            return_exceptions=True,
-        ):
-            results.append(outcome["status"] if isinstance(outcome, dict) else str(outcome).splitlines()[0])
-        chats = stats()["chats"] - before
-        check(
-            "pages of two origins each get an answer they may read",
-            results == [200, 200] and chats == 2,
-            f"{results}, {chats} upstream requests",
-        )
-
-        await browser.close()
+    before = stats()["chats"]
+    results = []
+    for outcome in await asyncio.gather(
+        *(p.evaluate(CHAT, {"url": gateway, "tag": "origins"}) for p in pages.values()),
+        return_exceptions=True,
+    ):
+        results.append(outcome["status"] if isinstance(outcome, dict) else str(outcome).splitlines()[0])
+    chats = stats()["chats"] - before
+    check(
+        "pages of two origins each get an answer they may read",
+        results == [200, 200] and chats == 2,
+        f"{results}, {chats} upstream requests",
+    )
 
     metrics = lambda: urllib.request.urlopen(admin + "/metrics", timeout=5).read().decode()
     idle = lambda: all(
@@ -216,39 +217,74 @@ async def scenarios(gateway, backend, admin):
     return failures
 
 
+async def browse(gateways, backend):
+    """Runs the scenarios against each (base URL, admin URL, protocol)."""
+    failures = []
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox"]
+        )
+        for gateway, admin, protocol in gateways:
+            # The TLS gateway's certificate is self-signed.
+            context = await browser.new_context(ignore_https_errors=True)
+            failures += await scenarios(context, gateway, backend, admin, protocol)
+            await context.close()
+        await browser.close()
+    return failures
+
+
+def gateway_config(tmp, name, port, admin_port, up_port, tls):
+    path = os.path.join(tmp, name + ".toml")
+    server = f'[server]\nlisten = "127.0.0.1:{port}"\n'
+    if tls:
+        server += f'[server.tls]\ncert = "{tmp}/cert.pem"\nkey = "{tmp}/key.pem"\n'
+    with open(path, "w") as f:
+        f.write(
+            server + f'[admin]\nlisten = "127.0.0.1:{admin_port}"\n'
+            f'[[routes]]\nname = "llm"\npath_prefix = "/"\n'
+            f'upstream = "http://127.0.0.1:{up_port}"\n'
+        )
+    return path
+
+
 def main():
     chorus = os.path.abspath(sys.argv[1])
-    up_port, gateway_port, admin_port = free_port(), free_port(), free_port()
+    up_port = free_port()
+    plain, plain_admin, tls, tls_admin = (free_port() for _ in range(4))
     origins = f"http://127.0.0.1:{up_port},http://localhost:{up_port}"
     with tempfile.TemporaryDirectory() as tmp:
-        config = os.path.join(tmp, "chorus.toml")
-        with open(config, "w") as f:
-            f.write(
-                f'[server]\nlisten = "127.0.0.1:{gateway_port}"\n'
-                f'[admin]\nlisten = "127.0.0.1:{admin_port}"\n'
-                f'[[routes]]\nname = "llm"\npath_prefix = "/"\n'
-                f'upstream = "http://127.0.0.1:{up_port}"\n'
-            )
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-keyout", f"{tmp}/key.pem", "-out", f"{tmp}/cert.pem", "-days", "1",
+             "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+            check=True, capture_output=True,
+        )
         quiet = {"stdout": subprocess.DEVNULL, "stderr": open(os.path.join(tmp, "logs"), "w")}
         backend = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "backend:app", "--port", str(up_port), "--log-level", "warning"],
             cwd=HERE, env={**os.environ, "PAGE_ORIGINS": origins}, **quiet,
         )
-        gateway = subprocess.Popen(
-            [chorus, "--config", config], env={**os.environ, "RUST_LOG": "warn"}, **quiet
-        )
+        processes = [backend]
         try:
+            for name, port, admin, is_tls in (("plain", plain, plain_admin, False), ("tls", tls, tls_admin, True)):
+                config = gateway_config(tmp, name, port, admin, up_port, is_tls)
+                gateway = subprocess.Popen(
+                    [chorus, "--config", config], env={**os.environ, "RUST_LOG": "warn"}, **quiet
+                )
+                processes.append(gateway)
+                wait_for_port(port, gateway, f"chorus ({name})")
             wait_for_port(up_port, backend, "the backend")
-            wait_for_port(gateway_port, gateway, "chorus")
             failures = asyncio.run(
-                scenarios(
-                    f"http://127.0.0.1:{gateway_port}",
+                browse(
+                    [
+                        (f"http://127.0.0.1:{plain}", f"http://127.0.0.1:{plain_admin}", "http/1.1"),
+                        (f"https://127.0.0.1:{tls}", f"http://127.0.0.1:{tls_admin}", "h2"),
+                    ],
                     f"http://127.0.0.1:{up_port}",
-                    f"http://127.0.0.1:{admin_port}",
                 )
             )
         finally:
-            for process in (gateway, backend):
+            for process in processes:
                 process.terminate()
                 process.wait(timeout=30)
         if failures:

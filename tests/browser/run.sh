@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The browser check (check.py): Chromium, driven by Playwright, against
-# chorus in front of a FastAPI backend, all on 127.0.0.1; about 10 seconds.
+# chorus in front of a FastAPI backend, over HTTP/1.1 and over HTTP/2 with
+# TLS, all on 127.0.0.1; about 15 seconds.
 #
 #   bash tests/browser/run.sh            # builds chorus (debug) first
 #   bash tests/browser/run.sh BINARY     # another chorus binary
 #
-# Installs what is missing on first run: Debian's `chromium` (apt-get), and
-# pinned Playwright, FastAPI and uvicorn from PyPI into a virtualenv under
-# target/ (CHORUS_TOOLS_DIR to move it). Playwright drives the system
-# Chromium (CHROMIUM to name another), so it downloads no browser.
+# Installs what is missing on first run: Debian's `chromium` and `openssl`
+# (apt-get), and pinned Playwright, FastAPI and uvicorn from PyPI into a
+# virtualenv under target/ (CHORUS_TOOLS_DIR to move it). Playwright drives
+# the system Chromium (CHROMIUM to name another), so it downloads no browser.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -20,12 +21,15 @@ say() { printf 'browser check: %s\n' "$*"; }
 fail() { printf 'browser check: FAILED: %s\n' "$*" >&2; exit 1; }
 
 chromium="${CHROMIUM:-/usr/bin/chromium}"
-if [ ! -x "$chromium" ]; then
-  say "installing chromium from Debian"
+missing=()
+[ -x "$chromium" ] || missing+=(chromium)
+command -v openssl >/dev/null || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]} from Debian"
   export DEBIAN_FRONTEND=noninteractive
-  { apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 ||
-    { apt-get update >/dev/null && apt-get install -y --no-install-recommends chromium >/dev/null; }; } ||
-    fail "apt-get could not install chromium"
+  { apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1 ||
+    { apt-get update >/dev/null && apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }; } ||
+    fail "apt-get could not install ${missing[*]}"
 fi
 
 stamp="$venv/.requirements-$(printf '%s\n' "${requirements[@]}" | sha256sum | cut -c1-16)"
