@@ -34,7 +34,7 @@ CHAT = """async ({url, tag}) => {
   for (;;) {
     const {done, value} = await reader.read();
     if (done) break;
-    reads++;
+    window.reads = ++reads;
     text += decoder.decode(value, {stream: true});
   }
   const h = (name) => r.headers.get(name);
@@ -153,6 +153,24 @@ async def scenarios(context, gateway, backend, admin, protocol):
     chats = stats()["chats"] - before
     same = len({a["text"] for a in answers}) == 1
     check("three tabs share one upstream request", chats == 1 and same, f"{chats} upstream requests")
+
+    # A tab that sends the same request once the first has read four chunks.
+    first, late = tabs[:2]
+    await first.evaluate("() => { window.reads = 0; }")
+    before = stats()["chats"]
+    leading = asyncio.ensure_future(first.evaluate(CHAT, {"url": gateway, "tag": "late"}))
+    deadline = time.monotonic() + 10
+    while await first.evaluate("() => window.reads || 0") < 4 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    joined = await late.evaluate(CHAT, {"url": gateway, "tag": "late"})
+    led = await leading
+    chats = stats()["chats"] - before
+    check(
+        "a late tab gets what it missed, then the rest",
+        chats == 1 and joined["text"] == led["text"] and "[DONE]" in led["text"]
+        and (led["role"], joined["role"]) == ("leader", "follower"),
+        f"{chats} upstream requests, reads {led['reads']} and {joined['reads']}",
+    )
 
     cancelled = stats()["chats_cancelled"]
     await page.evaluate(ABORT, {"url": gateway, "tag": "abort"})
