@@ -20,6 +20,16 @@ fn role(response: &Response<hyper::body::Incoming>) -> String {
         .to_owned()
 }
 
+/// Sends `body` with one more header and returns the response's role.
+async fn role_with(client: &HttpClient, url: &str, body: &str, header: (&str, &str)) -> String {
+    let request = Request::post(url)
+        .header("content-type", "application/json")
+        .header(header.0, header.1)
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    role(&send(client, request).await)
+}
+
 /// The built-in mock behind a gateway with one route to it (`route` is
 /// added to that route, e.g. a `[routes.coalesce]` table), and the gateway's
 /// completions URL.
@@ -176,20 +186,12 @@ async fn resuming_and_conditional_requests_never_join_plain_ones() {
     let (upstream, gateway, url) = start("").await;
     let client = http1();
     let body = chat("resume", json!({"tokens": 10, "interval_ms": 100}));
-    let with = |name: &'static str, value: &'static str| {
-        let request = Request::post(&url)
-            .header("content-type", "application/json")
-            .header(name, value)
-            .body(Full::new(Bytes::from(body.clone())))
-            .unwrap();
-        let client = client.clone();
-        async move { role(&send(&client, request).await) }
-    };
+    let with = |header| role_with(&client, &url, &body, header);
     let (plain, again, resuming, conditional) = futures::join!(
         fetch(&client, &url, &body),
         fetch(&client, &url, &body),
-        with("last-event-id", "3"),
-        with("if-none-match", "\"v1\""),
+        with(("last-event-id", "3")),
+        with(("if-none-match", "\"v1\"")),
     );
     assert_eq!(upstream.stats.requests(), 3, "plain, resuming, conditional");
     let mut plain_roles = [plain.0, again.0];
@@ -210,15 +212,7 @@ async fn pages_of_different_origins_never_share_a_flight() {
     let (upstream, gateway, url) = start("").await;
     let client = http1();
     let body = chat("origins", json!({"tokens": 10, "interval_ms": 100}));
-    let from = |origin: &'static str| {
-        let request = Request::post(&url)
-            .header("content-type", "application/json")
-            .header("origin", origin)
-            .body(Full::new(Bytes::from(body.clone())))
-            .unwrap();
-        let client = client.clone();
-        async move { role(&send(&client, request).await) }
-    };
+    let from = |origin| role_with(&client, &url, &body, ("origin", origin));
     let (first, second, other, plain) = futures::join!(
         from("https://chat.example"),
         from("https://chat.example"),

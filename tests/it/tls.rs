@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Response, Version};
+use http::Version;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use rustls::ProtocolVersion;
@@ -498,42 +498,21 @@ async fn a_stream_the_h2_upstream_refuses_is_sent_again() {
 /// long streams, for one of them to end.
 #[tokio::test]
 async fn past_100_streams_a_second_h2_connection_is_opened() {
-    let pki = Pki::new();
-    let (_mock, tls) = tls_upstream(&pki, &["127.0.0.1"], &[H2], None).await;
-    let gateway = Gateway::start(&one_route(&tls.url(), &ca_file(&pki))).await;
-    let heads = long_streams(&gateway, "stream", 101).await;
-    assert!(heads.iter().all(|head| head.status() == 200));
-    assert_eq!(tls.handshakes(), 2);
-    drop(heads);
-    gateway.assert_idle().await;
+    assert_eq!(handshakes_for_long_streams(H2, 101).await, 2);
 }
 
 /// Requests that find no connection to an HTTP/2 upstream (a cold start)
 /// wait for the first one and share it, rather than a handshake each.
 #[tokio::test]
 async fn a_cold_burst_to_an_h2_upstream_shares_one_connection() {
-    let pki = Pki::new();
-    let (_mock, tls) = tls_upstream(&pki, &["127.0.0.1"], &[H2], None).await;
-    let gateway = Gateway::start(&one_route(&tls.url(), &ca_file(&pki))).await;
-    let heads = long_streams(&gateway, "cold", 50).await;
-    assert!(heads.iter().all(|head| head.status() == 200));
-    assert_eq!(tls.handshakes(), 1);
-    drop(heads);
-    gateway.assert_idle().await;
+    assert_eq!(handshakes_for_long_streams(H2, 50).await, 1);
 }
 
 /// Behind TLS, an upstream that turns out to speak only HTTP/1.1: the
 /// requests that waited for the first connection each make their own.
 #[tokio::test]
 async fn a_cold_burst_to_an_http1_tls_upstream_gets_a_connection_each() {
-    let pki = Pki::new();
-    let (_mock, tls) = tls_upstream(&pki, &["127.0.0.1"], &[HTTP11], None).await;
-    let gateway = Gateway::start(&one_route(&tls.url(), &ca_file(&pki))).await;
-    let heads = long_streams(&gateway, "cold", 20).await;
-    assert!(heads.iter().all(|head| head.status() == 200));
-    assert_eq!(tls.handshakes(), 20);
-    drop(heads);
-    gateway.assert_idle().await;
+    assert_eq!(handshakes_for_long_streams(HTTP11, 20).await, 20);
 }
 
 /// The requests that waited for a first connection that failed get its failure.
@@ -558,19 +537,28 @@ async fn a_cold_burst_to_an_untrusted_upstream_is_502_for_every_request() {
     gateway.assert_idle().await;
 }
 
-/// `count` concurrent distinct streams through `gateway`, each outlasting
-/// the wait for all their heads; the heads.
-async fn long_streams(gateway: &Gateway, tag: &str, count: usize) -> Vec<Response<Incoming>> {
+/// TLS handshakes the gateway makes to a fresh upstream offering `alpn` for
+/// `count` concurrent distinct streams, each outlasting the wait for all
+/// their heads (which must all be 200).
+async fn handshakes_for_long_streams(alpn: &[u8], count: usize) -> u64 {
+    let pki = Pki::new();
+    let (_mock, tls) = tls_upstream(&pki, &["127.0.0.1"], &[alpn], None).await;
+    let gateway = Gateway::start(&one_route(&tls.url(), &ca_file(&pki))).await;
     let client = http1();
     let url = gateway.url("/v1/chat/completions");
-    futures::future::join_all((0..count).map(|index| {
+    let heads = futures::future::join_all((0..count).map(|index| {
         let body = chat(
-            &format!("{tag} {index}"),
+            &format!("stream {index}"),
             json!({"tokens": 200, "interval_ms": 50}),
         );
         send(&client, post(&url, body))
     }))
-    .await
+    .await;
+    assert!(heads.iter().all(|head| head.status() == 200));
+    let handshakes = tls.handshakes();
+    drop(heads);
+    gateway.assert_idle().await;
+    handshakes
 }
 
 #[tokio::test]
