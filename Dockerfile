@@ -20,7 +20,9 @@ FROM rust:${RUST_VERSION}-bookworm AS build
 ARG CHORUS_VERSION
 WORKDIR /src
 COPY . .
-# The same command as CI's release build. The registry and target/ live in
+# The same command as CI's release build; `.cargo/config.toml` and pgo/ come
+# with the sources, so the binary is optimized with the committed profile
+# (pgo/README.md). The registry and target/ live in
 # BuildKit caches, so a rebuild recompiles only what changed; the binary is
 # copied out of the cache mount before the step ends.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -57,7 +57,10 @@ if [[ -z ${SKIP_INSTALL:-} ]]; then
 fi
 if [[ -z ${SKIP_BUILD:-} ]]; then
     log "building chorus and the load generator (release)"
-    cargo build --release --locked --bin chorus --example loadgen 2>&1 | tail -1 >&2
+    # Apart: built with an example, chorus would get its dev-dependencies'
+    # features too (tokio's test-util), unlike the binary cargo build makes.
+    cargo build --release --locked --bin chorus 2>&1 | tail -1 >&2
+    cargo build --release --locked --example loadgen 2>&1 | tail -1 >&2
 fi
 ulimit -n "$(ulimit -Hn)"
 

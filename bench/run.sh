@@ -137,7 +137,10 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
     log "building chorus and the load generator (release)"
-    cargo build --release --locked --bin chorus --example loadgen 2>&1 | grep -v '^\s*Compiling' >&2 || true
+    # Apart: built with an example, chorus would get its dev-dependencies'
+    # features too (tokio's test-util), unlike the binary cargo build makes.
+    cargo build --release --locked --bin chorus 2>&1 | grep -v '^\s*Compiling' >&2 || true
+    cargo build --release --locked --example loadgen 2>&1 | grep -v '^\s*Compiling' >&2 || true
 fi
 [[ -x $CHORUS && -x $LOADGEN ]] || die "release build missing: $CHORUS, $LOADGEN"
 
