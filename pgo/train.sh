@@ -60,10 +60,10 @@ sed -e "/^\[admin\]/i [server.tls]\ncert = \"$RUN/cert.pem\"\nkey = \"$RUN/key.p
 sed -e "s|^upstream = .*|upstream = \"https://127.0.0.1:\${BENCH_MOCK_PORT}\"\nupstream_ca_file = \"$RUN/cert.pem\"|" \
     bench/chorus.toml >"$RUN/client.toml"
 
-# The plain one is the same binary the benchmarks use; the three chorus
-# processes are instrumented, each writing its counts when it exits.
-RUST_LOG=warn target/release/chorus mock-upstream --listen "127.0.0.1:$MOCK" --interval 50ms \
-    >"$RUN/mock.log" 2>&1 &
+# Every process is the instrumented binary, each writing its counts when it
+# exits; the mock upstream's go elsewhere, since they are not the gateway's.
+LLVM_PROFILE_FILE=$RUN/mock.profraw RUST_LOG=warn "$TRAINEE" mock-upstream \
+    --listen "127.0.0.1:$MOCK" --interval 50ms >"$RUN/mock.log" 2>&1 &
 PIDS+=($!)
 start() { # port config upstream-port
     BENCH_CHORUS_PORT=$1 BENCH_CHORUS_ADMIN_PORT=$(($1 + 1)) BENCH_MOCK_PORT=$3 RUST_LOG=warn \
