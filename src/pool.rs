@@ -126,6 +126,13 @@ struct Http2 {
     used: Instant,
 }
 
+impl Http2 {
+    /// Whether it is open and can take another stream.
+    fn has_room(&self) -> bool {
+        self.sender.is_ready() && self.streams.load(Ordering::Relaxed) < MAX_STREAMS
+    }
+}
+
 /// One of an HTTP/2 connection's streams, counted until its response is
 /// dropped.
 pub struct Stream(Arc<AtomicUsize>);
@@ -370,7 +377,7 @@ impl Pool {
         let spare = idle
             .http2
             .iter_mut()
-            .find(|connection| connection.streams.load(Ordering::Relaxed) < MAX_STREAMS);
+            .find(|connection| connection.has_room());
         if let Some(connection) = spare {
             connection.used = Instant::now();
             let stream = Stream::take(&connection.streams);
@@ -420,11 +427,7 @@ impl Pool {
             let mut idle = self.lock();
             // One made beside a spare one (a request that had to go on a
             // new connection) is not kept: it closes when its stream ends.
-            let spare = idle.http2.iter().any(|connection| {
-                connection.sender.is_ready()
-                    && connection.streams.load(Ordering::Relaxed) < MAX_STREAMS
-            });
-            if !spare {
+            if !idle.http2.iter().any(Http2::has_room) {
                 idle.http2.push(Http2 {
                     sender: sender.clone(),
                     streams,

@@ -18,7 +18,7 @@ use tokio::time::{Instant, Sleep};
 use crate::config::RouteConfig;
 use crate::error::{BodyError, GatewayError};
 use crate::headers::{self, ClientSide};
-use crate::pool::{Held, Http1, Pool, Stream};
+use crate::pool::{Held, Pool};
 use crate::tls::{self, TlsError};
 
 /// The upstream of one route.
@@ -117,21 +117,15 @@ impl Upstream {
         // its room would stay in every flight's pump for the whole stream.
         let sending = Box::pin(self.pool.send(request));
         match tokio::time::timeout(self.first_byte_timeout, sending).await {
-            Ok(Ok((response, held))) => {
-                let (connection, stream) = match held {
-                    Held::Http1(connection) => (Some((connection, Arc::clone(&self.pool))), None),
-                    Held::Http2(stream) => (None, Some(stream)),
-                };
-                Ok(response.map(|body| UpstreamBody {
-                    inner: body,
-                    connection,
-                    _stream: stream,
-                    ended: false,
-                    idle: self.idle_timeout,
-                    timer: None,
-                    waiting_since: None,
-                }))
-            }
+            Ok(Ok((response, held))) => Ok(response.map(|body| UpstreamBody {
+                inner: body,
+                held: Some(held),
+                pool: Arc::clone(&self.pool),
+                ended: false,
+                idle: self.idle_timeout,
+                timer: None,
+                waiting_since: None,
+            })),
             Ok(Err(error)) => Err(error),
             Err(_) => Err(GatewayError::FirstByteTimeout(self.first_byte_timeout)),
         }
@@ -145,9 +139,10 @@ impl Upstream {
 /// its connection's streams for as long as it lives.
 pub struct UpstreamBody {
     inner: Incoming,
-    connection: Option<(Http1, Arc<Pool>)>,
-    /// Over HTTP/2, the stream, counted on its connection while the body lives.
-    _stream: Option<Stream>,
+    /// Its connection (HTTP/1.1), or its stream, counted on its connection
+    /// while the body lives (HTTP/2); taken when the body is dropped.
+    held: Option<Held>,
+    pool: Arc<Pool>,
     /// The body was read to its end.
     ended: bool,
     idle: Duration,
@@ -159,10 +154,10 @@ pub struct UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        if let Some((connection, pool)) = self.connection.take()
+        if let Some(Held::Http1(connection)) = self.held.take()
             && (self.ended || self.inner.is_end_stream())
         {
-            pool.check_in(connection);
+            self.pool.check_in(connection);
         }
     }
 }
