@@ -31,7 +31,6 @@ RUN=$(mktemp -d /tmp/chorus-pgo.XXXXXX)
 # Where the instrumented processes write their counts: a fixed path, since
 # it is built into the binary (another would rebuild it every time).
 RAW=$ROOT/target/pgo-generate/raw
-rm -rf "$RAW"
 PIDS=()
 cleanup() {
     local pid
@@ -45,6 +44,9 @@ log "building chorus instrumented (target/pgo-generate) and the load generator"
 RUSTFLAGS="-Cprofile-generate=$RAW" CARGO_TARGET_DIR=target/pgo-generate \
     cargo build --release --locked --bin chorus
 cargo build --release --locked --example loadgen
+# The flags instrument the proc macros too, which count into $RAW while
+# rustc runs them: only what the trainee counts from here on is kept.
+rm -rf "$RAW"
 TRAINEE=$ROOT/target/pgo-generate/release/chorus
 LOADGEN=$ROOT/target/release/examples/loadgen
 
