@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use http::header::{
-    ACCEPT_ENCODING, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, TE,
+    ACCEPT_ENCODING, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, EXPECT, HOST, TE,
     TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
@@ -66,6 +66,28 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .collect();
     for name in listed.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
+    }
+}
+
+/// Joins a `Cookie` sent in several fields into one, `; ` between them.
+///
+/// HTTP/2 clients send each cookie as a field of its own (RFC 9113
+/// §8.2.3), which must be joined before the request goes on over HTTP/1.1,
+/// where servers read one `Cookie` line; joined, the same cookies also make
+/// the same key whichever version the client spoke.
+pub fn join_cookie_crumbs(headers: &mut HeaderMap) {
+    let mut crumbs = headers.get_all(COOKIE).iter();
+    let (Some(first), Some(_)) = (crumbs.next(), crumbs.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for crumb in headers.get_all(COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    // Joined from valid values with "; ", the value is valid too.
+    if let Ok(joined) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, joined);
     }
 }
 
@@ -174,6 +196,16 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cookie_crumbs_are_joined_in_order() {
+        let mut crumbs = map(&[("cookie", "a=1"), ("x", "y"), ("cookie", "b=2")]);
+        join_cookie_crumbs(&mut crumbs);
+        assert_eq!(crumbs.get_all(COOKIE).iter().collect::<Vec<_>>(), ["a=1; b=2"]);
+        let mut one = map(&[("cookie", "a=1; b=2")]);
+        join_cookie_crumbs(&mut one);
+        assert_eq!(one, map(&[("cookie", "a=1; b=2")]));
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();

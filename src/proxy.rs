@@ -147,7 +147,8 @@ impl Proxy {
         };
         log.route(route.metrics.clone());
 
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        headers::join_cookie_crumbs(&mut parts.headers);
         let body = match read_body(body, &parts.headers, &self.limits).await {
             Ok(body) => body,
             Err(error) => {

@@ -600,6 +600,34 @@ async fn http1_and_http2_clients_share_a_flight() {
     gateway.assert_idle().await;
 }
 
+/// HTTP/2 clients (browsers) send each cookie as a field of its own; joined,
+/// they are the same `Cookie` an HTTP/1.1 client sends in one line.
+#[tokio::test]
+async fn cookies_in_http2_crumbs_share_a_flight_with_one_cookie_line() {
+    let (upstream, gateway, url) = start("").await;
+    let body = chat("crumbs", json!({"tokens": 20, "interval_ms": 50}));
+    let request = |cookies: &[&str]| {
+        let mut request = Request::post(&url).header("content-type", "application/json");
+        for cookie in cookies {
+            request = request.header("cookie", *cookie);
+        }
+        request.body(Full::new(Bytes::from(body.clone()))).unwrap()
+    };
+    // Each reads its whole body: the leader stays subscribed until the end.
+    let read = |client: HttpClient, request| async move {
+        let response = send(&client, request).await;
+        (role(&response), crate::support::body(response).await.unwrap())
+    };
+    let (line, crumbs) = futures::join!(read(http1(), request(&["a=1; b=2"])), async {
+        assert!(upstream.wait_for(|stats| stats.requests() == 1).await);
+        read(http2(), request(&["a=1", "b=2"])).await
+    });
+    assert_eq!((line.0.as_str(), crumbs.0.as_str()), ("leader", "follower"));
+    assert_eq!(line.1, crumbs.1);
+    assert_eq!(upstream.stats.requests(), 1);
+    gateway.assert_idle().await;
+}
+
 #[tokio::test]
 async fn sequential_identical_requests_each_go_upstream_without_linger() {
     let (upstream, gateway, url) = start("").await;

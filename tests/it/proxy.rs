@@ -317,6 +317,28 @@ async fn http2_requests_forward_their_authority_as_forwarded_host() {
     gateway.assert_idle().await;
 }
 
+/// RFC 9113 §8.2.3: cookie crumbs are joined before the request goes on
+/// over HTTP/1.1, whose servers read one `Cookie` line.
+#[tokio::test]
+async fn http2_cookie_crumbs_reach_the_upstream_as_one_cookie() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
+    for coalesce in ["on", "off"] {
+        let request = Request::get(gateway.url("/echo/cookies"))
+            .header("x-chorus-coalesce", coalesce)
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .header("cookie", "c=3")
+            .body(Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let response = send(&http2(), request).await;
+        assert_eq!(response.status(), 200);
+        let echo = json(&body_of(response).await);
+        assert_eq!(echoed(&echo, "cookie"), ["a=1; b=2; c=3"], "{coalesce}");
+    }
+    gateway.assert_idle().await;
+}
+
 /// An upstream response full of hop-by-hop headers.
 const HOP_BY_HOP_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\n\
     Content-Type: text/plain\r\n\
