@@ -5,8 +5,8 @@
 use std::net::IpAddr;
 
 use http::header::{
-    ACCEPT_ENCODING, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, EXPECT, HOST, TE,
-    TRANSFER_ENCODING, UPGRADE,
+    ACCEPT_ENCODING, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, EXPECT, HOST,
+    TE, TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
@@ -201,7 +201,10 @@ mod tests {
     fn cookie_crumbs_are_joined_in_order() {
         let mut crumbs = map(&[("cookie", "a=1"), ("x", "y"), ("cookie", "b=2")]);
         join_cookie_crumbs(&mut crumbs);
-        assert_eq!(crumbs.get_all(COOKIE).iter().collect::<Vec<_>>(), ["a=1; b=2"]);
+        assert_eq!(
+            crumbs.get_all(COOKIE).iter().collect::<Vec<_>>(),
+            ["a=1; b=2"]
+        );
         let mut one = map(&[("cookie", "a=1; b=2")]);
         join_cookie_crumbs(&mut one);
         assert_eq!(one, map(&[("cookie", "a=1; b=2")]));

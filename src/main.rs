@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use chorus::config::{AdminConfig, Config, RouteConfig, ServerConfig};
+use chorus::config::{AdminConfig, Config, ConfigError, RouteConfig, ServerConfig};
 use chorus::mock::{self, MockOptions, MockStats};
 use chorus::tls::{ReloadError, ReloadHandle};
 use chorus::{Listeners, RunOptions, StartError};
@@ -193,28 +193,35 @@ fn warn_if_few_open_files(max_connections: usize) {
     }
 }
 
+/// A valid config whose TLS files are usable; else every problem with
+/// either, printed, and the exit code.
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|error| {
-        eprintln!("{error}");
-        ExitCode::from(EXIT_CONFIG)
-    })
-}
-
-/// The TLS files a valid config names must be usable too.
-fn check_tls(config: &Config, path: &std::path::Path) -> Result<(), ExitCode> {
-    let problems = chorus::tls::check(config, &path.display().to_string());
-    if problems.is_empty() {
-        return Ok(());
-    }
-    for problem in &problems {
-        eprintln!("{problem}");
-    }
+    let file = path.display().to_string();
+    let error = match Config::load(path) {
+        Ok(config) => {
+            let problems = chorus::tls::check(&config, &file);
+            if problems.is_empty() {
+                return Ok(config);
+            }
+            ConfigError {
+                problems,
+                tls_files: Default::default(),
+            }
+        }
+        // The files named by valid keys are read all the same, so that one
+        // run of `chorus check` reports everything.
+        Err(mut error) => {
+            error.add(chorus::tls::check_files(&error.tls_files, &file));
+            error
+        }
+    };
+    eprintln!("{error}");
     Err(ExitCode::from(EXIT_CONFIG))
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    match load(path).and_then(|config| check_tls(&config, path)) {
-        Ok(()) => {
+    match load(path) {
+        Ok(_) => {
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
         }
@@ -232,9 +239,6 @@ async fn run(path: PathBuf) -> ExitCode {
             return code;
         }
     };
-    if let Err(code) = check_tls(&config, &path) {
-        return code;
-    }
     warn_if_few_open_files(config.server.max_connections);
     let listeners = match bind(&config) {
         Ok(listeners) => listeners,

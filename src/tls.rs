@@ -7,8 +7,9 @@
 //!   optional private CA, and presents an optional client certificate for
 //!   mutual TLS. ALPN (h2, then http/1.1) is set by the connector in
 //!   [`crate::upstream`].
-//! - [`check()`] reads every TLS file a config names, for `chorus check` and
-//!   for start-up, and reports each problem under its config key.
+//! - [`check()`] and [`check_files()`] read every TLS file a config names,
+//!   for `chorus check` and for start-up, and report each problem under its
+//!   config key.
 //!
 //! PEM files are read whole with `std::fs`; they are small, and read once at
 //! start-up or on a reload, never on the request path.
@@ -32,7 +33,7 @@ use tokio_rustls::server::TlsStream;
 
 use crate::error::GatewayError;
 
-pub use check::check;
+pub use check::{check, check_files};
 pub use reload::{ReloadError, ReloadHandle, ReloadRequests, Reloaded, ServerCert, reload_channel};
 
 /// A TLS file that could not be used, naming the file.

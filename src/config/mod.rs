@@ -297,7 +297,53 @@ impl Default for CoalesceConfig {
     }
 }
 
+/// The TLS files a config names, by the keys that name them: what
+/// [`crate::tls::check_files`] reads. Collected from a config with other
+/// problems too, so that `chorus check` reports the files' own with theirs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `server.tls`: the certificate and the key.
+    pub server: Option<(PathBuf, PathBuf)>,
+    /// By route index: `upstream_ca_file`, and the client certificate and key.
+    pub routes: Vec<RouteTlsFiles>,
+}
+
+/// A route's TLS files (see [`TlsFiles`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteTlsFiles {
+    /// The route's index in the file.
+    pub index: usize,
+    /// `upstream_ca_file`.
+    pub ca: Option<PathBuf>,
+    /// `upstream_client_cert` and `upstream_client_key`.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
 impl Config {
+    /// The TLS files this config names.
+    pub fn tls_files(&self) -> TlsFiles {
+        TlsFiles {
+            server: self
+                .server
+                .tls
+                .as_ref()
+                .map(|tls| (tls.cert.clone(), tls.key.clone())),
+            routes: self
+                .routes
+                .iter()
+                .enumerate()
+                .map(|(index, route)| RouteTlsFiles {
+                    index,
+                    ca: route.upstream_ca_file.clone(),
+                    client: route
+                        .upstream_client_cert
+                        .clone()
+                        .zip(route.upstream_client_key.clone()),
+                })
+                .collect(),
+        }
+    }
+
     /// Reads and validates the file at `path`, expanding `${NAME}` from the
     /// process environment. Problems name the file as `path` is written.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -310,6 +356,7 @@ impl Config {
                     key: String::new(),
                     message: format!("cannot read the config file: {err}"),
                 }],
+                tls_files: TlsFiles::default(),
             }),
         }
     }

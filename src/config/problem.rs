@@ -4,12 +4,27 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use super::TlsFiles;
+
 /// Every problem found in a config file, not just the first. Never empty.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
     /// The problems, grouped by section in file order: the top level (and
     /// syntax errors), then `server`, `admin`, `routes[0]`, `routes[1]`, ...
     pub problems: Vec<Problem>,
+    /// The TLS files the config names whose keys were valid, for their own
+    /// checks ([`crate::tls::check_files`]).
+    pub tls_files: TlsFiles,
+}
+
+impl ConfigError {
+    /// Adds problems found elsewhere (in the files the config names), each
+    /// in its section.
+    pub fn add(&mut self, more: Vec<Problem>) {
+        self.problems.extend(more);
+        self.problems
+            .sort_by_key(|problem| section_order(&problem.key));
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -54,6 +69,8 @@ pub(super) struct Problems {
     file: String,
     list: Vec<Problem>,
     reported: BTreeSet<String>,
+    /// The TLS files named by valid keys, whatever else is wrong.
+    pub(super) tls_files: TlsFiles,
 }
 
 impl Problems {
@@ -62,6 +79,7 @@ impl Problems {
             file: file.to_owned(),
             list: Vec::new(),
             reported: BTreeSet::new(),
+            tls_files: TlsFiles::default(),
         }
     }
 
@@ -134,6 +152,7 @@ impl Problems {
         self.list.sort_by_key(|problem| section_order(&problem.key));
         ConfigError {
             problems: self.list,
+            tls_files: self.tls_files,
         }
     }
 }

@@ -14,7 +14,7 @@ use super::{
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_MAX_REQUEST_BODY_BYTES, DEFAULT_PATH_PREFIX, DEFAULT_REQUEST_BODY_TIMEOUT,
-    DEFAULT_SHUTDOWN_GRACE, RouteConfig, ServerConfig, TlsConfig,
+    DEFAULT_SHUTDOWN_GRACE, RouteConfig, RouteTlsFiles, ServerConfig, TlsConfig,
 };
 
 /// Headers the gateway manages itself; `upstream_headers` may not set them.
@@ -155,6 +155,7 @@ fn tls_config(raw: RawTls, problems: &mut Problems) -> Option<TlsConfig> {
     };
     let cert = file("server.tls.cert", raw.cert);
     let key = file("server.tls.key", raw.key);
+    problems.tls_files.server = cert.clone().zip(key.clone());
     Some(TlsConfig {
         cert: cert?,
         key: key?,
@@ -280,6 +281,13 @@ fn route_config(i: usize, raw: RawRoute, problems: &mut Problems) -> Option<Rout
     let upstream_ca_file = tls_file("upstream_ca_file", raw.upstream_ca_file);
     let upstream_client_cert = tls_file("upstream_client_cert", raw.upstream_client_cert);
     let upstream_client_key = tls_file("upstream_client_key", raw.upstream_client_key);
+    problems.tls_files.routes.push(RouteTlsFiles {
+        index: i,
+        ca: upstream_ca_file.clone(),
+        client: upstream_client_cert
+            .clone()
+            .zip(upstream_client_key.clone()),
+    });
 
     let upstream_headers = upstream_headers(
         problems,

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::config::{Config, Problem};
+use crate::config::{Config, Problem, TlsFiles};
 
 use super::{PairFile, TlsError, load_pair, roots};
 
@@ -14,20 +14,27 @@ use super::{PairFile, TlsError, load_pair, roots};
 /// certificate), as [`Problem`]s whose file is `file`, the config file.
 /// Empty when all is well.
 pub fn check(config: &Config, file: &str) -> Vec<Problem> {
+    check_files(&config.tls_files(), file)
+}
+
+/// The same for the files a config names, valid or not otherwise
+/// ([`crate::config::ConfigError::tls_files`]).
+pub fn check_files(files: &TlsFiles, file: &str) -> Vec<Problem> {
     let mut report = Report {
         file,
         problems: Vec::new(),
     };
-    if let Some(tls) = &config.server.tls {
-        report.pair("server.tls.cert", "server.tls.key", &tls.cert, &tls.key);
+    if let Some((cert, key)) = &files.server {
+        report.pair("server.tls.cert", "server.tls.key", cert, key);
     }
-    for (i, route) in config.routes.iter().enumerate() {
-        if let Some(ca) = &route.upstream_ca_file
+    for route in &files.routes {
+        let i = route.index;
+        if let Some(ca) = &route.ca
             && let Err(error) = roots(Some(ca))
         {
             report.push(format!("routes[{i}].upstream_ca_file"), &error);
         }
-        if let (Some(cert), Some(key)) = (&route.upstream_client_cert, &route.upstream_client_key) {
+        if let Some((cert, key)) = &route.client {
             report.pair(
                 &format!("routes[{i}].upstream_client_cert"),
                 &format!("routes[{i}].upstream_client_key"),

@@ -616,7 +616,10 @@ async fn cookies_in_http2_crumbs_share_a_flight_with_one_cookie_line() {
     // Each reads its whole body: the leader stays subscribed until the end.
     let read = |client: HttpClient, request| async move {
         let response = send(&client, request).await;
-        (role(&response), crate::support::body(response).await.unwrap())
+        (
+            role(&response),
+            crate::support::body(response).await.unwrap(),
+        )
     };
     let (line, crumbs) = futures::join!(read(http1(), request(&["a=1; b=2"])), async {
         assert!(upstream.wait_for(|stats| stats.requests() == 1).await);

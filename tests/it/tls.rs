@@ -701,6 +701,39 @@ async fn check_names_a_mismatched_pair_and_exits_2() {
         assert!(stderr.contains("does not match"), "{command}: {stderr}");
     }
 
+    // With other problems beside them, the files' own are reported too.
+    let more = pki.path("more.toml");
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"xx\"\n[server.tls]\n\
+         cert = {:?}\nkey = {:?}\n[[routes]]\nname = \"llm\"\n\
+         upstream = \"https://127.0.0.1:9\"\nupstream_ca_file = {:?}\n",
+        one.cert, two.key, one.key
+    );
+    std::fs::write(&more, toml).unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["check", "--config"])
+        .arg(&more)
+        .output();
+    let output = tokio::time::timeout(PATIENCE, output)
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let keys: Vec<&str> = stderr
+        .lines()
+        .filter_map(|line| line.split(": ").nth(1))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "server.shutdown_grace",
+            "server.tls.key",
+            "routes[0].upstream_ca_file"
+        ],
+        "{stderr}"
+    );
+
     // The same files in the right pairs pass.
     std::fs::write(
         &config,
