@@ -26,6 +26,12 @@ pub enum GatewayError {
     /// The request head (request line and headers) is over `server.max_header_bytes`.
     #[error("request headers are larger than {limit} bytes")]
     HeadersTooLarge { limit: usize },
+    /// More header fields than the gateway reads.
+    #[error("more than {limit} header fields")]
+    TooManyHeaders { limit: usize },
+    /// A request target longer than the gateway reads.
+    #[error("the request target is longer than {limit} bytes")]
+    UriTooLong { limit: usize },
     /// The request body is over `server.max_request_body_bytes`.
     #[error("request body is larger than {limit} bytes")]
     BodyTooLarge { limit: u64 },
@@ -72,7 +78,10 @@ impl GatewayError {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::HeadersTooLarge { .. } | Self::TooManyHeaders { .. } => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::BodyUnreadable(_) => StatusCode::BAD_REQUEST,
@@ -87,7 +96,8 @@ impl GatewayError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::NoRoute => "no_route",
-            Self::HeadersTooLarge { .. } => "headers_too_large",
+            Self::HeadersTooLarge { .. } | Self::TooManyHeaders { .. } => "headers_too_large",
+            Self::UriTooLong { .. } => "uri_too_long",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::BodyTimeout(_) => "request_timeout",
             Self::BadRequest(_) | Self::BodyUnreadable(_) => "bad_request",
@@ -161,6 +171,8 @@ mod tests {
         assert_eq!(GatewayError::NoRoute.status(), 404);
         assert_eq!(GatewayError::BodyTooLarge { limit: 1 }.status(), 413);
         assert_eq!(GatewayError::HeadersTooLarge { limit: 1 }.status(), 431);
+        assert_eq!(GatewayError::TooManyHeaders { limit: 1 }.status(), 431);
+        assert_eq!(GatewayError::UriTooLong { limit: 1 }.status(), 414);
         assert_eq!(
             GatewayError::FirstByteTimeout(Duration::from_secs(1)).status(),
             504

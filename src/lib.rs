@@ -9,8 +9,8 @@
 //! - [`server`]: the listener, TLS, HTTP/1.1 + HTTP/2, connection limits, drain.
 //! - [`activity`]: what each client connection is doing: the idle timeout,
 //!   and closing connections that reset streams as they open them.
-//! - [`framing`]: a second reading of HTTP/1.1 request heads, refusing the
-//!   ambiguous framings requests are smuggled with.
+//! - [`framing`]: a first reading of HTTP/1.1 request heads, refusing the
+//!   ambiguous framings requests are smuggled with, and what hyper would.
 //! - [`proxy`]: the request handler: route, limits, body, coalesce or pass through.
 //! - [`route`]: the route table and its longest-prefix match.
 //! - [`gather`]: small vectored writes sent as one plain write, both sides.

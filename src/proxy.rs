@@ -20,7 +20,7 @@ use crate::coalesce::pump::Pump;
 use crate::coalesce::registry::{Joined, Registry};
 use crate::config::ServerConfig;
 use crate::error::GatewayError;
-use crate::framing::Suspect;
+use crate::framing::{self, Suspect};
 use crate::headers::{self, ClientSide, X_CHORUS_ROLE};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::response::{AccessLog, ResponseBody, Source};
@@ -110,9 +110,17 @@ impl Proxy {
             Answered::OnHead(waiting) => waiting.head(&mut log).await,
         };
         let (mut parts, mut source) = answer.into_parts();
-        if http1 && parts.status == StatusCode::BAD_REQUEST {
+        if http1
+            && matches!(
+                parts.status,
+                StatusCode::BAD_REQUEST
+                    | StatusCode::URI_TOO_LONG
+                    | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            )
+        {
             // A malformed request may have been framed in a way we did not
-            // read: nothing more is read from its connection.
+            // read, and a refused head was not read to its end: nothing
+            // more is read from its connection.
             parts
                 .headers
                 .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -172,10 +180,19 @@ impl Proxy {
         if request.method() == Method::CONNECT {
             return Err(GatewayError::BadRequest("CONNECT is not supported"));
         }
-        if let Some(Suspect(why)) = request.extensions().get::<Suspect>() {
-            return Err(GatewayError::BadRequest(why));
-        }
         let limit = self.limits.max_header_bytes;
+        if let Some(suspect) = request.extensions().get::<Suspect>() {
+            return Err(match *suspect {
+                Suspect::Malformed(why) => GatewayError::BadRequest(why),
+                Suspect::TooLarge => GatewayError::HeadersTooLarge { limit },
+                Suspect::TooManyFields => GatewayError::TooManyHeaders {
+                    limit: framing::MAX_HEADERS,
+                },
+                Suspect::TargetTooLong => GatewayError::UriTooLong {
+                    limit: framing::MAX_TARGET,
+                },
+            });
+        }
         if head_size(request) > limit {
             return Err(GatewayError::HeadersTooLarge { limit });
         }

@@ -51,11 +51,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after an accept error that is not the peer's fault (out of file
 /// descriptors, say), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-/// hyper answers a bare 431 itself (no JSON, no `x-chorus-role`) once a head
-/// outgrows its read buffer; below that the handler checks `max_header_bytes`
-/// and answers with the gateway's JSON. The buffer only grows as a client
-/// sends, so it is sized for any plausible over-size head to reach the
-/// handler: `HEAD_ALLOWANCE` times the limit, and at least `HEAD_SLACK` over it.
+/// The longest HTTP/1.1 head read (`framing` refuses longer ones with a
+/// 431 of the gateway's own) and HTTP/2 header list decoded (past it, hyper
+/// answers a bare 431 itself): `HEAD_ALLOWANCE` times `max_header_bytes`,
+/// and at least `HEAD_SLACK` over it. Heads between the two are read, and
+/// the handler answers them with a 431 naming the limit.
 const HEAD_ALLOWANCE: usize = 4;
 const HEAD_SLACK: usize = 16 * 1024;
 /// HTTP/2 pings find clients that vanished without a FIN.
@@ -89,6 +89,8 @@ struct Shared {
     drain: CancellationToken,
     /// A connection with no request in progress for this long is closed.
     header_read_timeout: Duration,
+    /// The longest request head read (see [`HEAD_ALLOWANCE`]).
+    max_head: usize,
 }
 
 /// Accepts and serves until `drain`, then drains for up to `shutdown_grace`.
@@ -112,6 +114,7 @@ pub async fn serve(
         cut,
         drain: drain.clone(),
         header_read_timeout: config.header_read_timeout,
+        max_head: max_head(config),
     });
     let connections = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
@@ -160,19 +163,26 @@ pub async fn serve(
     }
 }
 
-/// The HTTP/1.1 + HTTP/2 builder with the server's limits.
-fn builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
-    let head_limit = config
+/// See [`HEAD_ALLOWANCE`].
+fn max_head(config: &ServerConfig) -> usize {
+    config
         .max_header_bytes
         .saturating_mul(HEAD_ALLOWANCE)
-        .max(config.max_header_bytes.saturating_add(HEAD_SLACK));
+        .max(config.max_header_bytes.saturating_add(HEAD_SLACK))
+}
+
+/// The HTTP/1.1 + HTTP/2 builder with the server's limits.
+fn builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let head_limit = max_head(config);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
-        // hyper's read buffer bounds the request head (hyper's minimum is 8 KiB).
-        .max_buf_size(head_limit.max(8192))
+        // `framing` hands hyper whole heads of at most `head_limit` bytes;
+        // hyper's read buffer takes one with room to spare (and is at
+        // least 8 KiB).
+        .max_buf_size(head_limit.saturating_add(HEAD_SLACK).max(8192))
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(config.http2_max_concurrent_streams)
@@ -269,7 +279,7 @@ where
     // Requests whose HTTP/1.1 head breaks a framing rule are marked for the
     // handler to refuse (see `framing`).
     let verdicts = Arc::new(framing::Verdicts::default());
-    let io = framing::Watched::new(io, Arc::clone(&verdicts));
+    let io = framing::Watched::new(io, Arc::clone(&verdicts), shared.max_head);
     // Made once per connection, in the boxed hyper connection with the
     // service rather than in the connection's task; each request holds a
     // pointer to it (its futures wait long, and 10,000 of them at once).
