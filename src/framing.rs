@@ -539,8 +539,9 @@ fn read_head(head: &[u8]) -> Judged {
         return Judged::Refused(Suspect::TargetTooLong);
     }
     // hyper reads the target as an `http::Uri` (and a name as a `HeaderName`,
-    // which is at most 64 KiB).
-    if http::Uri::try_from(target).is_err() {
+    // which is at most 64 KiB). Parsing one copies it: a plain path is
+    // known good without.
+    if !is_plain_path(target.as_bytes()) && http::Uri::try_from(target).is_err() {
         return Judged::Refused(Suspect::Malformed("the request target is not a valid URI"));
     }
     if head
@@ -597,6 +598,29 @@ fn read_head(head: &[u8]) -> Judged {
             )),
         },
     }
+}
+
+/// Whether a target is an origin-form path (and query) of bytes that
+/// `http::Uri` always takes: letters, digits and RFC 3986's unreserved,
+/// sub-delimiter and path characters, `%`, `/` and `?`.
+fn is_plain_path(target: &[u8]) -> bool {
+    const PLAIN: [bool; 256] = {
+        let mut plain = [false; 256];
+        let mut byte = 0;
+        while byte < 256 {
+            let b = byte as u8;
+            plain[byte] = b.is_ascii_alphanumeric();
+            byte += 1;
+        }
+        let others = b"-._~!$&'()*+,;=:@/?%";
+        let mut at = 0;
+        while at < others.len() {
+            plain[others[at] as usize] = true;
+            at += 1;
+        }
+        plain
+    };
+    target.first() == Some(&b'/') && target.iter().all(|&byte| PLAIN[usize::from(byte)])
 }
 
 /// A Content-Length value: decimal digits only, as hyper reads it.
@@ -874,6 +898,31 @@ mod tests {
         assert_eq!(verdicts, [None, None]);
         assert_eq!(state, State::Head);
         assert_eq!(handed, wire);
+    }
+
+    #[test]
+    fn plain_paths_are_the_uris_hyper_takes() {
+        for plain in [
+            "/",
+            "/v1/chat/completions?stream=true&x=%20",
+            "/a:b@c;d=e,f+g*h(i)!$'~",
+        ] {
+            assert!(is_plain_path(plain.as_bytes()), "{plain}");
+            assert!(http::Uri::try_from(plain).is_ok(), "{plain}");
+        }
+        for other in [
+            "",
+            "*",
+            "a/b",
+            "http://a/",
+            "/a b",
+            "/a#b",
+            "/a{b}",
+            "/a`b",
+            "/\u{e9}",
+        ] {
+            assert!(!is_plain_path(other.as_bytes()), "{other}");
+        }
     }
 
     #[test]
