@@ -187,9 +187,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
             if refused {
                 due.extend_from_slice(PLACEHOLDER);
             }
+            // Handed over at the top of the loop. When nothing is due (all
+            // of it held back), the loop reads on: returning no bytes would
+            // tell hyper the client closed.
             buf.set_filled(before);
-            // Everything read was held back: read on, since returning no
-            // bytes would tell hyper the client closed.
             this.queued = due;
         }
     }
