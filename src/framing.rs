@@ -468,12 +468,7 @@ impl Reader {
     fn refuse_judged(&mut self, released: Vec<u8>, from: usize, to: usize) -> Fed {
         self.state = State::Refused;
         self.head = Vec::new();
-        Fed::Edited {
-            released,
-            from,
-            to,
-            refused: true,
-        }
+        edited(released, from, to, true)
     }
 
     fn judge(&mut self, head: &[u8]) -> Verdict {
@@ -491,6 +486,7 @@ impl Reader {
     }
 }
 
+/// A [`Fed::Edited`], written short.
 fn edited(released: Vec<u8>, from: usize, to: usize, refused: bool) -> Fed {
     Fed::Edited {
         released,

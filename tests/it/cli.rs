@@ -51,7 +51,7 @@ impl Drop for Dir {
 }
 
 /// Runs `chorus` to completion; (exit status, stdout, stderr).
-async fn chorus(args: &[&str], env: &[(&str, &Path)]) -> (ExitStatus, String, String) {
+pub async fn chorus(args: &[&str], env: &[(&str, &Path)]) -> (ExitStatus, String, String) {
     let mut command = Command::new(CHORUS);
     command
         .args(args)

@@ -24,6 +24,7 @@ use chorus::RunOptions;
 use chorus::tls::{ReloadError, Reloaded};
 
 use self::fixtures::*;
+use crate::cli::chorus;
 use crate::support::*;
 
 /// The gateway's certificate names, as clients see it.
@@ -684,18 +685,10 @@ async fn check_names_a_mismatched_pair_and_exits_2() {
     );
     std::fs::write(&config, toml).unwrap();
 
+    let path = config.to_str().unwrap();
     for command in ["check", "run"] {
-        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
-            .arg(command)
-            .arg("--config")
-            .arg(&config)
-            .output();
-        let output = tokio::time::timeout(PATIENCE, output)
-            .await
-            .unwrap()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{command}: {stderr}");
+        let (status, _, stderr) = chorus(&[command, "--config", path], &[]).await;
+        assert_eq!(status.code(), Some(2), "{command}: {stderr}");
         let line = format!("{}: server.tls.key: ", config.display());
         assert!(stderr.contains(&line), "{command}: {stderr}");
         assert!(stderr.contains("does not match"), "{command}: {stderr}");
@@ -710,16 +703,8 @@ async fn check_names_a_mismatched_pair_and_exits_2() {
         one.cert, two.key, one.key
     );
     std::fs::write(&more, toml).unwrap();
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
-        .args(["check", "--config"])
-        .arg(&more)
-        .output();
-    let output = tokio::time::timeout(PATIENCE, output)
-        .await
-        .unwrap()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let (status, _, stderr) = chorus(&["check", "--config", more.to_str().unwrap()], &[]).await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
     let keys: Vec<&str> = stderr
         .lines()
         .filter_map(|line| line.split(": ").nth(1))
@@ -742,19 +727,8 @@ async fn check_names_a_mismatched_pair_and_exits_2() {
             .replace("two.key", "one.key"),
     )
     .unwrap();
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
-        .args(["check", "--config"])
-        .arg(&config)
-        .output();
-    let output = tokio::time::timeout(PATIENCE, output)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (status, _, stderr) = chorus(&["check", "--config", path], &[]).await;
+    assert!(status.success(), "{stderr}");
 }
 
 #[tokio::test]
