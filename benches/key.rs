@@ -6,7 +6,8 @@
 
 use std::hint::black_box;
 
-use chorus::coalesce::key::{Key, KeyInput, canonical_json};
+use chorus::coalesce::canonical::canonical_json;
+use chorus::coalesce::key::{Key, KeyInput};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 

@@ -7,7 +7,7 @@
 
 #![no_main]
 
-use chorus::coalesce::key::canonical_json;
+use chorus::coalesce::canonical::canonical_json;
 use libfuzzer_sys::fuzz_target;
 use serde::de::IgnoredAny;
 use serde_json::Value;

@@ -145,7 +145,7 @@ async fn smuggling_and_malformed_requests_are_refused_and_never_sent_upstream() 
             normal = recorder.hits();
         }
         // Every refusal is the gateway's own, in JSON, hyper's parser
-        // included (framing.rs hands it no head it would refuse).
+        // included (`framing` hands it no head it would refuse).
         if refused {
             assert!(exchange.answer.contains("x-chorus-role: bypass"), "{name}");
             assert!(exchange.answer.contains("application/json"), "{name}");

@@ -1,0 +1,164 @@
+//! Judging one whole request head: chorus's framing rules, and what hyper
+//! would refuse by itself.
+
+use super::reader::{Chunk, State};
+use super::{H2_PREFACE, MAX_HEADERS, MAX_TARGET, NOT_HTTP1, Suspect};
+
+/// What a complete head means for the connection.
+pub(super) enum Judged {
+    /// A good head: what follows it.
+    Body(State),
+    /// A head refused: hyper never sees it.
+    Refused(Suspect),
+    /// Not ours to judge: HTTP/2's preface.
+    LeaveToHyper,
+}
+
+/// Judges a whole head (the empty line that ends it included).
+pub(super) fn read_head(head: &[u8]) -> Judged {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let http11 = match request.parse(head) {
+        Ok(httparse::Status::Complete(_)) => request.version == Some(1),
+        Err(httparse::Error::TooManyHeaders) => return Judged::Refused(Suspect::TooManyFields),
+        _ if head.starts_with(&H2_PREFACE[..16]) => return Judged::LeaveToHyper,
+        Ok(httparse::Status::Partial) | Err(_) => {
+            return Judged::Refused(Suspect::Malformed(NOT_HTTP1));
+        }
+    };
+    let target = request.path.unwrap_or_default();
+    if target.len() > MAX_TARGET {
+        return Judged::Refused(Suspect::TargetTooLong);
+    }
+    // hyper reads the target as an `http::Uri` (and a name as a `HeaderName`,
+    // which is at most 64 KiB). Parsing one copies it: a plain path is
+    // known good without.
+    if !is_plain_path(target.as_bytes()) && http::Uri::try_from(target).is_err() {
+        return Judged::Refused(Suspect::Malformed("the request target is not a valid URI"));
+    }
+    if head
+        .iter()
+        .enumerate()
+        .any(|(at, &byte)| byte == b'\n' && (at == 0 || head[at - 1] != b'\r'))
+    {
+        return Judged::Refused(Suspect::Malformed(
+            "a line of the request head ends in a bare LF",
+        ));
+    }
+
+    let headers: &[httparse::Header<'_>] = request.headers;
+    if headers.iter().any(|header| header.name.len() > MAX_TARGET) {
+        return Judged::Refused(Suspect::TooLarge);
+    }
+    let named = |name: &'static str| {
+        headers
+            .iter()
+            .filter(move |header| header.name.eq_ignore_ascii_case(name))
+    };
+    let hosts = named("host").count();
+    if hosts > 1 || (http11 && hosts == 0) {
+        return Judged::Refused(Suspect::Malformed(
+            "a request needs exactly one Host header",
+        ));
+    }
+    let lengths: Vec<&[u8]> = named("content-length").map(|header| header.value).collect();
+    let codings: Vec<&[u8]> = named("transfer-encoding")
+        .map(|header| header.value)
+        .collect();
+    match (lengths.as_slice(), codings.as_slice()) {
+        ([], []) => Judged::Body(State::Head),
+        ([_, ..], [_, ..]) => Judged::Refused(Suspect::Malformed(
+            "a request with both Content-Length and Transfer-Encoding",
+        )),
+        ([], [coding]) if http11 && coding.trim_ascii().eq_ignore_ascii_case(b"chunked") => {
+            Judged::Body(State::Chunked(Chunk::Start))
+        }
+        // hyper refuses other codings itself, but not all of them.
+        ([], _) => Judged::Refused(Suspect::Malformed(
+            "Transfer-Encoding other than a single \"chunked\"",
+        )),
+        ([first, rest @ ..], []) => match digits(first) {
+            Some(length) if rest.iter().all(|other| digits(other) == Some(length)) => {
+                Judged::Body(if length == 0 {
+                    State::Head
+                } else {
+                    State::Length(length)
+                })
+            }
+            Some(_) | None => Judged::Refused(Suspect::Malformed(
+                "Content-Length is not one decimal number",
+            )),
+        },
+    }
+}
+
+/// Whether a target is an origin-form path (and query) of bytes that
+/// `http::Uri` always takes: letters, digits and RFC 3986's unreserved,
+/// sub-delimiter and path characters, `%`, `/` and `?`.
+fn is_plain_path(target: &[u8]) -> bool {
+    const PLAIN: [bool; 256] = {
+        let mut plain = [false; 256];
+        let mut byte = 0;
+        while byte < 256 {
+            let b = byte as u8;
+            plain[byte] = b.is_ascii_alphanumeric();
+            byte += 1;
+        }
+        let others = b"-._~!$&'()*+,;=:@/?%";
+        let mut at = 0;
+        while at < others.len() {
+            plain[others[at] as usize] = true;
+            at += 1;
+        }
+        plain
+    };
+    target.first() == Some(&b'/') && target.iter().all(|&byte| PLAIN[usize::from(byte)])
+}
+
+/// A Content-Length value: decimal digits only, as hyper reads it.
+fn digits(value: &[u8]) -> Option<u64> {
+    if value.is_empty() {
+        return None;
+    }
+    value.iter().try_fold(0u64, |length, &byte| {
+        let digit = byte.checked_sub(b'0').filter(|digit| *digit <= 9)?;
+        length.checked_mul(10)?.checked_add(u64::from(digit))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_paths_are_the_uris_hyper_takes() {
+        for plain in [
+            "/",
+            "/v1/chat/completions?stream=true&x=%20",
+            "/a:b@c;d=e,f+g*h(i)!$'~",
+        ] {
+            assert!(is_plain_path(plain.as_bytes()), "{plain}");
+            assert!(http::Uri::try_from(plain).is_ok(), "{plain}");
+        }
+        for other in [
+            "",
+            "*",
+            "a/b",
+            "http://a/",
+            "/a b",
+            "/a#b",
+            "/a{b}",
+            "/a`b",
+            "/\u{e9}",
+        ] {
+            assert!(!is_plain_path(other.as_bytes()), "{other}");
+        }
+    }
+
+    #[test]
+    fn content_lengths_are_decimal_digits() {
+        assert_eq!(digits(b"123"), Some(123));
+        assert_eq!(digits(b"+1"), None);
+        assert_eq!(digits(b"99999999999999999999999"), None);
+    }
+}
