@@ -1,17 +1,16 @@
 //! A flight: one upstream response shared by every identical request.
 //!
-//! The flight is an append-only log of body chunks (`Bytes`, shared, never
-//! copied) plus the response head and how the stream ended. One writer, the
-//! pump, appends; any number of [`Subscriber`]s read it, each with its own
-//! cursor, so a late joiner starts at chunk 0 (replay) and a slow reader only
-//! ever delays itself.
+//! The flight is an append-only log of body chunks (`log.rs`; each chunk a
+//! `Bytes` that every reader shares) plus the response head and how the
+//! stream ended. One writer, the pump, appends; any number of
+//! [`Subscriber`]s read it, each with its own cursor, so a late joiner starts
+//! at chunk 0 (replay) and a slow reader only ever delays itself.
 //!
 //! Subscribers count themselves in and out: when the count reaches zero the
 //! pump is told, and cancels the upstream after `cancel_grace` unless someone
 //! rejoined. Once a flight is closed to joiners (too many bytes, lingering
 //! over, ended), chunks that every remaining subscriber has read are released.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
@@ -25,6 +24,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::key::Key;
+use super::log::Log;
 use crate::error::{BodyError, GatewayError};
 use crate::metrics::RouteMetrics;
 
@@ -336,116 +336,6 @@ impl State {
         }
         self.waiters.push(waker.clone());
         *registered = Some((self.generation, waker.clone()));
-    }
-}
-
-/// The chunk log with per-position reader counts, so that chunks everyone
-/// has read can be released in O(1) per read.
-struct Log {
-    chunks: VecDeque<Bytes>,
-    /// Absolute index of `chunks[0]`; earlier chunks were released.
-    first: usize,
-    /// `readers[i]`: subscribers whose next chunk is `first + i`. One slot
-    /// more than `chunks`, for the subscribers that are caught up.
-    readers: VecDeque<usize>,
-    /// Bytes ever appended.
-    bytes: u64,
-    /// Bytes held now.
-    held: u64,
-}
-
-impl Default for Log {
-    fn default() -> Self {
-        // Room for a few chunks from the start: most answers that are not
-        // streamed are one or two chunks, and growing from empty costs a
-        // reallocation per flight.
-        let mut readers = VecDeque::with_capacity(Self::START_CHUNKS + 1);
-        readers.push_back(0);
-        Self {
-            chunks: VecDeque::with_capacity(Self::START_CHUNKS),
-            first: 0,
-            readers,
-            bytes: 0,
-            held: 0,
-        }
-    }
-}
-
-impl Log {
-    const START_CHUNKS: usize = 4;
-
-    fn len(&self) -> usize {
-        self.first + self.chunks.len()
-    }
-
-    fn get(&self, index: usize) -> Option<&Bytes> {
-        self.chunks.get(index.checked_sub(self.first)?)
-    }
-
-    fn append(&mut self, chunk: Bytes) {
-        self.bytes += chunk.len() as u64;
-        self.held += chunk.len() as u64;
-        self.chunks.push_back(chunk);
-        self.readers.push_back(0);
-    }
-
-    /// A new reader at the first chunk (only while nothing was released).
-    fn enter(&mut self) -> usize {
-        self.slot(self.first, 1);
-        self.first
-    }
-
-    fn advance(&mut self, from: usize) {
-        self.slot(from, -1);
-        self.slot(from + 1, 1);
-    }
-
-    fn leave(&mut self, at: usize) {
-        self.slot(at, -1);
-    }
-
-    fn slot(&mut self, index: usize, delta: isize) {
-        // A reader is never behind `first`: chunks are released only once
-        // no reader is at them.
-        let slot = index.checked_sub(self.first);
-        if let Some(count) = slot.and_then(|slot| self.readers.get_mut(slot)) {
-            *count = count.saturating_add_signed(delta);
-        }
-    }
-
-    fn release(&mut self) -> u64 {
-        let mut released = 0;
-        while !self.chunks.is_empty() && self.readers.front() == Some(&0) {
-            if let Some(chunk) = self.chunks.pop_front() {
-                released += chunk.len() as u64;
-            }
-            self.readers.pop_front();
-            self.first += 1;
-        }
-        self.held -= released;
-        released
-    }
-
-    /// Drops the oldest chunks, read or not, until at most `keep` bytes are
-    /// held; readers at the dropped chunks are left behind `first` (cut).
-    /// Returns the bytes dropped.
-    fn cut(&mut self, keep: u64) -> u64 {
-        let mut dropped = 0;
-        while self.held - dropped > keep {
-            let Some(chunk) = self.chunks.pop_front() else {
-                break;
-            };
-            dropped += chunk.len() as u64;
-            self.readers.pop_front();
-            self.first += 1;
-        }
-        self.held -= dropped;
-        dropped
-    }
-
-    /// Whether a reader whose next chunk is `next` was cut by [`Log::cut`].
-    fn was_cut(&self, next: usize) -> bool {
-        next < self.first
     }
 }
 

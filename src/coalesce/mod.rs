@@ -3,14 +3,15 @@
 //! - [`key`] decides which requests are identical; [`canonical`] is the
 //!   canonical form of a JSON body it hashes.
 //! - [`registry`] finds the open flight for a key, or makes the caller its leader.
-//! - [`flight`] is one upstream response as a shared append-only log that any
-//!   number of [`flight::Subscriber`] bodies read at their own pace.
+//! - [`flight`] is one upstream response as a shared append-only log (`log.rs`)
+//!   that any number of [`flight::Subscriber`] bodies read at their own pace.
 //! - [`pump`] is the one task per flight that reads the upstream into the log,
 //!   cancels it when nobody is left, and lingers or removes the flight at the end.
 
 pub mod canonical;
 pub mod flight;
 pub mod key;
+mod log;
 pub mod pump;
 pub mod registry;
 
