@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use super::key::Key;
 use super::log::Log;
 use crate::error::{BodyError, GatewayError};
+use crate::headers;
 use crate::metrics::RouteMetrics;
 
 /// What every flight of a route shares: its limits and its metrics.
@@ -162,7 +163,11 @@ impl Flight {
 
     /// Publishes the response head.
     pub(crate) fn set_head(&self, head: ResponseHead) {
+        let stream = headers::is_event_stream(&head.headers);
         let mut state = self.state();
+        if stream {
+            state.log.expect_stream();
+        }
         state.head = Some(Head::Response(Arc::new(head)));
         self.wake(state);
     }

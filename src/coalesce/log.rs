@@ -40,6 +40,16 @@ impl Default for Log {
 
 impl Log {
     const START_CHUNKS: usize = 4;
+    /// Room an event stream's log takes at once: streamed answers run to
+    /// tens or hundreds of events, and growing from [`Log::START_CHUNKS`]
+    /// copies both queues at every doubling.
+    const STREAM_CHUNKS: usize = 64;
+
+    /// The body is an event stream: makes room for many chunks.
+    pub(super) fn expect_stream(&mut self) {
+        self.chunks.reserve(Self::STREAM_CHUNKS);
+        self.readers.reserve(Self::STREAM_CHUNKS + 1);
+    }
 
     pub(super) fn len(&self) -> usize {
         self.first + self.chunks.len()
