@@ -6,8 +6,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-/// The chunk log with per-position reader counts, so that chunks everyone
-/// has read can be released in O(1) per read.
+/// The chunks of one response body, and where its readers are.
 pub(super) struct Log {
     chunks: VecDeque<Bytes>,
     /// Absolute index of `chunks[0]`; earlier chunks were released.
@@ -123,5 +122,45 @@ impl Log {
     /// Whether a reader whose next chunk is `next` was cut by [`Log::cut`].
     pub(super) fn was_cut(&self, next: usize) -> bool {
         next < self.first
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_of(chunks: &[&'static str]) -> Log {
+        let mut log = Log::default();
+        for chunk in chunks {
+            log.append(Bytes::from_static(chunk.as_bytes()));
+        }
+        log
+    }
+
+    #[test]
+    fn a_chunk_is_released_once_no_reader_is_at_it() {
+        let mut log = log_of(&["ab", "cd", "ef"]);
+        let (slow, fast) = (log.enter(), log.enter());
+        assert_eq!((slow, fast, log.len()), (0, 0, 3));
+        log.advance(fast);
+        log.advance(fast + 1);
+        assert_eq!(log.release(), 0, "the slow reader is still at chunk 0");
+        log.advance(slow);
+        assert_eq!(log.release(), 2, "chunk 0 is read by both");
+        assert_eq!(log.get(0), None);
+        assert_eq!(log.get(1).map(|chunk| &chunk[..]), Some(&b"cd"[..]));
+        log.leave(slow + 1);
+        assert_eq!(log.release(), 2, "the slow reader left at chunk 1");
+        assert_eq!((log.bytes, log.held, log.len()), (6, 2, 3));
+    }
+
+    #[test]
+    fn a_cut_drops_the_oldest_chunks_and_tells_the_readers_behind() {
+        let mut log = log_of(&["abc", "de", "f"]);
+        let reader = log.enter();
+        assert_eq!(log.cut(3), 3, "down to at most 3 bytes held");
+        assert!(log.was_cut(reader));
+        assert!(!log.was_cut(1));
+        assert_eq!((log.bytes, log.held, log.len()), (6, 3, 3));
     }
 }
