@@ -409,25 +409,16 @@ fn rewrite_object(out: &mut Vec<u8>, scratch: &mut Vec<u8>, start: usize, member
 }
 
 /// Index of the first `"` or `\\` in `bytes`; None if a control character
-/// (invalid inside a JSON string) comes first. Whole 16-byte chunks are
-/// tested without an early exit, and without `||` (whose branches keep the
-/// compiler from vectorising), so that the scan of long strings runs 16
-/// bytes at a time: message contents are most of a chat-completion body.
+/// (invalid inside a JSON string) comes first. memchr finds the quote or
+/// backslash many bytes at a time, and the look for control characters
+/// before it has no early exit, so the compiler vectorises it too: message
+/// contents are most of a chat-completion body.
 fn find_special(bytes: &[u8]) -> Option<usize> {
-    let special = |b: u8| (b == b'"') | (b == b'\\') | (b < 0x20);
-    let mut skipped = 0;
-    for chunk in bytes.chunks_exact(16) {
-        let hits = chunk
-            .iter()
-            .fold(0u8, |hits, &b| hits | u8::from(special(b)));
-        if hits != 0 {
-            break;
-        }
-        skipped += 16;
-    }
-    let rest = bytes.get(skipped..)?;
-    let at = skipped + rest.iter().position(|&b| special(b))?;
-    (bytes[at] >= 0x20).then_some(at)
+    let at = memchr::memchr2(b'"', b'\\', bytes)?;
+    let control = bytes[..at]
+        .iter()
+        .fold(false, |found, &b| found | (b < 0x20));
+    (!control).then_some(at)
 }
 
 #[cfg(test)]

@@ -36,11 +36,7 @@ pub(super) fn read_head(head: &[u8]) -> Judged {
     if !is_plain_path(target.as_bytes()) && http::Uri::try_from(target).is_err() {
         return Judged::Refused(Suspect::Malformed("the request target is not a valid URI"));
     }
-    if head
-        .iter()
-        .enumerate()
-        .any(|(at, &byte)| byte == b'\n' && (at == 0 || head[at - 1] != b'\r'))
-    {
+    if memchr::memchr_iter(b'\n', head).any(|at| at == 0 || head[at - 1] != b'\r') {
         return Judged::Refused(Suspect::Malformed(
             "a line of the request head ends in a bare LF",
         ));

@@ -263,7 +263,7 @@ fn edited(released: Vec<u8>, from: usize, to: usize, refused: bool) -> Fed {
 fn head_end(head: &[u8], from: usize) -> Option<usize> {
     let mut at = from;
     loop {
-        let lf = at + head.get(at..)?.iter().position(|&byte| byte == b'\n')?;
+        let lf = at + memchr::memchr(b'\n', head.get(at..)?)?;
         match head.get(lf + 1..) {
             Some([b'\n', ..]) => return Some(lf + 2),
             Some([b'\r', b'\n', ..]) => return Some(lf + 3),
