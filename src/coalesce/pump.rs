@@ -12,8 +12,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Request, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
@@ -150,6 +150,7 @@ async fn stream(
     let status = parts.status;
     let mut headers = parts.headers;
     headers::to_downstream(&mut headers);
+    own_values(&mut headers);
     flight.set_head(ResponseHead { status, headers });
 
     if body.is_end_stream() {
@@ -197,6 +198,26 @@ async fn stream(
                     return Outcome::Complete(status);
                 }
             }
+        }
+    }
+}
+
+/// Gives the header values one buffer of their own. Parsed values are
+/// slices of the client library's read buffer, like body chunks: kept in the
+/// flight's head for late joiners, they would pin that whole buffer (8 KiB)
+/// for as long as the flight lasts, and make the connection allocate another.
+fn own_values(headers: &mut HeaderMap) {
+    let mut copy = BytesMut::with_capacity(headers.values().map(HeaderValue::len).sum());
+    for value in headers.values() {
+        copy.extend_from_slice(value.as_bytes());
+    }
+    let mut copy = copy.freeze();
+    for value in headers.values_mut() {
+        let bytes = copy.split_to(value.len());
+        // Always valid: the bytes are those of a valid value.
+        if let Ok(mut owned) = HeaderValue::from_maybe_shared(bytes) {
+            owned.set_sensitive(value.is_sensitive());
+            *value = owned;
         }
     }
 }
@@ -303,6 +324,31 @@ mod tests {
             panic!("a fault inside the pump");
         });
         assert!(task.await.unwrap_err().is_panic());
+    }
+
+    #[test]
+    fn owned_values_keep_names_order_and_sensitivity_but_not_the_read_buffer() {
+        let read = Bytes::copy_from_slice(b"text/event-stream; charset=utf-8abcdef\tg");
+        let mut headers = HeaderMap::new();
+        let value = |range: std::ops::Range<usize>| {
+            HeaderValue::from_maybe_shared(read.slice(range)).unwrap()
+        };
+        headers.insert("content-type", value(0..32));
+        headers.append("x-many", value(32..35));
+        headers.append("x-many", value(35..38));
+        let mut secret = value(38..40);
+        secret.set_sensitive(true);
+        headers.insert("x-secret", secret);
+        let before = headers.clone();
+
+        own_values(&mut headers);
+        assert_eq!(headers, before);
+        assert!(headers["x-secret"].is_sensitive());
+        drop(before);
+        assert!(
+            read.is_unique(),
+            "a value still points into the read buffer"
+        );
     }
 
     #[tokio::test]
