@@ -24,7 +24,9 @@ command -v curl >/dev/null || missing+=(curl)
 command -v openssl >/dev/null || missing+=(openssl)
 if [[ ${#missing[@]} -gt 0 ]]; then
     log "installing ${missing[*]}"
-    apt-get install -y -q "${missing[@]}" >/dev/null
+    # The package lists may be missing or stale on a fresh machine.
+    apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 ||
+        { apt-get update >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; }
 fi
 
 RUN=$(mktemp -d /tmp/chorus-pgo.XXXXXX)
