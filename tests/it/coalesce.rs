@@ -94,6 +94,68 @@ async fn triple_click_shares_one_upstream_request() {
 }
 
 #[tokio::test]
+async fn every_subscriber_gets_the_same_headers_repeated_ones_in_order() {
+    // The upstream answers once all three are subscribed.
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let opened = std::sync::Arc::clone(&gate);
+    let upstream = TestUpstream::start(move |_| {
+        let opened = std::sync::Arc::clone(&opened);
+        async move {
+            opened.notified().await;
+            Response::builder()
+                .header("content-type", "text/plain")
+                .header("set-cookie", "a=1; Path=/")
+                .header("x-trace", "one")
+                .header("set-cookie", "b=2; Path=/")
+                .header("x-trace", "two")
+                .body(Full::new(Bytes::from_static(b"shared")))
+                .unwrap()
+        }
+    })
+    .await;
+    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
+    let client = http1();
+    let requests = (0..3).map(|_| send(&client, post(&gateway.url("/h"), "{}")));
+    let open = async {
+        gateway
+            .wait_metric(r#"chorus_subscribers_active{route="llm"}"#, |v| v == 3.0)
+            .await;
+        gate.notify_one();
+    };
+    let (answers, ()) = tokio::join!(futures::future::join_all(requests), open);
+
+    assert_eq!(upstream.hits(), 1);
+    let mut roles: Vec<_> = answers.iter().map(role).collect();
+    roles.sort();
+    assert_eq!(roles, ["follower", "follower", "leader"]);
+    let values = |response: &Response<hyper::body::Incoming>, name: &str| -> Vec<String> {
+        let all = response.headers().get_all(name).iter();
+        all.map(|value| value.to_str().unwrap().to_owned())
+            .collect()
+    };
+    for response in &answers {
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            values(response, "set-cookie"),
+            ["a=1; Path=/", "b=2; Path=/"]
+        );
+        assert_eq!(values(response, "x-trace"), ["one", "two"]);
+        assert_eq!(values(response, "content-type"), ["text/plain"]);
+    }
+    let names = |response: &Response<hyper::body::Incoming>| -> Vec<String> {
+        let mut names: Vec<_> = response.headers().keys().map(|n| n.to_string()).collect();
+        names.retain(|name| name != "x-chorus-role" && name != "date");
+        names.sort();
+        names
+    };
+    assert!(answers.iter().all(|r| names(r) == names(&answers[0])));
+    for response in answers {
+        assert_eq!(crate::support::body(response).await.unwrap(), "shared");
+    }
+    gateway.assert_idle().await;
+}
+
+#[tokio::test]
 async fn a_thousand_identical_clients_make_one_upstream_request() {
     let (upstream, gateway, url) = start("").await;
     // Long enough for a loaded machine to open a thousand connections while it runs.
