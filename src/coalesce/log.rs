@@ -89,16 +89,13 @@ impl Log {
         }
     }
 
+    /// Releases the chunks no reader is at any more. Returns the bytes released.
     pub(super) fn release(&mut self) -> u64 {
         let mut released = 0;
-        while !self.chunks.is_empty() && self.readers.front() == Some(&0) {
-            if let Some(chunk) = self.chunks.pop_front() {
-                released += chunk.len() as u64;
-            }
-            self.readers.pop_front();
-            self.first += 1;
+        while self.readers.front() == Some(&0) {
+            let Some(len) = self.drop_oldest() else { break };
+            released += len;
         }
-        self.held -= released;
         released
     }
 
@@ -107,16 +104,21 @@ impl Log {
     /// Returns the bytes dropped.
     pub(super) fn cut(&mut self, keep: u64) -> u64 {
         let mut dropped = 0;
-        while self.held - dropped > keep {
-            let Some(chunk) = self.chunks.pop_front() else {
-                break;
-            };
-            dropped += chunk.len() as u64;
-            self.readers.pop_front();
-            self.first += 1;
+        while self.held > keep {
+            let Some(len) = self.drop_oldest() else { break };
+            dropped += len;
         }
-        self.held -= dropped;
         dropped
+    }
+
+    /// Drops the oldest chunk and its reader slot; its length, or None when
+    /// no chunk is held.
+    fn drop_oldest(&mut self) -> Option<u64> {
+        let len = self.chunks.pop_front()?.len() as u64;
+        self.readers.pop_front();
+        self.first += 1;
+        self.held -= len;
+        Some(len)
     }
 
     /// Whether a reader whose next chunk is `next` was cut by [`Log::cut`].
