@@ -13,5 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --locked --bin chorus --example soak
+# Apart: built with an example, chorus would get its dev-dependencies'
+# features too (tokio's test-util), unlike the binary cargo build makes.
+cargo build --release --locked --bin chorus
+cargo build --release --locked --example soak
 exec target/release/examples/soak --chorus target/release/chorus "$@"
