@@ -4,7 +4,9 @@
 //!
 //! # Layout
 //!
-//! - `main.rs`: the command line (run, check, demo, mock-upstream); logging set-up.
+//! - `main.rs`: the command line (run, check, demo, mock-upstream, health);
+//!   logging set-up. Beside it, the binary's own `cli/`: the process's
+//!   open-files limit and memory purging, signals, the health probe.
 //! - [`config`]: the TOML schema, defaults, `${VAR}` expansion, validation.
 //! - [`server`]: the listener, TLS, HTTP/1.1 + HTTP/2, connection limits, drain.
 //! - [`activity`]: what each client connection is doing: the idle timeout,

@@ -9,18 +9,22 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
-use http::{Request, StatusCode, Uri};
-use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use http::Uri;
+use tokio::net::TcpListener;
+use tokio::signal::unix::SignalKind;
 
 use chorus::config::{AdminConfig, Config, ConfigError, RouteConfig, ServerConfig};
 use chorus::mock::{self, MockOptions, MockStats};
-use chorus::tls::{ReloadError, ReloadHandle};
 use chorus::{Listeners, RunOptions, StartError};
+
+mod cli;
+
+use cli::health::health;
+use cli::process::{
+    raise_open_files_limit, return_memory_in_the_background, warn_if_few_open_files,
+};
+use cli::signals::{Signals, listen_for, reload_on_sighup};
 
 /// jemalloc, for numbers measured side by side with the system allocator and
 /// mimalloc (README, Allocator): less CPU per request and per stream than
@@ -137,59 +141,6 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
-    }
-}
-
-/// Has jemalloc give freed memory back to the system from a background
-/// thread, over its decay time (10 s). Without it, pages are given back only
-/// in the course of later allocations: 25 s after a burst of 5,000 distinct
-/// streams, an idle gateway still held 207 MB; with it, 54 MB (README,
-/// Allocator).
-fn return_memory_in_the_background() {
-    let enabled = tikv_jemalloc_ctl::max_background_threads::write(1)
-        .and_then(|()| tikv_jemalloc_ctl::background_thread::write(true));
-    if let Err(error) = enabled {
-        tracing::debug!(%error, "jemalloc's background thread is not available");
-    }
-}
-
-/// Raises the soft limit on open files to the hard one, as Go's runtime
-/// does (and nginx's `worker_rlimit_nofile` is set for): every client takes
-/// a descriptor and every upstream connection another, and services are
-/// often started with a soft limit of 1,024 (systemd's default) under a far
-/// higher hard one, which would refuse clients long before
-/// `server.max_connections`.
-fn raise_open_files_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    if limit.current == limit.maximum {
-        return;
-    }
-    let raised = rustix::process::Rlimit {
-        current: limit.maximum,
-        maximum: limit.maximum,
-    };
-    if let Err(error) = setrlimit(Resource::Nofile, raised) {
-        // Still served, with fewer connections: the warning below says so.
-        eprintln!("chorus: cannot raise the open files limit: {error}");
-    }
-}
-
-/// Warns when the open-files limit cannot even hold `max_connections`
-/// clients: past it, connections are refused with "too many open files".
-fn warn_if_few_open_files(max_connections: usize) {
-    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    // Room for the listeners, the log, and a few upstream connections.
-    let needed = max_connections as u64 + 64;
-    if let Some(current) = limit.current
-        && current < needed
-    {
-        tracing::warn!(
-            open_files = current,
-            max_connections,
-            "the open files limit is below server.max_connections: clients past it are refused \
-             (raise it with `ulimit -n`, systemd's LimitNOFILE or docker run --ulimit nofile)"
-        );
     }
 }
 
@@ -319,68 +270,6 @@ fn listener(address: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// The signals the process acts on: SIGTERM and SIGINT drain, SIGHUP
-/// reloads the server certificate. Registered before readiness is announced,
-/// since until a handler is registered a signal ends the process at once.
-struct Signals {
-    terminate: Option<Signal>,
-    interrupt: Option<Signal>,
-    hangup: Option<Signal>,
-}
-
-impl Signals {
-    /// Starts listening for all three.
-    fn listen() -> Self {
-        Self {
-            terminate: listen_for(SignalKind::terminate(), "SIGTERM"),
-            interrupt: listen_for(SignalKind::interrupt(), "SIGINT"),
-            hangup: listen_for(SignalKind::hangup(), "SIGHUP"),
-        }
-    }
-
-    /// Resolves on SIGTERM or SIGINT.
-    async fn shutdown(terminate: Option<Signal>, interrupt: Option<Signal>) {
-        tokio::select! {
-            () = received(terminate) => {}
-            () = received(interrupt) => {}
-        }
-    }
-}
-
-/// Starts listening for one signal; logs it if that is not possible.
-fn listen_for(kind: SignalKind, name: &str) -> Option<Signal> {
-    let registered = signal(kind);
-    if let Err(error) = &registered {
-        tracing::warn!(%error, "cannot listen for {name}");
-    }
-    registered.ok()
-}
-
-/// Resolves when `signal` arrives; never, if it is not listened for.
-async fn received(signal: Option<Signal>) {
-    match signal {
-        Some(mut signal) => {
-            signal.recv().await;
-        }
-        None => std::future::pending::<()>().await,
-    }
-}
-
-/// Reloads the server certificate on every SIGHUP (the gateway logs how it
-/// went), instead of SIGHUP's default of ending the process.
-async fn reload_on_sighup(hangups: Option<Signal>, reload: ReloadHandle) {
-    let Some(mut hangups) = hangups else {
-        tracing::warn!("certificate reload on SIGHUP is off");
-        return;
-    };
-    while hangups.recv().await.is_some() {
-        tracing::info!("SIGHUP: reloading the server certificate");
-        if let Err(ReloadError::Stopped) = reload.reload().await {
-            return;
-        }
-    }
-}
-
 async fn demo(listen: SocketAddr, admin: SocketAddr) -> ExitCode {
     let upstream = match listener(SocketAddr::from(([127, 0, 0, 1], 0))) {
         Ok(listener) => listener,
@@ -483,76 +372,4 @@ fn missing_config_hint(path: &std::path::Path) -> String {
          $CHORUS_CONFIG, or try `chorus demo`. config/chorus.toml in the source \
          documents every key."
     )
-}
-
-/// Why `chorus health` could not get an answer.
-#[derive(Debug, thiserror::Error)]
-enum ProbeError {
-    #[error("only plain http:// URLs with a host are supported")]
-    Url,
-    #[error("cannot connect: {0}")]
-    Connect(std::io::Error),
-    #[error("cannot build the request: {0}")]
-    Request(http::Error),
-    #[error("{0}")]
-    Http(hyper::Error),
-}
-
-async fn health(url: Uri, timeout: Duration) -> ExitCode {
-    match tokio::time::timeout(timeout, probe(&url)).await {
-        Ok(Ok(StatusCode::OK)) => {
-            println!("{url}: 200 OK");
-            ExitCode::SUCCESS
-        }
-        Ok(Ok(status)) => {
-            eprintln!("chorus health: {url}: answered {status}, not 200 OK");
-            ExitCode::FAILURE
-        }
-        Ok(Err(error)) => {
-            eprintln!("chorus health: {url}: {error}");
-            ExitCode::FAILURE
-        }
-        Err(_elapsed) => {
-            eprintln!(
-                "chorus health: {url}: no answer within {}",
-                humantime::format_duration(timeout)
-            );
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// One GET over HTTP/1.1 on a fresh connection; the status it got.
-async fn probe(url: &Uri) -> Result<StatusCode, ProbeError> {
-    if url.scheme_str() != Some("http") {
-        return Err(ProbeError::Url);
-    }
-    let authority = url.authority().ok_or(ProbeError::Url)?;
-    // An IPv6 literal comes bracketed ("[::1]"); connect wants it bare.
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let port = authority.port_u16().unwrap_or(80);
-    let stream = TcpStream::connect((host, port))
-        .await
-        .map_err(ProbeError::Connect)?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(ProbeError::Http)?;
-    tokio::spawn(connection);
-    let path = url.path_and_query().map_or("/", |path| path.as_str());
-    let request = Request::get(path)
-        .header(http::header::HOST, authority.as_str())
-        .header(
-            http::header::USER_AGENT,
-            concat!("chorus-health/", env!("CARGO_PKG_VERSION")),
-        )
-        .body(Empty::<Bytes>::new())
-        .map_err(ProbeError::Request)?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(ProbeError::Http)?;
-    Ok(response.status())
 }
