@@ -6,9 +6,9 @@
 //! pays for every slice of a `writev` (a copy call and its checks per slice),
 //! and writes are most of what a fan-out costs: on this project's benchmark
 //! machine a `writev` of three slices per event cost 15-25 % more than one
-//! `send` of the same bytes (README, Performance). Copying a few hundred bytes
-//! into a buffer each thread keeps is cheaper, and hyper's zero-copy queue
-//! still carries anything larger. [`Gathered`] does it for upstream
+//! `send` of the same bytes (bench/README.md, the fan-out). Copying a few
+//! hundred bytes into a buffer each thread keeps is cheaper, and hyper's
+//! zero-copy queue still carries anything larger. [`Gathered`] does it for upstream
 //! connections; client connections get it from [`crate::framing::Watched`].
 
 use std::cell::RefCell;
