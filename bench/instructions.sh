@@ -89,7 +89,9 @@ serve_chorus() { # BIN
         "$1" --config bench/chorus.toml 2>"$RUN/valgrind.log" &
 }
 serve_nginx() {
+    # Its HTTP/2 listener (unused here) on the port after the admin's.
     sed -e "s|@RUN@|$RUN|g" -e "s|@PORT@|$CHORUS_PORT|g" -e "s|@MOCK_PORT@|$MOCK_PORT|g" \
+        -e "s|@H2_PORT@|$((ADMIN_PORT + 1))|g" \
         -e "s|@WORKERS@|1|g" -e "s|@NOFILE@|4096|g" -e "s|@REUSEPORT@||g" \
         -e 's|^daemon off;|daemon off;\nmaster_process off;|' bench/nginx.conf.in >"$RUN/nginx.conf"
     "${under_callgrind[@]}" nginx -c "$RUN/nginx.conf" -p "$RUN" 2>"$RUN/valgrind.log" &

@@ -174,25 +174,31 @@ def main():
             out[target] = medians
         return out
 
-    # 1. passthrough
-    if "passthrough" in runs:
-        m = metrics_of("passthrough", passthrough_metrics)
+    # 1. passthrough, over HTTP/1.1 (the scenario the targets are set for)
+    # and over HTTP/2 with prior knowledge
+    passthrough_figures = ["req/s", "p50 ms", "p99 ms", "proxy CPU µs/req", "req/s per proxy CPU-second",
+                           "errors", "other processes on proxy CPU, s"]
+    for name, title, with_targets in [
+        ("passthrough", "passthrough: 64 conns, distinct ~1 KiB POSTs", True),
+        ("h2", "passthrough over HTTP/2 (h2c): 16 conns × 4 streams, ~1 KiB POSTs, distinct paths", False),
+    ]:
+        if name not in runs:
+            continue
+        m = metrics_of(name, passthrough_metrics)
         bypass = m.pop("chorus-bypass", None)
-        for metric in ["req/s", "p50 ms", "p99 ms", "proxy CPU µs/req", "req/s per proxy CPU-second", "errors",
-                       "other processes on proxy CPU, s"]:
+        for metric in passthrough_figures:
             values = {t: m[t][metric] for t in m}
             target = verdict = None
-            if metric == "req/s" and "chorus" in values and "nginx" in values:
+            if with_targets and metric == "req/s" and "chorus" in values and "nginx" in values:
                 target, verdict = "≥ nginx", values["chorus"] >= values["nginx"]
-            if metric == "p99 ms" and "chorus" in values and "nginx" in values:
+            if with_targets and metric == "p99 ms" and "chorus" in values and "nginx" in values:
                 target, verdict = "≤ nginx", values["chorus"] <= values["nginx"]
-            add("passthrough: 64 conns, distinct ~1 KiB POSTs", metric, values, target, verdict)
+            add(title, metric, values, target, verdict)
         if bypass:
-            for metric in ["req/s", "p50 ms", "p99 ms", "proxy CPU µs/req", "req/s per proxy CPU-second", "errors",
-                       "other processes on proxy CPU, s"]:
+            for metric in passthrough_figures:
                 values = {t: m[t][metric] for t in m if t != "chorus-alt"}
                 values["chorus"] = bypass[metric]
-                add("passthrough, chorus with x-chorus-coalesce: off", metric, values)
+                add(f"{title.split(':')[0]}, chorus with x-chorus-coalesce: off", metric, values)
 
     # 2. time to first token
     if "ttft" in runs:

@@ -7,7 +7,7 @@
 #   SCENARIOS="fanout cancel" bash bench/run.sh
 #
 # Environment knobs:
-#   SCENARIOS        subset of: passthrough ttft distinct fanout cancel startup
+#   SCENARIOS        subset of: passthrough h2 ttft distinct fanout cancel startup
 #   FANOUT_SIZES     default "1000 10000"
 #   ROUNDS           rounds of passthrough, distinct and fan-out, targets
 #                    interleaved in each; the table shows each figure's
@@ -16,8 +16,8 @@
 #   CHORUS_ALT_BIN   a second chorus binary measured in the same run as target
 #                    "chorus-alt" (e.g. one built with another allocator);
 #                    CHORUS_ALT_LABEL names it in the table
-#   BENCH_PORT_BASE  first of the 6 loopback ports used (default: the first
-#                    of 19100, 19110, ... whose 7 ports nobody listens on)
+#   BENCH_PORT_BASE  first of the 8 loopback ports used (default: the first
+#                    of 19100, 19110, ... whose 8 ports nobody listens on)
 #   SKIP_INSTALL=1, SKIP_BUILD=1
 #
 # Layout: the proxy under test runs alone on CPU 0; the mock upstream and the
@@ -29,7 +29,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
-ALL_SCENARIOS="passthrough ttft distinct fanout cancel startup"
+ALL_SCENARIOS="passthrough h2 ttft distinct fanout cancel startup"
 SCENARIOS=${SCENARIOS:-$ALL_SCENARIOS}
 for scenario in $SCENARIOS; do
     [[ " $ALL_SCENARIOS " == *" $scenario "* ]] || {
@@ -123,6 +123,7 @@ install() {
     local missing=()
     command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
     command -v wrk >/dev/null || missing+=(wrk)
+    command -v h2load >/dev/null || missing+=(nghttp2-client)
     command -v curl >/dev/null || missing+=(curl)
     command -v python3 >/dev/null || missing+=(python3)
     command -v taskset >/dev/null || missing+=(util-linux)
@@ -180,12 +181,12 @@ wait_port() { "$LOADGEN" wait --addr "127.0.0.1:$1" --timeout-ms 10000 >/dev/nul
 port_free() { ! "$LOADGEN" wait --addr "127.0.0.1:$1" --timeout-ms 1 >/dev/null 2>&1; }
 ports_free() {
     local port
-    for port in $(seq "$1" $(($1 + 6))); do port_free "$port" || return 1; done
+    for port in $(seq "$1" $(($1 + 7))); do port_free "$port" || return 1; done
 }
 
 if [[ -n ${BENCH_PORT_BASE:-} ]]; then
     PORT_BASE=$BENCH_PORT_BASE
-    ports_free "$PORT_BASE" || die "a port in $PORT_BASE..$((PORT_BASE + 6)) is in use"
+    ports_free "$PORT_BASE" || die "a port in $PORT_BASE..$((PORT_BASE + 7)) is in use"
 else
     PORT_BASE=""
     for base in $(seq 19100 10 19190); do
@@ -194,7 +195,7 @@ else
             break
         fi
     done
-    [[ -n $PORT_BASE ]] || die "no 7 free ports in 19100..19196; set BENCH_PORT_BASE"
+    [[ -n $PORT_BASE ]] || die "no 8 free ports in 19100..19197; set BENCH_PORT_BASE"
 fi
 MOCK_PORT=$PORT_BASE
 CHORUS_PORT=$((PORT_BASE + 1))
@@ -203,6 +204,7 @@ NGINX_PORT=$((PORT_BASE + 3))
 ALT_PORT=$((PORT_BASE + 4))
 ALT_ADMIN_PORT=$((PORT_BASE + 5))
 FLOOR_PORT=$((PORT_BASE + 6))
+NGINX_H2_PORT=$((PORT_BASE + 7)) # nginx's HTTP/2 cleartext listener
 
 # ---------------------------------------------------------------------------
 # The processes under test. Each start sets PROXY_PIDS (what is measured) and
@@ -239,7 +241,7 @@ nginx_conf() {
     [[ $1 -gt 1 ]] && reuseport=reuseport
     mkdir -p "$RUN/client_body" "$RUN/proxy" "$RUN/fastcgi" "$RUN/uwsgi" "$RUN/scgi"
     sed -e "s|@RUN@|$RUN|g" -e "s|@PORT@|$NGINX_PORT|g" -e "s|@MOCK_PORT@|$MOCK_PORT|g" \
-        -e "s|@WORKERS@|$1|g" -e "s|@NOFILE@|$NOFILE|g" -e "s|@REUSEPORT@|$reuseport|g" \
+        -e "s|@H2_PORT@|$NGINX_H2_PORT|g" -e "s|@WORKERS@|$1|g" -e "s|@NOFILE@|$NOFILE|g" -e "s|@REUSEPORT@|$reuseport|g" \
         bench/nginx.conf.in >"$conf"
     echo "$conf"
 }
@@ -379,6 +381,55 @@ scenario_passthrough() {
     ROUND=1
 }
 
+H2_BODY=$RUN/h2-body.json
+h2_run() {
+    # $1 port, $2 seconds, $3 extra header: 16 h2load processes with one
+    # HTTP/2 cleartext connection of 4 streams each (64 requests in flight,
+    # as wrk's 64 connections), each cycling through 200 paths of its own, so
+    # that no two requests in flight share a key. h2load sends one body for
+    # all; the distinct paths make every request lead its own flight, and the
+    # whole ~1 KiB body is still keyed. Prints one JSON line like wrk_run's.
+    local dir k i pids=() header=()
+    dir=$(mktemp -d "$RUN/h2.XXXXXX")
+    [[ -n ${3:-} ]] && header=(-H "$3")
+    [[ -f $H2_BODY ]] || printf '{"model":"mock","stream":false,"messages":[{"role":"system","content":"%s"},{"role":"user","content":"request %s"}],"mock":{"tokens":16}}' \
+        "$(printf 'lorem ipsum dolor sit amet %.0s' $(seq 1 32))" "$TAG" >"$H2_BODY"
+    for k in $(seq 1 16); do
+        "${ON_LOAD_CPU[@]}" h2load -D "$2" -c 1 -m 4 -d "$H2_BODY" -H 'content-type: application/json' \
+            "${header[@]}" --log-file "$dir/$k.log" \
+            $(for i in $(seq 1 200); do echo "http://127.0.0.1:$1/v1/chat/completions?r=$TAG-$RANDOM-$k-$i"; done) \
+            >"$dir/$k.out" 2>&1 &
+        pids+=($!)
+    done
+    wait "${pids[@]}" || true
+    python3 bench/h2load.py "$dir"
+    rm -rf "$dir"
+}
+
+scenario_h2() {
+    local target base header port
+    for ROUND in $(seq 1 "$ROUNDS"); do
+        for target in "${TARGETS[@]}" chorus-bypass; do
+            base=$target
+            header=""
+            if [[ $target == chorus-bypass ]]; then
+                base=chorus
+                header="x-chorus-coalesce: off"
+            fi
+            log "passthrough over HTTP/2: $target (64 streams, ${PASS_SECONDS}s, round $ROUND/$ROUNDS)"
+            start_target "$base"
+            port=$ADDR_PORT
+            [[ $base == nginx ]] && port=$NGINX_H2_PORT
+            h2_run "$port" 2 "$header" >/dev/null # warm-up
+            measure h2_run "$port" "$PASS_SECONDS" "$header"
+            [[ -n $OUT ]] || die "h2load printed no result for $target"
+            emit h2 "$target" "$OUT"
+            stop_target
+        done
+    done
+    ROUND=1
+}
+
 scenario_ttft() {
     local target
     for target in "${TARGETS[@]}"; do
@@ -482,7 +533,7 @@ LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 if awk -v l="${LOADAVG_START%% *}" 'BEGIN { exit !(l > 0.5) }'; then
     log "warning: load average $LOADAVG_START before starting: something else is running, figures will be noisy"
 fi
-log "run directory $RUN; ports $PORT_BASE..$((PORT_BASE + 6)); fd limit $NOFILE; pinning $([[ $PIN == 1 ]] && echo "proxy CPU 0, load CPU 1" || echo off)"
+log "run directory $RUN; ports $PORT_BASE..$((PORT_BASE + 7)); fd limit $NOFILE; pinning $([[ $PIN == 1 ]] && echo "proxy CPU 0, load CPU 1" || echo off)"
 start_mock
 for scenario in $SCENARIOS; do
     "scenario_$scenario"
@@ -499,6 +550,7 @@ python3 bench/report.py "$RESULTS" \
     --meta "rustc=$(rustc --version)" \
     --meta "nginx=$("$NGINX" -v 2>&1 | sed 's/.*: //')" \
     --meta "wrk=$(wrk -v 2>&1 | head -1 | cut -d' ' -f2)" \
+    --meta "h2load=$(h2load --version 2>&1 | sed 's/.*nghttp2\///')" \
     --meta "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
     --meta "pinning=$([[ $PIN == 1 ]] && echo "proxy on CPU 0; mock and load on CPU 1" || echo none)" \
     --meta "alt=$([[ -n $CHORUS_ALT_BIN ]] && echo "$CHORUS_ALT_LABEL" || echo '')" \
