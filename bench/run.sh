@@ -359,8 +359,11 @@ wrk_run() {
         -s bench/passthrough.lua "http://127.0.0.1:$1/" | sed -n 's/^JSON //p'
 }
 
-scenario_passthrough() {
-    local target base header
+# Rounds of a passthrough scenario, targets interleaved: $1 scenario, $2 the
+# function that loads a port ($1 port, $2 seconds, $3 extra header) and
+# prints its JSON, $3 what the log says, $4 nginx's port for it.
+passthrough_rounds() {
+    local target base header port
     for ROUND in $(seq 1 "$ROUNDS"); do
         for target in "${TARGETS[@]}" chorus-bypass; do
             base=$target
@@ -369,16 +372,22 @@ scenario_passthrough() {
                 base=chorus
                 header="x-chorus-coalesce: off"
             fi
-            log "passthrough: $target (64 connections, ${PASS_SECONDS}s, round $ROUND/$ROUNDS)"
+            log "$3: $target (${PASS_SECONDS}s, round $ROUND/$ROUNDS)"
             start_target "$base"
-            wrk_run "$ADDR_PORT" 2 "$header" >/dev/null # warm-up
-            measure wrk_run "$ADDR_PORT" "$PASS_SECONDS" "$header"
-            [[ -n $OUT ]] || die "wrk printed no result for $target"
-            emit passthrough "$target" "$OUT"
+            port=$ADDR_PORT
+            [[ $base == nginx ]] && port=$4
+            "$2" "$port" 2 "$header" >/dev/null # warm-up
+            measure "$2" "$port" "$PASS_SECONDS" "$header"
+            [[ -n $OUT ]] || die "$2 printed no result for $target"
+            emit "$1" "$target" "$OUT"
             stop_target
         done
     done
     ROUND=1
+}
+
+scenario_passthrough() {
+    passthrough_rounds passthrough wrk_run "passthrough (64 connections)" "$NGINX_PORT"
 }
 
 H2_BODY=$RUN/h2-body.json
@@ -407,27 +416,7 @@ h2_run() {
 }
 
 scenario_h2() {
-    local target base header port
-    for ROUND in $(seq 1 "$ROUNDS"); do
-        for target in "${TARGETS[@]}" chorus-bypass; do
-            base=$target
-            header=""
-            if [[ $target == chorus-bypass ]]; then
-                base=chorus
-                header="x-chorus-coalesce: off"
-            fi
-            log "passthrough over HTTP/2: $target (64 streams, ${PASS_SECONDS}s, round $ROUND/$ROUNDS)"
-            start_target "$base"
-            port=$ADDR_PORT
-            [[ $base == nginx ]] && port=$NGINX_H2_PORT
-            h2_run "$port" 2 "$header" >/dev/null # warm-up
-            measure h2_run "$port" "$PASS_SECONDS" "$header"
-            [[ -n $OUT ]] || die "h2load printed no result for $target"
-            emit h2 "$target" "$OUT"
-            stop_target
-        done
-    done
-    ROUND=1
+    passthrough_rounds h2 h2_run "passthrough over HTTP/2 (64 streams)" "$NGINX_H2_PORT"
 }
 
 scenario_ttft() {
