@@ -15,6 +15,7 @@
 //!   ambiguous framings requests are smuggled with, and what hyper would.
 //! - [`proxy`]: the request handler: route, limits, body, coalesce or pass through.
 //! - [`route`]: the route table and its longest-prefix match.
+//! - [`tunnel`]: WebSocket handshakes passed on, and the byte tunnel after a `101`.
 //! - [`gather`]: small vectored writes sent as one plain write, both sides.
 //! - [`quiet`]: a future polled only when its own waker fired, for the rare
 //!   signals (drain, shutdown, idle) a busy task waits on.
@@ -64,6 +65,7 @@ pub mod response;
 pub mod route;
 pub mod server;
 pub mod tls;
+pub mod tunnel;
 pub mod upstream;
 
 use std::sync::Arc;

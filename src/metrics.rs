@@ -162,7 +162,7 @@ impl Metrics {
         );
         registry.register(
             "chorus_requests_active",
-            "Client requests whose response has not ended",
+            "Client requests whose response has not ended, and open WebSocket tunnels",
             requests_active.clone(),
         );
         registry.register(

@@ -40,10 +40,11 @@ use http::{Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_rustls::HttpsConnector;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -78,6 +79,9 @@ const CLOSE_RACE: Duration = Duration::from_secs(1);
 /// The connections to one upstream.
 pub struct Pool {
     connector: HttpsConnector<HttpConnector>,
+    /// The same without HTTP/2 (no ALPN, which means HTTP/1.1): for
+    /// WebSocket handshakes, which HTTP/2 would not carry.
+    http1_connector: HttpsConnector<HttpConnector>,
     /// The upstream's scheme and authority: where every connection goes.
     target: Uri,
     /// Bounds TCP and TLS together (`HttpConnector`'s own timeout covers TCP only).
@@ -200,6 +204,11 @@ impl Pool {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
+        let http1_connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls.clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http.clone());
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -213,6 +222,7 @@ impl Pool {
         };
         Self {
             connector,
+            http1_connector,
             target,
             connect_timeout,
             idle: Mutex::default(),
@@ -393,19 +403,43 @@ impl Pool {
         None
     }
 
-    async fn connect(self: &Arc<Self>) -> Result<Checkout, GatewayError> {
-        let mut connector = self.connector.clone();
+    /// Sends a request that asks to upgrade its connection (a WebSocket
+    /// handshake) on a new HTTP/1.1 connection, never kept: after a `101`
+    /// the connection is the response's upgrade's, and after anything else
+    /// it closes with the response's body.
+    pub async fn upgrade(
+        &self,
+        request: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        let io = Box::pin(self.dial(&self.http1_connector)).await?;
+        let (mut sender, connection) = Box::pin(http1::handshake(io)).await.map_err(failed)?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%error, "upstream upgrade connection ended with an error");
+            }
+        });
+        sender.send_request(request).await.map_err(failed)
+    }
+
+    /// A new connection to the upstream (TCP, and TLS for `https`).
+    async fn dial(
+        &self,
+        connector: &HttpsConnector<HttpConnector>,
+    ) -> Result<Gathered<MaybeHttpsStream<TokioIo<TcpStream>>>, GatewayError> {
+        let mut connector = connector.clone();
         poll_fn(|cx| connector.poll_ready(cx))
             .await
             .map_err(|error| GatewayError::from_connect(error, self.connect_timeout))?;
         let connecting = connector.call(self.target.clone());
-        let stream = match tokio::time::timeout(self.connect_timeout, connecting).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => return Err(GatewayError::from_connect(error, self.connect_timeout)),
-            Err(_) => return Err(GatewayError::ConnectTimeout(self.connect_timeout)),
-        };
-        let io = Gathered::new(stream);
-        let failed = |error: hyper::Error| GatewayError::UpstreamFailed(Arc::new(error));
+        match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Ok(Ok(stream)) => Ok(Gathered::new(stream)),
+            Ok(Err(error)) => Err(GatewayError::from_connect(error, self.connect_timeout)),
+            Err(_) => Err(GatewayError::ConnectTimeout(self.connect_timeout)),
+        }
+    }
+
+    async fn connect(self: &Arc<Self>) -> Result<Checkout, GatewayError> {
+        let io = self.dial(&self.connector).await?;
         let h2 = io.connected().is_negotiated_h2();
         self.speaks
             .store(if h2 { HTTP2 } else { HTTP1 }, Ordering::Relaxed);
@@ -498,6 +532,10 @@ impl Pool {
         // of idle connections is still a list of connections.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+fn failed(error: hyper::Error) -> GatewayError {
+    GatewayError::UpstreamFailed(Arc::new(error))
 }
 
 /// The same request again; its parts are shared, not copied, except the headers.

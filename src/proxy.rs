@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, UPGRADE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +26,8 @@ use crate::headers::{self, ClientSide, X_CHORUS_ROLE};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::response::{AccessLog, ResponseBody, Source};
 use crate::route::{Route, RouteTable};
+use crate::tunnel::{self, Tunnel};
+use crate::upstream::UpstreamBody;
 
 /// An over-size body is still read and discarded up to this much, so the
 /// client sees the 413 instead of a reset of a connection it is writing to.
@@ -69,6 +72,15 @@ pub struct Proxy {
 
 type Answer = Response<Source>;
 
+/// What a request's handler knows of its client's connection, and may
+/// leave to it.
+pub struct ClientConnection {
+    /// What the upstream is told about the client.
+    pub client: ClientSide,
+    /// A tunnel the connection becomes once its last response is written.
+    pub tunnel: tunnel::Pending,
+}
+
 impl Proxy {
     /// A handler over `routes`.
     pub fn new(
@@ -97,7 +109,7 @@ impl Proxy {
     pub async fn handle(
         &self,
         request: Request<Incoming>,
-        client: &ClientSide,
+        connection: &ClientConnection,
     ) -> Response<ResponseBody> {
         let mut log = AccessLog::start(&request, &self.metrics.requests_active);
         let head_only = request.method() == Method::HEAD;
@@ -105,7 +117,7 @@ impl Proxy {
         // Boxed, and done before a follower's wait for its head: the wait,
         // often the longest part of a request, then holds only the small
         // future below, not everything it took to get there.
-        let answer = match Box::pin(self.answer(request, client, &mut log)).await {
+        let answer = match Box::pin(self.answer(request, connection, &mut log)).await {
             Answered::Now(answer) => answer,
             Answered::OnHead(waiting) => waiting.head(&mut log).await,
         };
@@ -137,7 +149,7 @@ impl Proxy {
     async fn answer(
         &self,
         request: Request<Incoming>,
-        client: &ClientSide,
+        connection: &ClientConnection,
         log: &mut AccessLog,
     ) -> Answered {
         let route = self.check_head(&request).and_then(|()| {
@@ -154,7 +166,14 @@ impl Proxy {
             }
         };
         log.route(route.metrics.clone());
+        if route.websocket
+            && let Some(upgrade) =
+                tunnel::websocket_upgrade(request.method(), request.version(), request.headers())
+        {
+            return Answered::Now(self.tunnel(route, request, upgrade, connection, log).await);
+        }
 
+        let client = &connection.client;
         let (mut parts, body) = request.into_parts();
         headers::join_cookie_crumbs(&mut parts.headers);
         let body = match read_body(body, &parts.headers, &self.limits).await {
@@ -265,33 +284,106 @@ impl Proxy {
             Ok(request) => request,
             Err(error) => return refuse(error, Role::Bypass, log),
         };
-        route.metrics.upstream_requests.inc();
-        log.upstream_sent();
-        let sent = Instant::now();
-        let response = match route.upstream.send(request).await {
-            Ok(response) => response,
-            Err(error) => {
-                tracing::warn!(
-                    route = &*route.name,
-                    status = error.status().as_u16(),
-                    error = %crate::error::describe(&error),
-                    "upstream request failed"
-                );
-                return refuse(error, Role::Bypass, log);
-            }
-        };
-        let waited = sent.elapsed();
-        route.metrics.first_byte(waited);
+        match send_alone(route, route.upstream.send(request), log).await {
+            Ok((response, _)) => response,
+            Err(refused) => refused,
+        }
+    }
 
-        let (upstream_parts, upstream_body) = response.into_parts();
-        let mut response = Response::new(Source::Upstream(upstream_body));
-        *response.status_mut() = upstream_parts.status;
-        *response.headers_mut() = upstream_parts.headers;
-        headers::to_downstream(response.headers_mut());
-        set_role(response.headers_mut(), Role::Bypass);
-        log.head(upstream_parts.status, Some(waited));
+    /// Passes a WebSocket handshake to the upstream on a connection of its
+    /// own; when the upstream switches protocols, the client gets the `101`
+    /// and the connection's task gets the tunnel (see [`crate::tunnel`]).
+    async fn tunnel(
+        &self,
+        route: &Arc<Route>,
+        mut request: Request<Incoming>,
+        upgrade: HeaderValue,
+        connection: &ClientConnection,
+        log: &mut AccessLog,
+    ) -> Answer {
+        route.metrics.request(Role::Bypass);
+        let client_side = hyper::upgrade::on(&mut request);
+        // A handshake has no body (RFC 6455 §4.1); one sent anyway is dropped.
+        let (parts, _) = request.into_parts();
+        let mut upstream_request =
+            match route
+                .upstream
+                .request(parts, Bytes::new(), &connection.client, false)
+            {
+                Ok(request) => request,
+                Err(error) => return refuse(error, Role::Bypass, log),
+            };
+        tunnel::ask_upgrade(upstream_request.headers_mut(), upgrade.clone());
+        let sending = route.upstream.upgrade(upstream_request);
+        let (mut response, upstream_side) = match send_alone(route, sending, log).await {
+            Ok(sent) => sent,
+            Err(refused) => return refused,
+        };
+        if let Some(upstream_side) = upstream_side {
+            let agreed = upstream_side.protocol.unwrap_or(upgrade);
+            tunnel::ask_upgrade(response.headers_mut(), agreed);
+            *response.body_mut() = Source::Full(None);
+            let idle = route.upstream.idle_timeout();
+            let active = &self.metrics.requests_active;
+            let tunnel = Tunnel::new(
+                Arc::clone(&route.name),
+                client_side,
+                upstream_side.on_upgrade,
+                idle,
+                active,
+            );
+            connection.tunnel.open(tunnel);
+        }
         response
     }
+}
+
+/// The upstream's side of a `101 Switching Protocols`.
+struct Switched {
+    /// Its connection, once hyper lets go of it.
+    on_upgrade: OnUpgrade,
+    /// The protocol it switched to.
+    protocol: Option<HeaderValue>,
+}
+
+/// Sends a request on its own and turns the upstream's answer into the
+/// client's, with the upstream's side of a `101` if it switched protocols;
+/// a failure is the gateway's own answer.
+async fn send_alone(
+    route: &Route,
+    sending: impl Future<Output = Result<Response<UpstreamBody>, GatewayError>>,
+    log: &mut AccessLog,
+) -> Result<(Answer, Option<Switched>), Answer> {
+    route.metrics.upstream_requests.inc();
+    log.upstream_sent();
+    let sent = Instant::now();
+    let mut response = match sending.await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::warn!(
+                route = &*route.name,
+                status = error.status().as_u16(),
+                error = %crate::error::describe(&error),
+                "upstream request failed"
+            );
+            return Err(refuse(error, Role::Bypass, log));
+        }
+    };
+    let waited = sent.elapsed();
+    route.metrics.first_byte(waited);
+
+    let switched = (response.status() == StatusCode::SWITCHING_PROTOCOLS).then(|| Switched {
+        protocol: response.headers().get(UPGRADE).cloned(),
+        on_upgrade: hyper::upgrade::on(&mut response),
+    });
+    let (upstream_parts, upstream_body) = response.into_parts();
+    let mut response = Response::new(Source::Upstream(upstream_body));
+    *response.status_mut() = upstream_parts.status;
+    *response.headers_mut() = upstream_parts.headers;
+    headers::to_downstream(response.headers_mut());
+    set_role(response.headers_mut(), Role::Bypass);
+    log.head(upstream_parts.status, Some(waited));
+    Ok((response, switched))
 }
 
 /// What handling a request comes to before any wait for a flight's head.

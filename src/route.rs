@@ -20,6 +20,8 @@ pub struct Route {
     pub path_prefix: String,
     /// Where its requests go.
     pub upstream: Arc<Upstream>,
+    /// Whether WebSocket handshakes open tunnels (see [`crate::tunnel`]).
+    pub websocket: bool,
     /// Whether coalescing is on for this route.
     pub coalesce: bool,
     /// Methods that coalesce.
@@ -47,6 +49,7 @@ impl Route {
             name: Arc::from(config.name.as_str()),
             path_prefix: config.path_prefix.clone(),
             upstream: Arc::new(Upstream::new(config)?),
+            websocket: config.websocket,
             coalesce: coalesce.enabled,
             methods: coalesce.methods.clone(),
             key_headers: coalesce.key_headers.clone(),

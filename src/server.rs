@@ -1,6 +1,6 @@
 //! The client-facing listener: accepting connections (plain TCP, or TLS via
-//! tokio-rustls), serving HTTP/1.1 and HTTP/2 on the same port with
-//! hyper-util's auto builder, the connection cap, and the drain.
+//! tokio-rustls), serving HTTP/1.1 and HTTP/2 on the same port, the
+//! connection cap, and the drain.
 //!
 //! Drain: on `drain` the listener is closed at once, every connection is
 //! told to shut down gracefully (idle keep-alive connections close, HTTP/2
@@ -12,7 +12,11 @@
 //! HTTP/2 preface, or anything else for HTTP/1.1). Left to hyper-util, the
 //! detection reads those bytes itself and hands them to hyper's first read
 //! alone, and hyper's second read then grows every HTTP/1.1 connection's read
-//! buffer from 8 to 16 KiB.
+//! buffer from 8 to 16 KiB. So HTTP/1.1 connections go straight to hyper
+//! (which is also where protocol upgrades are allowed: hyper-util's
+//! upgradeable connection always detects), HTTP/2 ones to hyper-util's
+//! builder told the version, and only a connection that cannot be told
+//! (too few first bytes, TLS without ALPN) is left to hyper-util.
 //!
 //! Each connection is watched too (see [`activity`](crate::activity)): one
 //! with no request in progress for `header_read_timeout` is shut down the
@@ -25,8 +29,15 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use http_body::Body;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
+use hyper::server::conn::http1;
+use hyper::service::{HttpService, Service, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -41,9 +52,10 @@ use crate::config::ServerConfig;
 use crate::framing;
 use crate::headers::ClientSide;
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
+use crate::proxy::{ClientConnection, Proxy};
 use crate::quiet::Quiet;
 use crate::tls::{self, Accepted};
+use crate::tunnel::Pending;
 
 /// A TLS handshake must finish within this, or within `header_read_timeout`
 /// if that is shorter.
@@ -75,8 +87,8 @@ pub struct Listener {
 struct Shared {
     /// Tells HTTP/1.1 from HTTP/2 by the first bytes.
     builder: auto::Builder<TokioExecutor>,
-    /// The same settings, for a connection known to speak HTTP/1.1.
-    http1: auto::Builder<TokioExecutor>,
+    /// The same HTTP/1.1 settings, for a connection known to speak it.
+    http1: http1::Builder,
     /// The same settings, for a connection known to speak HTTP/2.
     http2: auto::Builder<TokioExecutor>,
     proxy: Arc<Proxy>,
@@ -104,7 +116,7 @@ pub async fn serve(
 ) {
     let builder = builder(config);
     let shared = Arc::new(Shared {
-        http1: builder.clone().http1_only(),
+        http1: http1_builder(config),
         http2: builder.clone().http2_only(),
         builder,
         proxy,
@@ -171,6 +183,23 @@ fn max_head(config: &ServerConfig) -> usize {
         .max(config.max_header_bytes.saturating_add(HEAD_SLACK))
 }
 
+/// hyper's read buffer for HTTP/1.1: `framing` hands hyper whole heads of
+/// at most [`max_head`] bytes; the buffer takes one with room to spare (and
+/// is at least 8 KiB).
+fn http1_buffer(config: &ServerConfig) -> usize {
+    max_head(config).saturating_add(HEAD_SLACK).max(8192)
+}
+
+/// The HTTP/1.1 builder with the server's limits (the same as [`builder`]'s).
+fn http1_builder(config: &ServerConfig) -> http1::Builder {
+    let mut http1 = http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(http1_buffer(config));
+    http1
+}
+
 /// The HTTP/1.1 + HTTP/2 builder with the server's limits.
 fn builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let head_limit = max_head(config);
@@ -179,10 +208,7 @@ fn builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
-        // `framing` hands hyper whole heads of at most `head_limit` bytes;
-        // hyper's read buffer takes one with room to spare (and is at
-        // least 8 KiB).
-        .max_buf_size(head_limit.saturating_add(HEAD_SLACK).max(8192))
+        .max_buf_size(http1_buffer(config))
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(config.http2_max_concurrent_streams)
@@ -283,7 +309,11 @@ where
     // Made once per connection, in the boxed hyper connection with the
     // service rather than in the connection's task; each request holds a
     // pointer to it (its futures wait long, and 10,000 of them at once).
-    let client = Arc::new(ClientSide::new(peer, shared.tls.is_some()));
+    let client = Arc::new(ClientConnection {
+        client: ClientSide::new(peer, shared.tls.is_some()),
+        tunnel: Pending::new(Arc::clone(&verdicts)),
+    });
+    let handed_over = Arc::clone(&client);
     let service = service_fn(move |mut request: hyper::Request<Incoming>| {
         let guard = requests.start();
         if let Some(suspect) = verdicts.next_request() {
@@ -299,14 +329,18 @@ where
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
         })
     });
-    let builder = match protocol {
-        Protocol::Http1 => &shared.http1,
-        Protocol::Http2 => &shared.http2,
-        Protocol::Either => &shared.builder,
-    };
+    let io = TokioIo::new(io);
     // Boxed rather than pinned in place: in place, this future kept room for
     // the connection twice (1.6 KiB each) for the connection's whole life.
-    let mut connection = Box::pin(builder.serve_connection(TokioIo::new(io), service));
+    let mut connection = match protocol {
+        Protocol::Http1 => Served::Http1(Box::pin(
+            shared.http1.serve_connection(io, service).with_upgrades(),
+        )),
+        Protocol::Http2 => Served::Http2(Box::pin(shared.http2.serve_connection(io, service))),
+        Protocol::Either => Served::Either(Box::pin(
+            shared.builder.serve_connection_with_upgrades(io, service),
+        )),
+    };
     // hyper times an HTTP/1.1 head, but not a connection that never sends
     // one, nor an idle HTTP/2 connection: those would hold their
     // `max_connections` slot for ever. The idle timer covers all three.
@@ -319,21 +353,21 @@ where
     let mut closing = false;
     loop {
         tokio::select! {
-            result = connection.as_mut() => {
+            result = poll_fn(|cx| connection.poll(cx)) => {
                 if let Err(error) = result {
                     // Malformed requests, resets, timeouts: the client's problem, not ours.
                     tracing::debug!(%peer, error = %error, "connection ended with an error");
                 }
-                return;
+                break;
             }
             () = &mut drain, if !closing => {
                 closing = true;
-                connection.as_mut().graceful_shutdown();
+                connection.graceful_shutdown();
             }
             () = &mut idle, if !closing => {
                 tracing::debug!(%peer, "no request within header_read_timeout: closing");
                 closing = true;
-                connection.as_mut().graceful_shutdown();
+                connection.graceful_shutdown();
             }
             () = &mut abusive => {
                 let (requests, resets) = activity.resets();
@@ -347,7 +381,51 @@ where
             }
         }
     }
+    // hyper is done with the connection; if a handshake made it a tunnel,
+    // the tunnel runs here, in the connection's task (see `tunnel`).
+    drop(connection);
+    if let Some(tunnel) = handed_over.tunnel.take() {
+        tunnel.run().await;
+    }
 }
+
+/// hyper's side of a connection, served as its protocol allows.
+enum Served<'a, I, S: HttpService<Incoming>> {
+    /// HTTP/1.1, upgrades allowed.
+    Http1(Pin<Box<http1::UpgradeableConnection<I, S>>>),
+    Http2(Pin<Box<auto::Connection<'a, I, S, TokioExecutor>>>),
+    /// Told by hyper-util from the first bytes; upgrades allowed.
+    Either(Pin<Box<auto::UpgradeableConnection<'a, I, S, TokioExecutor>>>),
+}
+
+impl<I, S, F, B> Served<'_, I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: HttpService<Incoming, ResBody = B, Future = F, Error = Infallible>
+        + Service<Request<Incoming>, Response = Response<B>, Future = F, Error = Infallible>,
+    F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self {
+            Self::Http1(connection) => connection.as_mut().poll(cx).map_err(Into::into),
+            Self::Http2(connection) => connection.as_mut().poll(cx),
+            Self::Either(connection) => connection.as_mut().poll(cx),
+        }
+    }
+
+    fn graceful_shutdown(&mut self) {
+        match self {
+            Self::Http1(connection) => connection.as_mut().graceful_shutdown(),
+            Self::Http2(connection) => connection.as_mut().graceful_shutdown(),
+            Self::Either(connection) => connection.as_mut().graceful_shutdown(),
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Handles an accept error: the peer's own failures are skipped, anything
 /// else (EMFILE, ENOBUFS) is logged and waited out.

@@ -117,18 +117,42 @@ impl Upstream {
         // its room would stay in every flight's pump for the whole stream.
         let sending = Box::pin(self.pool.send(request));
         match tokio::time::timeout(self.first_byte_timeout, sending).await {
-            Ok(Ok((response, held))) => Ok(response.map(|body| UpstreamBody {
-                inner: body,
-                held: Some(held),
-                pool: Arc::clone(&self.pool),
-                ended: false,
-                idle: self.idle_timeout,
-                timer: None,
-                waiting_since: None,
-            })),
+            Ok(Ok((response, held))) => Ok(response.map(|body| self.body(body, Some(held)))),
             Ok(Err(error)) => Err(error),
             Err(_) => Err(GatewayError::FirstByteTimeout(self.first_byte_timeout)),
         }
+    }
+
+    /// Sends a WebSocket handshake on a connection of its own (see
+    /// [`crate::tunnel`]); the head must arrive within `first_byte_timeout`.
+    pub async fn upgrade(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<UpstreamBody>, GatewayError> {
+        let sending = Box::pin(self.pool.upgrade(request));
+        match tokio::time::timeout(self.first_byte_timeout, sending).await {
+            Ok(Ok(response)) => Ok(response.map(|body| self.body(body, None))),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(GatewayError::FirstByteTimeout(self.first_byte_timeout)),
+        }
+    }
+
+    /// The body of a response, holding what it holds of its connection.
+    fn body(&self, inner: Incoming, held: Option<Held>) -> UpstreamBody {
+        UpstreamBody {
+            inner,
+            held,
+            pool: Arc::clone(&self.pool),
+            ended: false,
+            idle: self.idle_timeout,
+            timer: None,
+            waiting_since: None,
+        }
+    }
+
+    /// The longest silence a response body or a tunnel is allowed.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
     }
 }
 

@@ -56,6 +56,7 @@ fn defaults_are_as_documented() {
     assert_eq!(route.first_byte_timeout, Duration::from_secs(60));
     assert_eq!(route.idle_timeout, Duration::from_secs(60));
     assert!(route.upstream_headers.is_empty());
+    assert!(!route.websocket);
 
     let coalesce = &route.coalesce;
     assert!(coalesce.enabled);
@@ -115,6 +116,7 @@ fn every_key_can_be_set() {
         connect_timeout = "250ms"
         first_byte_timeout = "5m"
         idle_timeout = "1h"
+        websocket = true
         [routes.upstream_headers]
         Authorization = "Bearer sk-1"
         x-org = "acme"
@@ -163,6 +165,7 @@ fn every_key_can_be_set() {
     assert_eq!(route.connect_timeout, Duration::from_millis(250));
     assert_eq!(route.first_byte_timeout, Duration::from_secs(300));
     assert_eq!(route.idle_timeout, Duration::from_secs(3600));
+    assert!(route.websocket);
     let headers: Vec<(&str, &[u8])> = route
         .upstream_headers
         .iter()

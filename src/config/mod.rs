@@ -171,6 +171,11 @@ pub struct RouteConfig {
     /// Hop-by-hop headers, `host` and `content-length` cannot be set.
     /// Default: none.
     pub upstream_headers: Vec<(HeaderName, HeaderValue)>,
+    /// `websocket`: pass WebSocket handshakes (an HTTP/1.1 `GET` with
+    /// `Upgrade: websocket`) to the upstream and, when it agrees, tunnel
+    /// the connection both ways; `idle_timeout` then bounds silence in both
+    /// directions. Default `false`: `Upgrade` is hop-by-hop and stops here.
+    pub websocket: bool,
     /// `[routes.coalesce]`: which requests share one upstream request.
     pub coalesce: CoalesceConfig,
 }
@@ -273,6 +278,7 @@ impl RouteConfig {
             first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             upstream_headers: Vec::new(),
+            websocket: false,
             coalesce: CoalesceConfig::default(),
         }
     }

@@ -63,6 +63,7 @@ pub(super) struct RawRoute {
     pub(super) first_byte_timeout: Option<RawDuration>,
     pub(super) idle_timeout: Option<RawDuration>,
     pub(super) upstream_headers: Option<BTreeMap<String, String>>,
+    pub(super) websocket: Option<bool>,
     pub(super) coalesce: Option<RawCoalesce>,
 }
 

@@ -325,6 +325,7 @@ fn route_config(i: usize, raw: RawRoute, problems: &mut Problems) -> Option<Rout
         upstream_client_cert,
         upstream_client_key,
         upstream_headers,
+        websocket: raw.websocket.unwrap_or(false),
         coalesce,
     })
 }

@@ -41,7 +41,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -92,6 +92,9 @@ pub struct Verdicts {
     reason: std::sync::OnceLock<Suspect>,
     /// Requests handed to the handler so far.
     dispatched: AtomicU64,
+    /// The connection became a tunnel (see [`crate::tunnel`]): what follows
+    /// is not HTTP and is no longer followed.
+    tunnelled: AtomicBool,
 }
 
 impl Default for Verdicts {
@@ -100,6 +103,7 @@ impl Default for Verdicts {
             first_suspect: AtomicU64::new(NONE),
             reason: std::sync::OnceLock::new(),
             dispatched: AtomicU64::new(0),
+            tunnelled: AtomicBool::new(false),
         }
     }
 }
@@ -118,6 +122,12 @@ impl Verdicts {
                 .copied()
                 .unwrap_or(Suspect::Malformed("malformed"))
         })
+    }
+
+    /// The connection's next bytes are a tunnel's: they pass unread. Called
+    /// before the `101` that lets the client send them is written.
+    pub fn tunnelled(&self) {
+        self.tunnelled.store(true, Ordering::Release);
     }
 
     fn suspect(&self, index: u64, reason: Suspect) {
@@ -173,6 +183,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
             }
             if this.reader.refused() {
                 return this.drain(cx);
+            }
+            if this.reader.tunnelled() {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
             let before = buf.filled().len();
             ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;

@@ -103,6 +103,13 @@ impl Reader {
         self.state == State::Refused
     }
 
+    /// Whether the connection became a tunnel: its bytes are not followed.
+    pub(super) fn tunnelled(&self) -> bool {
+        self.verdicts
+            .tunnelled
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Follows one read's bytes, and says which of them hyper gets.
     pub(super) fn feed(&mut self, bytes: &[u8]) -> Fed {
         let mut released = Vec::new();

@@ -1,7 +1,8 @@
 """The upstream of the browser check: a FastAPI app that streams chat
-completions and an EventSource feed over SSE, counts what reaches it and
-what is cancelled, and answers CORS for two page origins by echoing the
-caller's (`Vary: Origin`), as a production backend with an origin list does.
+completions and an EventSource feed over SSE, echoes WebSocket messages,
+counts what reaches it and what is cancelled, and answers CORS for two page
+origins by echoing the caller's (`Vary: Origin`), as a production backend
+with an origin list does.
 
     uvicorn backend:app --port PORT   (env PAGE_ORIGINS: comma-separated)
 """
@@ -10,7 +11,7 @@ import asyncio
 import json
 import os
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
@@ -28,6 +29,8 @@ stats = {
     "feeds": 0,
     "feeds_cancelled": 0,
     "last_event_ids": [],
+    "sockets": 0,
+    "sockets_closed": 0,
 }
 
 
@@ -83,3 +86,15 @@ async def feed(request: Request, count: int = 200):
             raise
 
     return StreamingResponse(events(), media_type="text/event-stream")
+
+
+@app.websocket("/ws")
+async def echo(socket: WebSocket):
+    """Sends back every text message, prefixed with "echo: "."""
+    stats["sockets"] += 1
+    await socket.accept()
+    try:
+        while True:
+            await socket.send_text("echo: " + await socket.receive_text())
+    except WebSocketDisconnect:
+        stats["sockets_closed"] += 1

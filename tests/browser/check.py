@@ -1,6 +1,7 @@
 """A real browser (Chromium, driven by Playwright) against chorus in front of
-a FastAPI backend (backend.py): what pages do with an LLM stream, over
-HTTP/1.1 (plain) and over HTTP/2 (TLS, a certificate made by openssl).
+a FastAPI backend (backend.py): what pages do with an LLM stream, and a
+WebSocket, over HTTP/1.1 (plain) and over HTTP/2 (TLS, a certificate made
+by openssl; the browser opens an HTTP/1.1 connection for the WebSocket).
 
     python check.py CHORUS_BINARY     (tests/browser/run.sh sets it all up)
 
@@ -58,6 +59,15 @@ ABORT = """async ({url, tag}) => {
 
 # An EventSource until it has `want` messages; it reconnects by itself when
 # the stream ends, sending the last id it saw.
+# A WebSocket through the gateway: three messages, their echoes, a close.
+SOCKET = """async ({url}) => new Promise((resolve, reject) => {
+  const socket = new WebSocket(url.replace(/^http/, "ws") + "/ws"), got = [];
+  socket.onopen = () => ["one", "two", "three"].forEach((m) => socket.send(m));
+  socket.onmessage = (e) => { got.push(e.data); if (got.length == 3) socket.close(1000); };
+  socket.onclose = (e) => resolve({got, code: e.code, clean: e.wasClean});
+  socket.onerror = () => reject(new Error("WebSocket error"));
+})"""
+
 FEED = """async ({url, count, want}) => new Promise((resolve) => {
   const source = new EventSource(url + "/feed?count=" + count), got = [];
   source.onmessage = (e) => {
@@ -225,6 +235,20 @@ async def scenarios(context, gateway, backend, admin, protocol):
         f"{results}, {chats} upstream requests",
     )
 
+    before, closed = stats()["sockets"], stats()["sockets_closed"]
+    try:
+        talk = await page.evaluate(SOCKET, {"url": gateway})
+    except Exception as error:
+        talk = {"got": str(error).splitlines()[0], "code": None, "clean": False}
+    ended = await until(lambda: stats()["sockets_closed"] > closed)
+    check(
+        "a WebSocket is tunnelled both ways and its close reaches the backend",
+        talk["got"] == ["echo: one", "echo: two", "echo: three"]
+        and talk["code"] == 1000 and talk["clean"]
+        and stats()["sockets"] - before == 1 and ended,
+        f"{talk}, backend closed {stats()['sockets_closed'] - closed}",
+    )
+
     metrics = lambda: urllib.request.urlopen(admin + "/metrics", timeout=5).read().decode()
     idle = lambda: all(
         line.endswith(" 0")
@@ -260,7 +284,7 @@ def gateway_config(tmp, name, port, admin_port, up_port, tls):
         f.write(
             server + f'[admin]\nlisten = "127.0.0.1:{admin_port}"\n'
             f'[[routes]]\nname = "llm"\npath_prefix = "/"\n'
-            f'upstream = "http://127.0.0.1:{up_port}"\n'
+            f'upstream = "http://127.0.0.1:{up_port}"\nwebsocket = true\n'
         )
     return path
 

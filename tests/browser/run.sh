@@ -7,7 +7,8 @@
 #   bash tests/browser/run.sh BINARY     # another chorus binary
 #
 # Installs what is missing on first run: Debian's `chromium` and `openssl`
-# (apt-get), and pinned Playwright, FastAPI and uvicorn from PyPI into a
+# (apt-get), and pinned Playwright, FastAPI, uvicorn and websockets (for
+# uvicorn's WebSocket support) from PyPI into a
 # virtualenv under target/ (CHORUS_TOOLS_DIR to move it). Playwright drives
 # the system Chromium (CHROMIUM to name another), so it downloads no browser.
 set -euo pipefail
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/../.."
 
 tools="${CHORUS_TOOLS_DIR:-$PWD/target/browser-tools}"
 venv="$tools/venv"
-requirements=(playwright==1.65.2 fastapi==0.165.0 uvicorn==0.54.0)
+requirements=(playwright==1.65.2 fastapi==0.165.0 uvicorn==0.54.0 websockets==17.4)
 
 say() { printf 'browser check: %s\n' "$*"; }
 fail() { printf 'browser check: FAILED: %s\n' "$*" >&2; exit 1; }

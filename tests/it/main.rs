@@ -18,3 +18,4 @@ mod memory;
 mod proxy;
 mod redaction;
 mod tls;
+mod tunnel;

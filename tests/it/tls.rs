@@ -4,7 +4,7 @@
 //! connection, one connection for a cold burst, refused streams, mutual
 //! TLS), with certificates made in the test.
 
-mod fixtures;
+pub(crate) mod fixtures;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

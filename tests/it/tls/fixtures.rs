@@ -4,8 +4,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -256,6 +256,8 @@ impl TlsClient {
 pub struct TlsUpstream {
     pub addr: SocketAddr,
     handshakes: Arc<AtomicU64>,
+    /// The protocol each handshake agreed on by ALPN.
+    agreed: Arc<Mutex<Vec<Option<Vec<u8>>>>>,
     task: JoinHandle<()>,
 }
 
@@ -292,14 +294,19 @@ impl TlsUpstream {
         let addr = listener.local_addr().unwrap();
         let handshakes = Arc::new(AtomicU64::new(0));
         let counted = Arc::clone(&handshakes);
+        let agreed = Arc::new(Mutex::new(Vec::new()));
+        let noted = Arc::clone(&agreed);
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
                 let counted = Arc::clone(&counted);
+                let noted = Arc::clone(&noted);
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                    noted.lock().unwrap().push(alpn);
                     counted.fetch_add(1, Ordering::SeqCst);
                     let Ok(mut plain) = TcpStream::connect(backend).await else {
                         return;
@@ -311,6 +318,7 @@ impl TlsUpstream {
         Self {
             addr,
             handshakes,
+            agreed,
             task,
         }
     }
@@ -323,6 +331,11 @@ impl TlsUpstream {
     /// TLS handshakes completed so far.
     pub fn handshakes(&self) -> u64 {
         self.handshakes.load(Ordering::SeqCst)
+    }
+
+    /// The protocol each handshake so far agreed on by ALPN, in order.
+    pub fn agreed(&self) -> Vec<Option<Vec<u8>>> {
+        self.agreed.lock().unwrap().clone()
     }
 }
 

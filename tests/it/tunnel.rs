@@ -1,0 +1,317 @@
+//! WebSocket handshakes on a route with `websocket = true`: the upstream
+//! gets the handshake, and after its `101` the connection is a tunnel of
+//! bytes both ways until a side closes, it falls silent, or the shutdown
+//! grace runs out. Without the key, `Upgrade` stops at the gateway.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::support::{Gateway, PATIENCE, one_route, read_to_close};
+use crate::tls::fixtures::{H2, HTTP11, Pki, TlsUpstream};
+
+const HANDSHAKE: &str = "GET /v1/realtime?model=m HTTP/1.1\r\n\
+    host: gateway.test\r\n\
+    connection: keep-alive, Upgrade\r\n\
+    upgrade: websocket\r\n\
+    sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+    sec-websocket-version: 13\r\n\
+    x-chorus-debug: 1\r\n\r\n";
+
+/// What the upstream answers a handshake with.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// `101`, then every byte echoed back until the gateway closes.
+    Echo,
+    /// `101`, one echo, then the upstream closes.
+    EchoOnceThenClose,
+    /// `403` with a body: the handshake refused.
+    Refuse,
+}
+
+/// What the test upstream saw.
+#[derive(Debug)]
+enum Seen {
+    /// A request head, lowercased.
+    Head(String),
+    /// The gateway closed the tunnel's connection.
+    Closed,
+}
+
+/// A raw TCP upstream that answers handshakes as `answer` says and reports
+/// what it sees.
+async fn upstream(answer: Answer) -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen, receiver) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let Some(head) = read_head(&mut stream).await else {
+                    return;
+                };
+                let _ = seen.send(Seen::Head(head.to_lowercase()));
+                let asked = head.to_lowercase().contains("upgrade: websocket");
+                if matches!(answer, Answer::Refuse) || !asked {
+                    let status = if asked {
+                        "403 Forbidden"
+                    } else {
+                        "426 Upgrade Required"
+                    };
+                    let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 2\r\n\r\nno");
+                    let _ = stream.write_all(reply.as_bytes()).await;
+                    return;
+                }
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\
+                          connection: Upgrade\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+                    )
+                    .await;
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(read) => {
+                            if stream.write_all(&buf[..read]).await.is_err() {
+                                break;
+                            }
+                            if matches!(answer, Answer::EchoOnceThenClose) {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = seen.send(Seen::Closed);
+            });
+        }
+    });
+    (addr, receiver)
+}
+
+/// Reads a message head (through its blank line) one byte at a time, so
+/// that nothing after it is taken.
+async fn read_head(stream: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tokio::time::timeout(PATIENCE, stream.read(&mut byte)).await {
+            Ok(Ok(1)) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    String::from_utf8(head).ok()
+}
+
+async fn next(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
+    tokio::time::timeout(PATIENCE, seen.recv())
+        .await
+        .expect("the upstream saw nothing")
+        .expect("the upstream stopped")
+}
+
+async fn gateway(upstream: SocketAddr, route_extra: &str) -> Gateway {
+    Gateway::start(&one_route(&format!("http://{upstream}"), route_extra)).await
+}
+
+/// Connects and sends the handshake; returns the connection and the
+/// response head, lowercased.
+async fn handshake(gateway: &Gateway) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream.write_all(HANDSHAKE.as_bytes()).await.unwrap();
+    let head = read_head(&mut stream).await.expect("no response head");
+    (stream, head.to_lowercase())
+}
+
+/// Sends `bytes` and reads the same number of bytes back.
+async fn round_trip(stream: &mut TcpStream, bytes: &[u8]) -> Vec<u8> {
+    stream.write_all(bytes).await.unwrap();
+    let mut back = vec![0u8; bytes.len()];
+    tokio::time::timeout(PATIENCE, stream.read_exact(&mut back))
+        .await
+        .expect("no echo in time")
+        .expect("the tunnel closed");
+    back
+}
+
+#[tokio::test]
+async fn a_websocket_handshake_becomes_a_tunnel_both_ways() {
+    let (addr, mut seen) = upstream(Answer::Echo).await;
+    let gateway = gateway(addr, "websocket = true").await;
+    let (mut client, head) = handshake(&gateway).await;
+
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    for line in [
+        "upgrade: websocket",
+        "connection: upgrade",
+        "sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=",
+        "x-chorus-role: bypass",
+    ] {
+        assert!(head.contains(line), "no {line:?} in\n{head}");
+    }
+    let Seen::Head(sent) = next(&mut seen).await else {
+        panic!("no handshake upstream")
+    };
+    assert!(
+        sent.starts_with("get /v1/realtime?model=m http/1.1"),
+        "{sent}"
+    );
+    for line in [
+        "upgrade: websocket",
+        "connection: upgrade",
+        "sec-websocket-key: dghlihnhbxbszsbub25jzq==",
+        "sec-websocket-version: 13",
+        "x-forwarded-for: 127.0.0.1",
+        "x-forwarded-host: gateway.test",
+    ] {
+        assert!(sent.contains(line), "no {line:?} upstream in\n{sent}");
+    }
+    assert!(!sent.contains("x-chorus-"), "{sent}");
+
+    assert_eq!(round_trip(&mut client, b"frame one").await, b"frame one");
+    let large: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(round_trip(&mut client, &large).await, large);
+    assert_eq!(
+        gateway
+            .metric("chorus_requests_total{route=\"llm\",role=\"bypass\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        gateway
+            .metric("chorus_upstream_requests_total{route=\"llm\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(gateway.metric("chorus_requests_active").await, 1.0);
+
+    // The client leaving closes the upstream's side.
+    drop(client);
+    assert!(matches!(next(&mut seen).await, Seen::Closed));
+    gateway
+        .wait_metric("chorus_requests_active", |v| v == 0.0)
+        .await;
+    assert_eq!(gateway.metric("chorus_connections_active").await, 0.0);
+}
+
+#[tokio::test]
+async fn the_upstream_closing_the_tunnel_closes_the_client() {
+    let (addr, _seen) = upstream(Answer::EchoOnceThenClose).await;
+    let gateway = gateway(addr, "websocket = true").await;
+    let (mut client, head) = handshake(&gateway).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+
+    assert_eq!(round_trip(&mut client, b"last words").await, b"last words");
+    let (closed, rest) = read_to_close(&mut client, Instant::now() + PATIENCE).await;
+    assert!(closed && rest.is_empty(), "closed {closed}, then {rest:?}");
+}
+
+#[tokio::test]
+async fn without_the_route_key_upgrade_stops_at_the_gateway() {
+    let (addr, mut seen) = upstream(Answer::Echo).await;
+    let gateway = gateway(addr, "").await;
+    let (_client, head) = handshake(&gateway).await;
+
+    assert!(head.starts_with("http/1.1 426"), "{head}");
+    let Seen::Head(sent) = next(&mut seen).await else {
+        panic!("no request upstream")
+    };
+    assert!(!sent.contains("upgrade"), "{sent}");
+}
+
+#[tokio::test]
+async fn a_refused_handshake_is_passed_on_and_the_connection_stays_http() {
+    let (addr, _seen) = upstream(Answer::Refuse).await;
+    let gateway = gateway(addr, "websocket = true").await;
+    let (mut client, head) = handshake(&gateway).await;
+    assert!(head.starts_with("http/1.1 403"), "{head}");
+    let mut body = [0u8; 2];
+    client.read_exact(&mut body).await.unwrap();
+    assert_eq!(&body, b"no");
+
+    // Still HTTP: the next request on the connection is answered.
+    client
+        .write_all(b"GET /next HTTP/1.1\r\nhost: gateway.test\r\n\r\n")
+        .await
+        .unwrap();
+    let next = read_head(&mut client).await.expect("no second answer");
+    assert!(next.starts_with("HTTP/1.1 426"), "{next}");
+}
+
+#[tokio::test]
+async fn a_silent_tunnel_is_closed_after_idle_timeout() {
+    let (addr, mut seen) = upstream(Answer::Echo).await;
+    let gateway = gateway(addr, "websocket = true\nidle_timeout = \"2s\"").await;
+    let (mut client, _) = handshake(&gateway).await;
+    let Seen::Head(_) = next(&mut seen).await else {
+        panic!("no handshake upstream")
+    };
+
+    // Traffic for longer than the timeout keeps it open...
+    let talking = Instant::now();
+    while talking.elapsed() < Duration::from_secs(3) {
+        assert_eq!(round_trip(&mut client, b"ping").await, b"ping");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // ...silence closes both sides.
+    let quiet = Instant::now();
+    let (closed, _) = read_to_close(&mut client, quiet + PATIENCE).await;
+    assert!(closed, "the silent tunnel stayed open");
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        quiet.elapsed()
+    );
+    assert!(matches!(next(&mut seen).await, Seen::Closed));
+}
+
+#[tokio::test]
+async fn a_tunnel_goes_on_while_draining_and_is_cut_when_the_grace_runs_out() {
+    let (addr, mut seen) = upstream(Answer::Echo).await;
+    let toml = one_route(&format!("http://{addr}"), "websocket = true");
+    let toml = toml.replace("shutdown_grace = \"5s\"", "shutdown_grace = \"2s\"");
+    let gateway = Gateway::start(&toml).await;
+    let (mut client, _) = handshake(&gateway).await;
+    assert_eq!(round_trip(&mut client, b"before").await, b"before");
+
+    let stopping = tokio::spawn(gateway.stop());
+    // Draining: the listener is closed, the tunnel still carries bytes.
+    let draining = Instant::now();
+    while draining.elapsed() < Duration::from_millis(500) {
+        assert_eq!(round_trip(&mut client, b"during").await, b"during");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (closed, _) = read_to_close(&mut client, Instant::now() + PATIENCE).await;
+    assert!(closed, "the tunnel outlived the shutdown grace");
+    assert!(matches!(next(&mut seen).await, Seen::Head(_)));
+    assert!(matches!(next(&mut seen).await, Seen::Closed));
+    let stopped = tokio::time::timeout(PATIENCE, stopping).await;
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
+}
+
+#[tokio::test]
+async fn an_https_upstream_offering_h2_gets_the_handshake_over_http1() {
+    let (addr, mut seen) = upstream(Answer::Echo).await;
+    let pki = Pki::new();
+    let leaf = pki.server("upstream", &["127.0.0.1"]);
+    // The upstream offers h2 first; a WebSocket handshake needs HTTP/1.1.
+    let tls = TlsUpstream::start(addr, &leaf, &[H2, HTTP11], None).await;
+    let extra = format!("websocket = true\nupstream_ca_file = {:?}", pki.ca);
+    let gateway = Gateway::start(&one_route(&tls.url(), &extra)).await;
+    let (mut client, head) = handshake(&gateway).await;
+
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(matches!(next(&mut seen).await, Seen::Head(_)));
+    assert_eq!(round_trip(&mut client, b"over tls").await, b"over tls");
+    // One connection, not agreed on h2 (offering no ALPN means HTTP/1.1).
+    let agreed = tls.agreed();
+    assert!(
+        agreed.len() == 1 && agreed[0].as_deref() != Some(H2),
+        "{agreed:?}"
+    );
+}
