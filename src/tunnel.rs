@@ -15,11 +15,8 @@
 //! with the connection, so it holds the connection's `max_connections` slot
 //! and is waited for (and cut) on shutdown like any stream in flight.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{CONNECTION, UPGRADE};
@@ -27,8 +24,8 @@ use http::{HeaderMap, HeaderValue, Method, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+use tokio_util::io::InspectReader;
 
 use crate::framing::Verdicts;
 
@@ -120,10 +117,22 @@ impl Tunnel {
                 return;
             }
         };
+        // Each side's reads are counted, and mark when the tunnel last
+        // heard a byte (milliseconds from its start).
         let started = Instant::now();
-        let heard = Arc::new(AtomicU64::new(0));
-        let mut client = Heard::new(TokioIo::new(client), started, &heard);
-        let mut upstream = Heard::new(TokioIo::new(upstream), started, &heard);
+        let heard = AtomicU64::new(0);
+        let (mut up, mut down) = (0u64, 0u64);
+        let mark = |count: &mut u64, bytes: &[u8]| {
+            *count += bytes.len() as u64;
+            let now = started.elapsed().as_millis();
+            heard.store(u64::try_from(now).unwrap_or(u64::MAX), Ordering::Relaxed);
+        };
+        let mut client = InspectReader::new(TokioIo::new(client), |bytes: &[u8]| {
+            mark(&mut up, bytes);
+        });
+        let mut upstream = InspectReader::new(TokioIo::new(upstream), |bytes: &[u8]| {
+            mark(&mut down, bytes);
+        });
         let mut copying = Box::pin(tokio::io::copy_bidirectional(&mut client, &mut upstream));
         let outcome = loop {
             let heard_at = heard.load(Ordering::Relaxed);
@@ -144,10 +153,11 @@ impl Tunnel {
             }
         };
         drop(copying);
+        drop((client, upstream));
         tracing::info!(
             route = &*route,
-            up = client.read,
-            down = upstream.read,
+            up,
+            down,
             ms = started.elapsed().as_secs_f64() * 1e3,
             outcome,
             "tunnel"
@@ -201,68 +211,6 @@ impl Pending {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Tunnel>> {
         self.tunnel.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Milliseconds from `start` to `at`.
-fn millis(start: Instant, at: Instant) -> u64 {
-    u64::try_from(at.saturating_duration_since(start).as_millis()).unwrap_or(u64::MAX)
-}
-
-/// A connection whose reads mark when the tunnel last heard a byte.
-struct Heard<T> {
-    io: T,
-    started: Instant,
-    heard: Arc<AtomicU64>,
-    /// Bytes read from it.
-    read: u64,
-}
-
-impl<T> Heard<T> {
-    fn new(io: T, started: Instant, heard: &Arc<AtomicU64>) -> Self {
-        Self {
-            io,
-            started,
-            heard: Arc::clone(heard),
-            read: 0,
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Heard<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        let read = buf.filled().len() - before;
-        if read > 0 {
-            this.read += read as u64;
-            let now = millis(this.started, Instant::now());
-            this.heard.store(now, Ordering::Relaxed);
-        }
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Heard<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 

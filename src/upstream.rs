@@ -116,11 +116,8 @@ impl Upstream {
         // once the head arrives, and a flight streams for far longer; inline,
         // its room would stay in every flight's pump for the whole stream.
         let sending = Box::pin(self.pool.send(request));
-        match tokio::time::timeout(self.first_byte_timeout, sending).await {
-            Ok(Ok((response, held))) => Ok(response.map(|body| self.body(body, Some(held)))),
-            Ok(Err(error)) => Err(error),
-            Err(_) => Err(GatewayError::FirstByteTimeout(self.first_byte_timeout)),
-        }
+        let (response, held) = self.first_byte(sending).await?;
+        Ok(response.map(|body| self.body(body, Some(held))))
     }
 
     /// Sends a WebSocket handshake on a connection of its own (see
@@ -129,12 +126,22 @@ impl Upstream {
         &self,
         request: Request<Full<Bytes>>,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
-        let sending = Box::pin(self.pool.upgrade(request));
-        match tokio::time::timeout(self.first_byte_timeout, sending).await {
-            Ok(Ok(response)) => Ok(response.map(|body| self.body(body, None))),
-            Ok(Err(error)) => Err(error),
-            Err(_) => Err(GatewayError::FirstByteTimeout(self.first_byte_timeout)),
-        }
+        let response = self
+            .first_byte(Box::pin(self.pool.upgrade(request)))
+            .await?;
+        Ok(response.map(|body| self.body(body, None)))
+    }
+
+    /// What `sending` gets, if the response head arrives within
+    /// `first_byte_timeout`.
+    async fn first_byte<T>(
+        &self,
+        sending: impl Future<Output = Result<T, GatewayError>>,
+    ) -> Result<T, GatewayError> {
+        let timeout = self.first_byte_timeout;
+        tokio::time::timeout(timeout, sending)
+            .await
+            .unwrap_or(Err(GatewayError::FirstByteTimeout(timeout)))
     }
 
     /// The body of a response, holding what it holds of its connection.
