@@ -1,15 +1,19 @@
 //! WebSocket handshakes on a route with `websocket = true`: the upstream
 //! gets the handshake, and after its `101` the connection is a tunnel of
 //! bytes both ways until a side closes, it falls silent, or the shutdown
-//! grace runs out. Without the key, `Upgrade` stops at the gateway.
+//! grace runs out; over TLS on either side too. Without the key, `Upgrade`
+//! stops at the gateway.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::ServerName;
+use rustls::version::TLS13;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
 
 use crate::support::{Gateway, PATIENCE, one_route, read_to_close};
 use crate::tls::fixtures::{H2, HTTP11, Pki, TlsUpstream};
@@ -96,7 +100,7 @@ async fn upstream(answer: Answer) -> (SocketAddr, mpsc::UnboundedReceiver<Seen>)
 
 /// Reads a message head (through its blank line) one byte at a time, so
 /// that nothing after it is taken.
-async fn read_head(stream: &mut TcpStream) -> Option<String> {
+async fn read_head(stream: &mut (impl AsyncRead + Unpin)) -> Option<String> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -129,7 +133,7 @@ async fn handshake(gateway: &Gateway) -> (TcpStream, String) {
 }
 
 /// Sends `bytes` and reads the same number of bytes back.
-async fn round_trip(stream: &mut TcpStream, bytes: &[u8]) -> Vec<u8> {
+async fn round_trip(stream: &mut (impl AsyncRead + AsyncWrite + Unpin), bytes: &[u8]) -> Vec<u8> {
     stream.write_all(bytes).await.unwrap();
     let mut back = vec![0u8; bytes.len()];
     tokio::time::timeout(PATIENCE, stream.read_exact(&mut back))
@@ -314,4 +318,30 @@ async fn an_https_upstream_offering_h2_gets_the_handshake_over_http1() {
         agreed.len() == 1 && agreed[0].as_deref() != Some(H2),
         "{agreed:?}"
     );
+}
+
+#[tokio::test]
+async fn tls_clients_with_or_without_alpn_get_their_tunnel() {
+    let (addr, _seen) = upstream(Answer::Echo).await;
+    let pki = Pki::new();
+    let leaf = pki.server("gateway", &["localhost"]);
+    let toml = format!(
+        "{}\n[server.tls]\ncert = {:?}\nkey = {:?}\n",
+        one_route(&format!("http://{addr}"), "websocket = true"),
+        leaf.cert,
+        leaf.key
+    );
+    let gateway = Gateway::start(&toml).await;
+    // With `http/1.1` the connection is known to be HTTP/1.1; without ALPN
+    // the gateway tells by the first bytes.
+    for alpn in [&[HTTP11][..], &[]] {
+        let tcp = TcpStream::connect(gateway.addr).await.unwrap();
+        let connector = TlsConnector::from(pki.client_config(alpn, &[&TLS13]));
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = connector.connect(name, tcp).await.unwrap();
+        client.write_all(HANDSHAKE.as_bytes()).await.unwrap();
+        let head = read_head(&mut client).await.expect("no response head");
+        assert!(head.starts_with("HTTP/1.1 101"), "ALPN {alpn:?}: {head}");
+        assert_eq!(round_trip(&mut client, b"sealed").await, b"sealed");
+    }
 }
