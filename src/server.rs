@@ -393,6 +393,7 @@ where
 enum Served<'a, I, S: HttpService<Incoming>> {
     /// HTTP/1.1, upgrades allowed.
     Http1(Pin<Box<http1::UpgradeableConnection<I, S>>>),
+    /// HTTP/2 (which has no `Upgrade`; RFC 8441's WebSockets are not offered).
     Http2(Pin<Box<auto::Connection<'a, I, S, TokioExecutor>>>),
     /// Told by hyper-util from the first bytes; upgrades allowed.
     Either(Pin<Box<auto::UpgradeableConnection<'a, I, S, TokioExecutor>>>),
@@ -408,6 +409,8 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    /// Drives the connection; ready when it has closed, or has been handed
+    /// over to a tunnel.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         match self {
             Self::Http1(connection) => connection.as_mut().poll(cx).map_err(Into::into),
@@ -416,6 +419,7 @@ where
         }
     }
 
+    /// Finishes the requests in progress, then closes.
     fn graceful_shutdown(&mut self) {
         match self {
             Self::Http1(connection) => connection.as_mut().graceful_shutdown(),
