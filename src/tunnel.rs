@@ -200,7 +200,7 @@ impl Pending {
     /// Keeps `tunnel` for the connection's task. From here on the bytes
     /// the client sends are the tunnel's, not requests.
     pub fn open(&self, tunnel: Tunnel) {
-        self.verdicts.tunnelled();
+        self.verdicts.mark_tunnelled();
         *self.lock() = Some(tunnel);
     }
 

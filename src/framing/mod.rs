@@ -126,7 +126,7 @@ impl Verdicts {
 
     /// The connection's next bytes are a tunnel's: they pass unread. Called
     /// before the `101` that lets the client send them is written.
-    pub fn tunnelled(&self) {
+    pub fn mark_tunnelled(&self) {
         self.tunnelled.store(true, Ordering::Release);
     }
 
