@@ -22,7 +22,7 @@ pub(crate) struct Tally {
 }
 
 /// Scenarios and their weights.
-const SCENARIOS: [(&str, u64); 9] = [
+const SCENARIOS: [(&str, u64); 11] = [
     ("herd", 24),
     ("distinct", 20),
     ("leave mid-body", 12),
@@ -32,6 +32,8 @@ const SCENARIOS: [(&str, u64); 9] = [
     ("upstream silent", 3),
     ("slow reader", 10),
     ("bypass", 10),
+    ("tunnel", 6),
+    ("tunnel silent", 1),
 ];
 
 fn chat(content: &str, mock: serde_json::Value) -> String {
@@ -264,6 +266,10 @@ async fn run(
                 Ending::Broken => Ok(()),
                 Ending::Clean(_) => Err("a broken stream ended cleanly".into()),
             }
+        }
+        "tunnel" | "tunnel silent" => {
+            let addr = base.trim_start_matches("http://");
+            crate::tunnel::run(addr, id, rng, scenario == "tunnel silent").await
         }
         other => Err(format!("unknown scenario {other}")),
     }

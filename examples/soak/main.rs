@@ -2,7 +2,8 @@
 //! processes, drives a bounded mixed load through the gateway — coalesced
 //! herds, distinct streams, clients leaving before the head and mid-body,
 //! upstream error statuses, streams that break or go silent, slow readers,
-//! bypass requests, over HTTP/1.1 and HTTP/2 — and samples the gateway's
+//! bypass requests, over HTTP/1.1 and HTTP/2, and WebSocket tunnels (to an
+//! echo upstream in this process) — and samples the gateway's
 //! RSS, open file descriptors, and active flights, subscribers, requests and
 //! connections from its admin `/metrics`.
 //!
@@ -37,6 +38,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 mod load;
+mod tunnel;
 mod verdict;
 
 use load::{Tally, worker};
@@ -144,6 +146,11 @@ fn spawn(chorus: &Path, args: &[&str], log: &Path) -> Result<Child, String> {
 async fn soak(args: Args) -> Result<bool, String> {
     std::fs::create_dir_all(&args.out).map_err(|e| e.to_string())?;
     let (mock, gateway, admin) = (free_port()?, free_port()?, free_port()?);
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let echo_addr = echo.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(tunnel::echo_upstream(echo));
     let config = format!(
         r#"[server]
 listen = "{gateway}"
@@ -162,6 +169,13 @@ idle_timeout = "2s"
 
 [routes.coalesce]
 linger = "200ms"
+
+[[routes]]
+name = "ws"
+path_prefix = "/ws"
+upstream = "http://{echo_addr}"
+websocket = true
+idle_timeout = "2s"
 "#
     );
     let config_path = args.out.join("chorus.toml");
