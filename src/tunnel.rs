@@ -34,8 +34,8 @@ const WEBSOCKET: &str = "websocket";
 
 /// Whether a request asks to switch its connection to WebSocket: an
 /// HTTP/1.1 `GET` with `websocket` among its `Upgrade` protocols and
-/// `upgrade` among its `Connection` options (RFC 6455 §4.1). Its `Upgrade`
-/// value is returned, to be sent on.
+/// `upgrade` among its `Connection` options (RFC 6455 §4.1), in any of
+/// their fields. The `Upgrade` field that names it is returned, to be sent on.
 pub fn websocket_upgrade(
     method: &Method,
     version: Version,
@@ -44,22 +44,26 @@ pub fn websocket_upgrade(
     if method != Method::GET || version != Version::HTTP_11 {
         return None;
     }
-    let upgrade = headers.get(UPGRADE)?;
-    (lists(Some(upgrade), WEBSOCKET) && lists(headers.get(CONNECTION), "upgrade"))
-        .then(|| upgrade.clone())
+    let connection_upgrade = headers
+        .get_all(CONNECTION)
+        .iter()
+        .any(|value| lists(value, "upgrade"));
+    let upgrade = headers
+        .get_all(UPGRADE)
+        .iter()
+        .find(|value| lists(value, WEBSOCKET))?;
+    connection_upgrade.then(|| upgrade.clone())
 }
 
 /// Whether a comma-separated header value lists `token` (case-insensitive;
 /// a protocol's `/version` suffix is ignored).
-fn lists(value: Option<&HeaderValue>, token: &str) -> bool {
-    value
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| {
-            value.split(',').any(|item| {
-                let name = item.split('/').next().unwrap_or_default();
-                name.trim().eq_ignore_ascii_case(token)
-            })
+fn lists(value: &HeaderValue, token: &str) -> bool {
+    value.to_str().is_ok_and(|value| {
+        value.split(',').any(|item| {
+            let name = item.split('/').next().unwrap_or_default();
+            name.trim().eq_ignore_ascii_case(token)
         })
+    })
 }
 
 /// Sets the upgrade headers again on one hop's message, after the
@@ -238,6 +242,15 @@ mod tests {
         ]);
         let upgrade = websocket_upgrade(&Method::GET, Version::HTTP_11, &asked);
         assert_eq!(upgrade, Some(HeaderValue::from_static("WebSocket")));
+    }
+
+    #[test]
+    fn the_tokens_may_be_in_any_of_their_fields() {
+        let mut asked = headers(&[("connection", "keep-alive"), ("upgrade", "h2c")]);
+        asked.append(CONNECTION, HeaderValue::from_static("Upgrade"));
+        asked.append(UPGRADE, HeaderValue::from_static("websocket/13"));
+        let upgrade = websocket_upgrade(&Method::GET, Version::HTTP_11, &asked);
+        assert_eq!(upgrade, Some(HeaderValue::from_static("websocket/13")));
     }
 
     #[test]
