@@ -15,7 +15,7 @@
 //!   ambiguous framings requests are smuggled with, and what hyper would.
 //! - [`proxy`]: the request handler: route, limits, body, coalesce or pass through.
 //! - [`route`]: the route table and its longest-prefix match.
-//! - [`tunnel`]: WebSocket handshakes passed on, and the byte tunnel after a `101`.
+//! - [`tunnel`]: WebSocket handshakes passed on (HTTP/1.1 and HTTP/2), and the byte tunnel after a `101`.
 //! - [`gather`]: small vectored writes sent as one plain write, both sides.
 //! - [`quiet`]: a future polled only when its own waker fired, for the rare
 //!   signals (drain, shutdown, idle) a busy task waits on.

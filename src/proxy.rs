@@ -26,7 +26,7 @@ use crate::headers::{self, ClientSide, X_CHORUS_ROLE};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::response::{AccessLog, ResponseBody, Source};
 use crate::route::{Route, RouteTable};
-use crate::tunnel::{self, Tunnel};
+use crate::tunnel::{self, Handshake, Nonce, Tunnel};
 use crate::upstream::UpstreamBody;
 
 /// An over-size body is still read and discarded up to this much, so the
@@ -77,8 +77,8 @@ type Answer = Response<Source>;
 pub struct ClientConnection {
     /// What the upstream is told about the client.
     pub client: ClientSide,
-    /// A tunnel the connection becomes once its last response is written.
-    pub tunnel: tunnel::Pending,
+    /// The WebSocket tunnels its requests open.
+    pub tunnels: tunnel::Tunnels,
 }
 
 impl Proxy {
@@ -98,6 +98,12 @@ impl Proxy {
             limits,
             shutdown,
         }
+    }
+
+    /// Whether any route allows WebSockets: HTTP/2 clients are then offered
+    /// RFC 8441's extended `CONNECT`.
+    pub fn websockets(&self) -> bool {
+        self.routes.websockets()
     }
 
     /// The open flights.
@@ -167,10 +173,18 @@ impl Proxy {
         };
         log.route(route.metrics.clone());
         if route.websocket
-            && let Some(upgrade) =
-                tunnel::websocket_upgrade(request.method(), request.version(), request.headers())
+            && let Some(handshake) = tunnel::handshake(&request)
         {
-            return Answered::Now(self.tunnel(route, request, upgrade, connection, log).await);
+            return Answered::Now(
+                self.tunnel(route, request, handshake, connection, log)
+                    .await,
+            );
+        }
+        if request.method() == Method::CONNECT {
+            // An HTTP/2 WebSocket (`check_head` let no other `CONNECT` by).
+            route.metrics.request(Role::Bypass);
+            let error = GatewayError::BadRequest("WebSockets are not enabled on this route");
+            return Answered::Now(refuse(error, Role::Bypass, log));
         }
 
         let client = &connection.client;
@@ -196,7 +210,7 @@ impl Proxy {
 
     /// Limits on the request head that hyper does not enforce exactly.
     fn check_head(&self, request: &Request<Incoming>) -> Result<(), GatewayError> {
-        if request.method() == Method::CONNECT {
+        if request.method() == Method::CONNECT && !tunnel::websocket_connect(request) {
             return Err(GatewayError::BadRequest("CONNECT is not supported"));
         }
         let limit = self.limits.max_header_bytes;
@@ -291,20 +305,34 @@ impl Proxy {
     }
 
     /// Passes a WebSocket handshake to the upstream on a connection of its
-    /// own; when the upstream switches protocols, the client gets the `101`
-    /// and the connection's task gets the tunnel (see [`crate::tunnel`]).
+    /// own; when the upstream switches protocols, the client is told yes and
+    /// the two sides become a tunnel (see [`crate::tunnel`]).
     async fn tunnel(
         &self,
         route: &Arc<Route>,
         mut request: Request<Incoming>,
-        upgrade: HeaderValue,
+        handshake: Handshake,
         connection: &ClientConnection,
         log: &mut AccessLog,
     ) -> Answer {
         route.metrics.request(Role::Bypass);
         let client_side = hyper::upgrade::on(&mut request);
         // A handshake has no body (RFC 6455 §4.1); one sent anyway is dropped.
-        let (parts, _) = request.into_parts();
+        let (mut parts, _) = request.into_parts();
+        // HTTP/2's handshake is sent on as HTTP/1.1's, with a key of our own.
+        let (upgrade, nonce) = match handshake {
+            Handshake::Upgrade(upgrade) => (upgrade, None),
+            Handshake::Connect => match Nonce::new() {
+                Some(nonce) => (HeaderValue::from_static("websocket"), Some(nonce)),
+                None => {
+                    let error = GatewayError::BadRequest("no randomness for a WebSocket key");
+                    return refuse(error, Role::Bypass, log);
+                }
+            },
+        };
+        if let Some(nonce) = &nonce {
+            nonce.ask(&mut parts);
+        }
         let mut upstream_request =
             match route
                 .upstream
@@ -319,23 +347,53 @@ impl Proxy {
             Ok(sent) => sent,
             Err(refused) => return refused,
         };
-        if let Some(upstream_side) = upstream_side {
-            let agreed = upstream_side.protocol.unwrap_or(upgrade);
-            tunnel::ask_upgrade(response.headers_mut(), agreed);
-            *response.body_mut() = Source::Full(None);
-            let idle = route.upstream.idle_timeout();
-            let active = &self.metrics.requests_active;
-            let tunnel = Tunnel::new(
-                Arc::clone(&route.name),
-                client_side,
-                upstream_side.on_upgrade,
-                idle,
-                active,
-            );
-            connection.tunnel.open(tunnel);
+        let Some(upstream_side) = upstream_side else {
+            if nonce.is_some() && response.status().is_success() {
+                // Over HTTP/2 any success would tell the client yes.
+                let why = format!(
+                    "the upstream answered the WebSocket handshake with {}, not 101",
+                    response.status()
+                );
+                return refuse(upstream_failed(why), Role::Bypass, log);
+            }
+            return response;
+        };
+        *response.body_mut() = Source::Full(None);
+        match &nonce {
+            None => {
+                let agreed = upstream_side.protocol.unwrap_or(upgrade);
+                tunnel::ask_upgrade(response.headers_mut(), agreed);
+            }
+            Some(nonce) => {
+                if !nonce.accepted(response.headers_mut()) {
+                    let why = "the upstream's Sec-WebSocket-Accept does not answer the key sent";
+                    return refuse(upstream_failed(why.into()), Role::Bypass, log);
+                }
+                *response.status_mut() = StatusCode::OK;
+                response.headers_mut().remove(CONTENT_LENGTH);
+                log.tunnelled(StatusCode::OK);
+            }
+        }
+        let tunnel = Tunnel::new(
+            Arc::clone(&route.name),
+            client_side,
+            upstream_side.on_upgrade,
+            route.upstream.idle_timeout(),
+            &self.metrics.requests_active,
+        );
+        if nonce.is_some() {
+            connection.tunnels.spawn(tunnel);
+        } else {
+            connection.tunnels.take_over(tunnel);
         }
         response
     }
+}
+
+/// An upstream that answered, but not as asked: a 502.
+fn upstream_failed(why: String) -> GatewayError {
+    let why: Box<dyn std::error::Error + Send + Sync> = why.into();
+    GatewayError::UpstreamFailed(Arc::from(why))
 }
 
 /// The upstream's side of a `101 Switching Protocols`.

@@ -125,6 +125,13 @@ impl AccessLog {
         };
     }
 
+    /// The response opened a tunnel (an HTTP/2 `200` to a WebSocket
+    /// `CONNECT`): complete with its head, which has `status`.
+    pub fn tunnelled(&mut self, status: StatusCode) {
+        self.status = Some(status);
+        self.progress = Progress::Complete;
+    }
+
     fn end(&mut self, progress: Progress) {
         self.progress = progress;
         self.upstream_open = false;

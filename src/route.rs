@@ -92,6 +92,11 @@ impl RouteTable {
             .iter()
             .find(|route| path.starts_with(&route.path_prefix))
     }
+
+    /// Whether any route allows WebSockets.
+    pub fn websockets(&self) -> bool {
+        self.routes.iter().any(|route| route.websocket)
+    }
 }
 
 #[cfg(test)]

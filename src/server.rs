@@ -55,7 +55,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{ClientConnection, Proxy};
 use crate::quiet::Quiet;
 use crate::tls::{self, Accepted};
-use crate::tunnel::Pending;
+use crate::tunnel::Tunnels;
 
 /// A TLS handshake must finish within this, or within `header_read_timeout`
 /// if that is shorter.
@@ -114,7 +114,7 @@ pub async fn serve(
     drain: CancellationToken,
     cut: CancellationToken,
 ) {
-    let builder = builder(config);
+    let builder = builder(config, proxy.websockets());
     let shared = Arc::new(Shared {
         http1: http1_builder(config),
         http2: builder.clone().http2_only(),
@@ -200,8 +200,9 @@ fn http1_builder(config: &ServerConfig) -> http1::Builder {
     http1
 }
 
-/// The HTTP/1.1 + HTTP/2 builder with the server's limits.
-fn builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
+/// The HTTP/1.1 + HTTP/2 builder with the server's limits; with
+/// `websockets`, HTTP/2 clients may open them (RFC 8441).
+fn builder(config: &ServerConfig, websockets: bool) -> auto::Builder<TokioExecutor> {
     let head_limit = max_head(config);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -215,6 +216,9 @@ fn builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .max_header_list_size(u32::try_from(head_limit).unwrap_or(u32::MAX))
         .keep_alive_interval(H2_KEEPALIVE)
         .keep_alive_timeout(H2_KEEPALIVE);
+    if websockets {
+        builder.http2().enable_connect_protocol();
+    }
     builder
 }
 
@@ -311,7 +315,7 @@ where
     // pointer to it (its futures wait long, and 10,000 of them at once).
     let client = Arc::new(ClientConnection {
         client: ClientSide::new(peer, shared.tls.is_some()),
-        tunnel: Pending::new(Arc::clone(&verdicts)),
+        tunnels: Tunnels::new(Arc::clone(&verdicts), Arc::clone(&activity)),
     });
     let handed_over = Arc::clone(&client);
     let service = service_fn(move |mut request: hyper::Request<Incoming>| {
@@ -384,7 +388,7 @@ where
     // hyper is done with the connection; if a handshake made it a tunnel,
     // the tunnel runs here, in the connection's task (see `tunnel`).
     drop(connection);
-    if let Some(tunnel) = handed_over.tunnel.take() {
+    if let Some(tunnel) = handed_over.tunnels.take() {
         tunnel.run().await;
     }
 }
@@ -393,7 +397,7 @@ where
 enum Served<'a, I, S: HttpService<Incoming>> {
     /// HTTP/1.1, upgrades allowed.
     Http1(Pin<Box<http1::UpgradeableConnection<I, S>>>),
-    /// HTTP/2 (which has no `Upgrade`; RFC 8441's WebSockets are not offered).
+    /// HTTP/2 (which has no `Upgrade`; WebSockets open streams of their own).
     Http2(Pin<Box<auto::Connection<'a, I, S, TokioExecutor>>>),
     /// Told by hyper-util from the first bytes; upgrades allowed.
     Either(Pin<Box<auto::UpgradeableConnection<'a, I, S, TokioExecutor>>>),

@@ -1,36 +1,86 @@
 //! WebSocket tunnels, on routes that allow them (`websocket = true`).
 //!
 //! `Upgrade` is hop-by-hop, so by default it stops at the gateway and the
-//! upstream sees a plain `GET`. On a route that allows WebSockets, an
-//! HTTP/1.1 `GET` asking to switch to `websocket` goes to the upstream on a
-//! connection of its own (never pooled, never coalesced: role `bypass`), with
-//! its `Upgrade` and `Connection: upgrade` set again for that hop. If the
-//! upstream answers `101 Switching Protocols`, the client gets the 101, and
-//! once hyper has let go of both connections they are joined as a tunnel
-//! that copies bytes both ways until either side closes, nothing moves for
-//! the route's `idle_timeout`, or the shutdown grace runs out. Any other
-//! answer is passed on as it is.
+//! upstream sees a plain `GET`. On a route that allows WebSockets, a client's
+//! handshake goes to the upstream on a connection of its own (never pooled,
+//! never coalesced: role `bypass`) as an HTTP/1.1 `GET` with `Upgrade:
+//! websocket` and `Connection: upgrade` set again for that hop. If the
+//! upstream answers `101 Switching Protocols`, the client is told yes, and
+//! once hyper has let go of both sides they are joined as a tunnel that
+//! copies bytes both ways until either side closes, nothing moves for the
+//! route's `idle_timeout`, or the shutdown grace runs out. Any other answer
+//! is passed on as it is.
 //!
-//! The tunnel runs in the client connection's own task, after hyper is done
-//! with the connection, so it holds the connection's `max_connections` slot
-//! and is waited for (and cut) on shutdown like any stream in flight.
+//! A client asks in one of two ways:
+//! - HTTP/1.1 (RFC 6455): a `GET` with `Upgrade: websocket`. It gets the
+//!   `101`, and its connection becomes the tunnel, run in the connection's
+//!   own task after hyper is done with it: it holds the connection's
+//!   `max_connections` slot and is waited for (and cut) on shutdown like any
+//!   stream in flight.
+//! - HTTP/2 (RFC 8441): a `CONNECT` with `:protocol` `websocket`, offered
+//!   (`SETTINGS_ENABLE_CONNECT_PROTOCOL`) when a route allows WebSockets. It
+//!   has no `Sec-WebSocket-Key`, so the gateway makes one up for the upstream
+//!   and checks the `101`'s `Sec-WebSocket-Accept` against it; the client
+//!   gets a `200`, and that one stream becomes the tunnel, in a task of its
+//!   own. The stream keeps its connection open (and counted as busy) while
+//!   it lasts, and dies with it when the shutdown grace runs out. A
+//!   non-`101` success from the upstream would read as a yes over HTTP/2, so
+//!   it is a 502 instead.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use http::header::{CONNECTION, UPGRADE};
-use http::{HeaderMap, HeaderValue, Method, Version};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use http::header::{
+    CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
+};
+use http::{HeaderMap, HeaderValue, Method, Request, Version};
+use hyper::ext::Protocol;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tokio_util::io::InspectReader;
 
+use crate::activity::Activity;
 use crate::framing::Verdicts;
 
 /// The protocol token a tunnel is opened for.
 const WEBSOCKET: &str = "websocket";
+/// What a `Sec-WebSocket-Key` is hashed with for its accept (RFC 6455 §1.3).
+const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// How a client asks for a WebSocket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handshake {
+    /// RFC 6455: an HTTP/1.1 `GET` asking to switch its connection; the
+    /// `Upgrade` field that names `websocket`, to be sent on.
+    Upgrade(HeaderValue),
+    /// RFC 8441: an HTTP/2 `CONNECT` with `:protocol` `websocket`.
+    Connect,
+}
+
+/// How `request` asks for a WebSocket, if it does.
+pub fn handshake<B>(request: &Request<B>) -> Option<Handshake> {
+    if websocket_connect(request) {
+        return Some(Handshake::Connect);
+    }
+    websocket_upgrade(request.method(), request.version(), request.headers())
+        .map(Handshake::Upgrade)
+}
+
+/// Whether a request is an HTTP/2 extended `CONNECT` for `websocket`.
+pub fn websocket_connect<B>(request: &Request<B>) -> bool {
+    request.method() == Method::CONNECT
+        && request.version() == Version::HTTP_2
+        && request
+            .extensions()
+            .get::<Protocol>()
+            .is_some_and(|protocol| protocol.as_str().eq_ignore_ascii_case(WEBSOCKET))
+}
 
 /// Whether a request asks to switch its connection to WebSocket: an
 /// HTTP/1.1 `GET` with `websocket` among its `Upgrade` protocols and
@@ -71,6 +121,56 @@ fn lists(value: &HeaderValue, token: &str) -> bool {
 pub fn ask_upgrade(headers: &mut HeaderMap, upgrade: HeaderValue) {
     headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(UPGRADE, upgrade);
+}
+
+/// The `Sec-WebSocket-Key` the gateway makes up to pass an RFC 8441
+/// handshake on as an RFC 6455 one, and the accept it expects back.
+pub struct Nonce {
+    key: HeaderValue,
+    accept: String,
+}
+
+impl Nonce {
+    /// A fresh random key; `None` only if the system has no randomness.
+    pub fn new() -> Option<Self> {
+        use ring::rand::{SecureRandom, SystemRandom};
+        let mut raw = [0u8; 16];
+        SystemRandom::new().fill(&mut raw).ok()?;
+        let key = BASE64.encode(raw);
+        let accept = accept_for(&key);
+        Some(Self {
+            key: HeaderValue::from_str(&key).ok()?,
+            accept,
+        })
+    }
+
+    /// Turns a client's `CONNECT` into the `GET` an HTTP/1.1 upstream
+    /// expects, with this key (the `Upgrade` fields are set by [`ask_upgrade`]).
+    pub fn ask(&self, parts: &mut http::request::Parts) {
+        parts.method = Method::GET;
+        parts.headers.insert(SEC_WEBSOCKET_KEY, self.key.clone());
+        parts
+            .headers
+            .entry(SEC_WEBSOCKET_VERSION)
+            .or_insert(HeaderValue::from_static("13"));
+    }
+
+    /// Whether an upstream's `101` carries this key's accept; the accept is
+    /// taken out (an HTTP/2 client has no key to check it against).
+    pub fn accepted(&self, headers: &mut HeaderMap) -> bool {
+        headers
+            .remove(SEC_WEBSOCKET_ACCEPT)
+            .is_some_and(|accept| accept.as_bytes() == self.accept.as_bytes())
+    }
+}
+
+/// The `Sec-WebSocket-Accept` that answers `key` (RFC 6455 §4.2.2).
+pub fn accept_for(key: &str) -> String {
+    use ring::digest::{Context, SHA1_FOR_LEGACY_USE_ONLY};
+    let mut sha1 = Context::new(&SHA1_FOR_LEGACY_USE_ONLY);
+    sha1.update(key.as_bytes());
+    sha1.update(ACCEPT_GUID);
+    BASE64.encode(sha1.finish())
 }
 
 /// A tunnel both sides agreed to, waiting for hyper to hand over their
@@ -131,19 +231,39 @@ impl Tunnel {
             let now = started.elapsed().as_millis();
             heard.store(u64::try_from(now).unwrap_or(u64::MAX), Ordering::Relaxed);
         };
-        let mut client = InspectReader::new(TokioIo::new(client), |bytes: &[u8]| {
+        let (client_reads, mut client_writes) = tokio::io::split(TokioIo::new(client));
+        let (upstream_reads, mut upstream_writes) = tokio::io::split(TokioIo::new(upstream));
+        let mut client_reads = InspectReader::new(client_reads, |bytes: &[u8]| {
             mark(&mut up, bytes);
         });
-        let mut upstream = InspectReader::new(TokioIo::new(upstream), |bytes: &[u8]| {
+        let mut upstream_reads = InspectReader::new(upstream_reads, |bytes: &[u8]| {
             mark(&mut down, bytes);
         });
-        let mut copying = Box::pin(tokio::io::copy_bidirectional(&mut client, &mut upstream));
+        let to_client = async {
+            tokio::io::copy(&mut upstream_reads, &mut client_writes).await?;
+            client_writes.shutdown().await
+        };
+        let to_upstream = async {
+            tokio::io::copy(&mut client_reads, &mut upstream_writes).await?;
+            upstream_writes.shutdown().await
+        };
+        // The upstream has the last word: once it has closed, the tunnel is
+        // over (a WebSocket's closing handshake is done by then), even if an
+        // HTTP/2 client leaves its stream half open. A client that closes
+        // first only closes the upstream's side; its answer still flows.
+        let mut copying = Box::pin(async {
+            tokio::pin!(to_client, to_upstream);
+            tokio::select! {
+                done = &mut to_client => done,
+                Err(error) = &mut to_upstream => Err(error),
+            }
+        });
         let outcome = loop {
             let heard_at = heard.load(Ordering::Relaxed);
             let silent_until = started + Duration::from_millis(heard_at) + idle;
             tokio::select! {
                 copied = copying.as_mut() => break match copied {
-                    Ok(_) => "closed",
+                    Ok(()) => "closed",
                     Err(error) => {
                         tracing::debug!(%error, "WebSocket tunnel broke");
                         "broken"
@@ -157,7 +277,6 @@ impl Tunnel {
             }
         };
         drop(copying);
-        drop((client, upstream));
         tracing::info!(
             route = &*route,
             up,
@@ -185,36 +304,53 @@ impl Drop for Counted {
     }
 }
 
-/// The tunnel a connection's handler agreed to, if any; the connection's
-/// task takes it once hyper is done with the connection.
-pub struct Pending {
-    tunnel: Mutex<Option<Tunnel>>,
+/// The tunnels a client connection's requests open.
+pub struct Tunnels {
+    /// An HTTP/1.1 connection's, which is the connection itself: its task
+    /// takes it once hyper is done with the connection.
+    connection: Mutex<Option<Tunnel>>,
     /// The connection's framing reader, told to stop following requests.
     verdicts: Arc<Verdicts>,
+    /// The connection's requests, among which an HTTP/2 stream's tunnel counts.
+    activity: Arc<Activity>,
 }
 
-impl Pending {
-    pub fn new(verdicts: Arc<Verdicts>) -> Self {
+impl Tunnels {
+    pub fn new(verdicts: Arc<Verdicts>, activity: Arc<Activity>) -> Self {
         Self {
-            tunnel: Mutex::new(None),
+            connection: Mutex::new(None),
             verdicts,
+            activity,
         }
     }
 
-    /// Keeps `tunnel` for the connection's task. From here on the bytes
-    /// the client sends are the tunnel's, not requests.
-    pub fn open(&self, tunnel: Tunnel) {
+    /// HTTP/1.1: keeps `tunnel` for the connection's task. From here on the
+    /// bytes the client sends are the tunnel's, not requests.
+    pub fn take_over(&self, tunnel: Tunnel) {
         self.verdicts.mark_tunnelled();
         *self.lock() = Some(tunnel);
     }
 
-    /// The tunnel to run, if one was agreed to.
+    /// HTTP/2: runs `tunnel`, one stream of the connection, in a task of its
+    /// own, counted as a request in progress on the connection so that it
+    /// is not closed as idle.
+    pub fn spawn(&self, tunnel: Tunnel) {
+        let busy = self.activity.start();
+        tokio::spawn(async move {
+            tunnel.run().await;
+            busy.finish();
+        });
+    }
+
+    /// The connection's tunnel to run, if a handshake made it one.
     pub fn take(&self) -> Option<Tunnel> {
         self.lock().take()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Tunnel>> {
-        self.tunnel.lock().unwrap_or_else(PoisonError::into_inner)
+        self.connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -268,6 +404,72 @@ mod tests {
         for (method, version, headers) in cases {
             assert_eq!(websocket_upgrade(&method, version, headers), None);
         }
+    }
+
+    fn request(method: Method, version: Version, protocol: Option<&'static str>) -> Request<()> {
+        let mut request = Request::builder()
+            .method(method)
+            .version(version)
+            .body(())
+            .unwrap();
+        if let Some(protocol) = protocol {
+            request
+                .extensions_mut()
+                .insert(Protocol::from_static(protocol));
+        }
+        request
+    }
+
+    #[test]
+    fn an_http2_connect_for_websocket_is_a_handshake() {
+        let connect = request(Method::CONNECT, Version::HTTP_2, Some("websocket"));
+        assert_eq!(handshake(&connect), Some(Handshake::Connect));
+        for other in [
+            request(Method::CONNECT, Version::HTTP_2, None),
+            request(Method::CONNECT, Version::HTTP_2, Some("connect-udp")),
+            request(Method::CONNECT, Version::HTTP_11, Some("websocket")),
+            request(Method::GET, Version::HTTP_2, Some("websocket")),
+        ] {
+            assert_eq!(handshake(&other), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn the_accept_is_rfc_6455s() {
+        // The example in RFC 6455 §1.3.
+        assert_eq!(
+            accept_for("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn a_nonce_turns_connect_into_get_and_checks_its_accept() {
+        let nonce = Nonce::new().unwrap();
+        let other = Nonce::new().unwrap();
+        assert_ne!(nonce.key, other.key);
+        let (mut parts, ()) =
+            request(Method::CONNECT, Version::HTTP_2, Some("websocket")).into_parts();
+        nonce.ask(&mut parts);
+        assert_eq!(parts.method, Method::GET);
+        assert_eq!(parts.headers[SEC_WEBSOCKET_VERSION], "13");
+        let key = parts.headers[SEC_WEBSOCKET_KEY].to_str().unwrap();
+        assert_eq!(BASE64.decode(key).unwrap().len(), 16);
+
+        let mut answer = HeaderMap::new();
+        answer.insert(
+            SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_str(&accept_for(key)).unwrap(),
+        );
+        assert!(nonce.accepted(&mut answer));
+        assert!(answer.is_empty());
+        let mut wrong = HeaderMap::new();
+        wrong.insert(
+            SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_str(&other.accept).unwrap(),
+        );
+        assert!(!nonce.accepted(&mut wrong));
+        assert!(!nonce.accepted(&mut HeaderMap::new()));
     }
 
     #[test]

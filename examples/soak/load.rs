@@ -22,7 +22,7 @@ pub(crate) struct Tally {
 }
 
 /// Scenarios and their weights.
-const SCENARIOS: [(&str, u64); 11] = [
+const SCENARIOS: [(&str, u64); 12] = [
     ("herd", 24),
     ("distinct", 20),
     ("leave mid-body", 12),
@@ -33,6 +33,7 @@ const SCENARIOS: [(&str, u64); 11] = [
     ("slow reader", 10),
     ("bypass", 10),
     ("tunnel", 6),
+    ("tunnel h2", 4),
     ("tunnel silent", 1),
 ];
 
@@ -270,6 +271,10 @@ async fn run(
         "tunnel" | "tunnel silent" => {
             let addr = base.trim_start_matches("http://");
             crate::tunnel::run(addr, id, rng, scenario == "tunnel silent").await
+        }
+        "tunnel h2" => {
+            let addr = base.trim_start_matches("http://");
+            crate::tunnel::run_h2(addr, id, rng).await
         }
         other => Err(format!("unknown scenario {other}")),
     }

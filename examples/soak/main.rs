@@ -2,8 +2,8 @@
 //! processes, drives a bounded mixed load through the gateway — coalesced
 //! herds, distinct streams, clients leaving before the head and mid-body,
 //! upstream error statuses, streams that break or go silent, slow readers,
-//! bypass requests, over HTTP/1.1 and HTTP/2, and WebSocket tunnels (to an
-//! echo upstream in this process) — and samples the gateway's
+//! bypass requests, over HTTP/1.1 and HTTP/2, and WebSocket tunnels over both
+//! (to an echo upstream in this process) — and samples the gateway's
 //! RSS, open file descriptors, and active flights, subscribers, requests and
 //! connections from its admin `/metrics`.
 //!

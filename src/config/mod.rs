@@ -172,9 +172,10 @@ pub struct RouteConfig {
     /// Default: none.
     pub upstream_headers: Vec<(HeaderName, HeaderValue)>,
     /// `websocket`: pass WebSocket handshakes (an HTTP/1.1 `GET` with
-    /// `Upgrade: websocket`) to the upstream and, when it agrees, tunnel
-    /// the connection both ways; `idle_timeout` then bounds silence in both
-    /// directions. Default `false`: `Upgrade` is hop-by-hop and stops here.
+    /// `Upgrade: websocket`, or an HTTP/2 extended `CONNECT`) to the
+    /// upstream and, when it agrees, tunnel both ways; `idle_timeout` then
+    /// bounds silence in both directions. Default `false`: `Upgrade` is
+    /// hop-by-hop and stops here.
     pub websocket: bool,
     /// `[routes.coalesce]`: which requests share one upstream request.
     pub coalesce: CoalesceConfig,

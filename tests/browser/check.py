@@ -1,7 +1,8 @@
 """A real browser (Chromium, driven by Playwright) against chorus in front of
 a FastAPI backend (backend.py): what pages do with an LLM stream, and a
 WebSocket, over HTTP/1.1 (plain) and over HTTP/2 (TLS, a certificate made
-by openssl; the browser opens an HTTP/1.1 connection for the WebSocket).
+by openssl; the WebSocket is then a stream of the page's HTTP/2 connection,
+RFC 8441).
 
     python check.py CHORUS_BINARY     (tests/browser/run.sh sets it all up)
 
@@ -111,7 +112,7 @@ async def until(predicate, timeout=10):
     return predicate()
 
 
-async def scenarios(context, gateway, backend, admin, protocol):
+async def scenarios(context, gateway, backend, admin, protocol, log):
     """Every check against one gateway, whose pages must reach it by `protocol`."""
     stats = lambda: get_json(backend + "/stats")
     failures = []
@@ -241,12 +242,19 @@ async def scenarios(context, gateway, backend, admin, protocol):
     except Exception as error:
         talk = {"got": str(error).splitlines()[0], "code": None, "clean": False}
     ended = await until(lambda: stats()["sockets_closed"] > closed)
+    # The gateway's access log names the handshake: HTTP/1.1's GET, or
+    # HTTP/2's extended CONNECT.
+    method = "CONNECT" if protocol == "h2" else "GET"
+    with open(log) as lines:
+        handshakes = [l for l in lines if 'path="/ws"' in l and "role=" in l]
     check(
         "a WebSocket is tunnelled both ways and its close reaches the backend",
         talk["got"] == ["echo: one", "echo: two", "echo: three"]
         and talk["code"] == 1000 and talk["clean"]
-        and stats()["sockets"] - before == 1 and ended,
-        f"{talk}, backend closed {stats()['sockets_closed'] - closed}",
+        and stats()["sockets"] - before == 1 and ended
+        and len(handshakes) == 1 and f"method={method} " in handshakes[0],
+        f"{talk}, backend closed {stats()['sockets_closed'] - closed}, "
+        f"handshake {[l.split('method=')[-1].split(' role')[0] for l in handshakes]}",
     )
 
     metrics = lambda: urllib.request.urlopen(admin + "/metrics", timeout=5).read().decode()
@@ -260,16 +268,16 @@ async def scenarios(context, gateway, backend, admin, protocol):
 
 
 async def browse(gateways, backend):
-    """Runs the scenarios against each (base URL, admin URL, protocol)."""
+    """Runs the scenarios against each (base URL, admin URL, protocol, log file)."""
     failures = []
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
             executable_path=CHROMIUM, args=["--no-sandbox"]
         )
-        for gateway, admin, protocol in gateways:
+        for gateway, admin, protocol, log in gateways:
             # The TLS gateway's certificate is self-signed.
             context = await browser.new_context(ignore_https_errors=True)
-            failures += await scenarios(context, gateway, backend, admin, protocol)
+            failures += await scenarios(context, gateway, backend, admin, protocol, log)
             await context.close()
         await browser.close()
     return failures
@@ -302,6 +310,7 @@ def main():
             check=True, capture_output=True,
         )
         quiet = {"stdout": subprocess.DEVNULL, "stderr": open(os.path.join(tmp, "logs"), "w")}
+        logs = {name: os.path.join(tmp, name + ".log") for name in ("plain", "tls")}
         backend = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "backend:app", "--port", str(up_port), "--log-level", "warning"],
             cwd=HERE, env={**os.environ, "PAGE_ORIGINS": origins}, **quiet,
@@ -310,8 +319,11 @@ def main():
         try:
             for name, port, admin, is_tls in (("plain", plain, plain_admin, False), ("tls", tls, tls_admin, True)):
                 config = gateway_config(tmp, name, port, admin, up_port, is_tls)
+                # Warnings, and the access log (one line per request).
                 gateway = subprocess.Popen(
-                    [chorus, "--config", config], env={**os.environ, "RUST_LOG": "warn"}, **quiet
+                    [chorus, "--config", config],
+                    env={**os.environ, "RUST_LOG": "warn,chorus::response=info"},
+                    stdout=subprocess.DEVNULL, stderr=open(logs[name], "w"),
                 )
                 processes.append(gateway)
                 wait_for_port(port, gateway, f"chorus ({name})")
@@ -319,8 +331,10 @@ def main():
             failures = asyncio.run(
                 browse(
                     [
-                        (f"http://127.0.0.1:{plain}", f"http://127.0.0.1:{plain_admin}", "http/1.1"),
-                        (f"https://127.0.0.1:{tls}", f"http://127.0.0.1:{tls_admin}", "h2"),
+                        (f"http://127.0.0.1:{plain}", f"http://127.0.0.1:{plain_admin}",
+                         "http/1.1", logs["plain"]),
+                        (f"https://127.0.0.1:{tls}", f"http://127.0.0.1:{tls_admin}",
+                         "h2", logs["tls"]),
                     ],
                     f"http://127.0.0.1:{up_port}",
                 )
@@ -330,8 +344,9 @@ def main():
                 process.terminate()
                 process.wait(timeout=30)
         if failures:
-            with open(os.path.join(tmp, "logs")) as logs:
-                sys.stderr.write(logs.read()[-4000:])
+            for path in (os.path.join(tmp, "logs"), *logs.values()):
+                with open(path) as lines:
+                    sys.stderr.write(lines.read()[-4000:])
             sys.exit(f"browser check: {len(failures)} failed: {', '.join(failures)}")
     print("browser check: all passed")
 

@@ -19,3 +19,4 @@ mod proxy;
 mod redaction;
 mod tls;
 mod tunnel;
+mod tunnel_h2;

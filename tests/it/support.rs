@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -318,7 +318,10 @@ pub fn events(body: &[u8]) -> Vec<String> {
 
 /// Reads `stream` until the peer closes it (an end of stream or an error)
 /// or `deadline` passes: whether it closed in time, and every byte read.
-pub async fn read_to_close(stream: &mut TcpStream, deadline: Instant) -> (bool, Vec<u8>) {
+pub async fn read_to_close(
+    stream: &mut (impl AsyncRead + Unpin),
+    deadline: Instant,
+) -> (bool, Vec<u8>) {
     let mut received = Vec::new();
     let closed = tokio::time::timeout_at(deadline, async {
         let mut buf = [0u8; 8192];

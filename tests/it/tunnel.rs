@@ -28,18 +28,22 @@ const HANDSHAKE: &str = "GET /v1/realtime?model=m HTTP/1.1\r\n\
 
 /// What the upstream answers a handshake with.
 #[derive(Clone, Copy)]
-enum Answer {
+pub(crate) enum Answer {
     /// `101`, then every byte echoed back until the gateway closes.
     Echo,
     /// `101`, one echo, then the upstream closes.
     EchoOnceThenClose,
     /// `403` with a body: the handshake refused.
     Refuse,
+    /// `200` with a body: the handshake not understood.
+    Ignore,
+    /// `101` with an accept that answers some other key.
+    WrongAccept,
 }
 
 /// What the test upstream saw.
 #[derive(Debug)]
-enum Seen {
+pub(crate) enum Seen {
     /// A request head, lowercased.
     Head(String),
     /// The gateway closed the tunnel's connection.
@@ -48,7 +52,7 @@ enum Seen {
 
 /// A raw TCP upstream that answers handshakes as `answer` says and reports
 /// what it sees.
-async fn upstream(answer: Answer) -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
+pub(crate) async fn upstream(answer: Answer) -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (seen, receiver) = mpsc::unbounded_channel();
@@ -61,22 +65,27 @@ async fn upstream(answer: Answer) -> (SocketAddr, mpsc::UnboundedReceiver<Seen>)
                 };
                 let _ = seen.send(Seen::Head(head.to_lowercase()));
                 let asked = head.to_lowercase().contains("upgrade: websocket");
-                if matches!(answer, Answer::Refuse) || !asked {
-                    let status = if asked {
-                        "403 Forbidden"
-                    } else {
-                        "426 Upgrade Required"
-                    };
+                let refusal = match answer {
+                    _ if !asked => Some("426 Upgrade Required"),
+                    Answer::Refuse => Some("403 Forbidden"),
+                    Answer::Ignore => Some("200 OK"),
+                    _ => None,
+                };
+                if let Some(status) = refusal {
                     let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 2\r\n\r\nno");
                     let _ = stream.write_all(reply.as_bytes()).await;
                     return;
                 }
-                let _ = stream
-                    .write_all(
-                        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\
-                          connection: Upgrade\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
-                    )
-                    .await;
+                let key = match answer {
+                    Answer::WrongAccept => "dGhlIHNhbXBsZSBub25jZQ==",
+                    _ => key_of(&head),
+                };
+                let reply = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\
+                     connection: Upgrade\r\nsec-websocket-accept: {}\r\n\r\n",
+                    chorus::tunnel::accept_for(key)
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
                 let mut buf = vec![0u8; 64 * 1024];
                 loop {
                     match stream.read(&mut buf).await {
@@ -98,9 +107,20 @@ async fn upstream(answer: Answer) -> (SocketAddr, mpsc::UnboundedReceiver<Seen>)
     (addr, receiver)
 }
 
+/// The `Sec-WebSocket-Key` of a handshake's head ("" without one).
+fn key_of(head: &str) -> &str {
+    head.lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("sec-websocket-key")
+                .then_some(value.trim())
+        })
+        .unwrap_or_default()
+}
+
 /// Reads a message head (through its blank line) one byte at a time, so
 /// that nothing after it is taken.
-async fn read_head(stream: &mut (impl AsyncRead + Unpin)) -> Option<String> {
+pub(crate) async fn read_head(stream: &mut (impl AsyncRead + Unpin)) -> Option<String> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -112,7 +132,7 @@ async fn read_head(stream: &mut (impl AsyncRead + Unpin)) -> Option<String> {
     String::from_utf8(head).ok()
 }
 
-async fn next(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
+pub(crate) async fn next(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
     tokio::time::timeout(PATIENCE, seen.recv())
         .await
         .expect("the upstream saw nothing")
@@ -133,7 +153,10 @@ async fn handshake(gateway: &Gateway) -> (TcpStream, String) {
 }
 
 /// Sends `bytes` and reads the same number of bytes back.
-async fn round_trip(stream: &mut (impl AsyncRead + AsyncWrite + Unpin), bytes: &[u8]) -> Vec<u8> {
+pub(crate) async fn round_trip(
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    bytes: &[u8],
+) -> Vec<u8> {
     stream.write_all(bytes).await.unwrap();
     let mut back = vec![0u8; bytes.len()];
     tokio::time::timeout(PATIENCE, stream.read_exact(&mut back))
