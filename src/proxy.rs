@@ -322,13 +322,7 @@ impl Proxy {
         // HTTP/2's handshake is sent on as HTTP/1.1's, with a key of our own.
         let (upgrade, nonce) = match handshake {
             Handshake::Upgrade(upgrade) => (upgrade, None),
-            Handshake::Connect => match Nonce::new() {
-                Some(nonce) => (HeaderValue::from_static("websocket"), Some(nonce)),
-                None => {
-                    let error = GatewayError::BadRequest("no randomness for a WebSocket key");
-                    return refuse(error, Role::Bypass, log);
-                }
-            },
+            Handshake::Connect => (HeaderValue::from_static("websocket"), Some(Nonce::random())),
         };
         if let Some(nonce) = &nonce {
             nonce.ask(&mut parts);
