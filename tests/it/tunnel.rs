@@ -166,6 +166,69 @@ pub(crate) async fn round_trip(
     back
 }
 
+/// Round trips on `tunnel` every `pause` for `span`: it must stay open.
+pub(crate) async fn keep_talking(
+    tunnel: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    span: Duration,
+    pause: Duration,
+) {
+    let talking = Instant::now();
+    while talking.elapsed() < span {
+        assert_eq!(round_trip(tunnel, b"ping").await, b"ping");
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Stops `gateway` (its shutdown grace 2 s) with `tunnel` open: bytes flow
+/// while it drains, the tunnel is cut when the grace runs out, and the
+/// gateway exits cleanly.
+pub(crate) async fn stop_with_open(
+    gateway: Gateway,
+    tunnel: &mut (impl AsyncRead + AsyncWrite + Unpin),
+) {
+    let stopping = tokio::spawn(gateway.stop());
+    keep_talking(
+        tunnel,
+        Duration::from_millis(500),
+        Duration::from_millis(100),
+    )
+    .await;
+    let (closed, _) = read_to_close(tunnel, Instant::now() + PATIENCE).await;
+    assert!(closed, "the tunnel outlived the shutdown grace");
+    let stopped = tokio::time::timeout(PATIENCE, stopping).await;
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
+}
+
+/// The handshake the upstream saw, lowercased, checked for what every
+/// handshake the tests send must carry upstream.
+pub(crate) async fn handshake_upstream(seen: &mut mpsc::UnboundedReceiver<Seen>) -> String {
+    let Seen::Head(sent) = next(seen).await else {
+        panic!("no handshake upstream")
+    };
+    assert!(
+        sent.starts_with("get /v1/realtime?model=m http/1.1"),
+        "{sent}"
+    );
+    for line in [
+        "upgrade: websocket",
+        "connection: upgrade",
+        "sec-websocket-version: 13",
+        "x-forwarded-for: 127.0.0.1",
+        "x-forwarded-host: gateway.test",
+    ] {
+        assert!(sent.contains(line), "no {line:?} upstream in\n{sent}");
+    }
+    assert!(!sent.contains("x-chorus-"), "{sent}");
+    sent
+}
+
+/// A small and a large round trip on an echoing tunnel.
+pub(crate) async fn both_ways(tunnel: &mut (impl AsyncRead + AsyncWrite + Unpin)) {
+    assert_eq!(round_trip(tunnel, b"frame one").await, b"frame one");
+    let large: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(round_trip(tunnel, &large).await, large);
+}
+
 #[tokio::test]
 async fn a_websocket_handshake_becomes_a_tunnel_both_ways() {
     let (addr, mut seen) = upstream(Answer::Echo).await;
@@ -181,28 +244,12 @@ async fn a_websocket_handshake_becomes_a_tunnel_both_ways() {
     ] {
         assert!(head.contains(line), "no {line:?} in\n{head}");
     }
-    let Seen::Head(sent) = next(&mut seen).await else {
-        panic!("no handshake upstream")
-    };
+    let sent = handshake_upstream(&mut seen).await;
     assert!(
-        sent.starts_with("get /v1/realtime?model=m http/1.1"),
+        sent.contains("sec-websocket-key: dghlihnhbxbszsbub25jzq=="),
         "{sent}"
     );
-    for line in [
-        "upgrade: websocket",
-        "connection: upgrade",
-        "sec-websocket-key: dghlihnhbxbszsbub25jzq==",
-        "sec-websocket-version: 13",
-        "x-forwarded-for: 127.0.0.1",
-        "x-forwarded-host: gateway.test",
-    ] {
-        assert!(sent.contains(line), "no {line:?} upstream in\n{sent}");
-    }
-    assert!(!sent.contains("x-chorus-"), "{sent}");
-
-    assert_eq!(round_trip(&mut client, b"frame one").await, b"frame one");
-    let large: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-    assert_eq!(round_trip(&mut client, &large).await, large);
+    both_ways(&mut client).await;
     assert_eq!(
         gateway
             .metric("chorus_requests_total{route=\"llm\",role=\"bypass\"}")
@@ -280,11 +327,12 @@ async fn a_silent_tunnel_is_closed_after_idle_timeout() {
     };
 
     // Traffic for longer than the timeout keeps it open...
-    let talking = Instant::now();
-    while talking.elapsed() < Duration::from_secs(3) {
-        assert_eq!(round_trip(&mut client, b"ping").await, b"ping");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    keep_talking(
+        &mut client,
+        Duration::from_secs(3),
+        Duration::from_millis(200),
+    )
+    .await;
     // ...silence closes both sides.
     let quiet = Instant::now();
     let (closed, _) = read_to_close(&mut client, quiet + PATIENCE).await;
@@ -306,19 +354,9 @@ async fn a_tunnel_goes_on_while_draining_and_is_cut_when_the_grace_runs_out() {
     let (mut client, _) = handshake(&gateway).await;
     assert_eq!(round_trip(&mut client, b"before").await, b"before");
 
-    let stopping = tokio::spawn(gateway.stop());
-    // Draining: the listener is closed, the tunnel still carries bytes.
-    let draining = Instant::now();
-    while draining.elapsed() < Duration::from_millis(500) {
-        assert_eq!(round_trip(&mut client, b"during").await, b"during");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (closed, _) = read_to_close(&mut client, Instant::now() + PATIENCE).await;
-    assert!(closed, "the tunnel outlived the shutdown grace");
+    stop_with_open(gateway, &mut client).await;
     assert!(matches!(next(&mut seen).await, Seen::Head(_)));
     assert!(matches!(next(&mut seen).await, Seen::Closed));
-    let stopped = tokio::time::timeout(PATIENCE, stopping).await;
-    assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
 }
 
 #[tokio::test]
@@ -343,25 +381,40 @@ async fn an_https_upstream_offering_h2_gets_the_handshake_over_http1() {
     );
 }
 
-#[tokio::test]
-async fn tls_clients_with_or_without_alpn_get_their_tunnel() {
-    let (addr, _seen) = upstream(Answer::Echo).await;
+/// A gateway with TLS (a certificate for `localhost` from the returned
+/// authority) whose one route, with WebSockets, is in front of `upstream`.
+pub(crate) async fn tls_gateway(upstream: SocketAddr) -> (Gateway, Pki) {
     let pki = Pki::new();
     let leaf = pki.server("gateway", &["localhost"]);
     let toml = format!(
         "{}\n[server.tls]\ncert = {:?}\nkey = {:?}\n",
-        one_route(&format!("http://{addr}"), "websocket = true"),
+        one_route(&format!("http://{upstream}"), "websocket = true"),
         leaf.cert,
         leaf.key
     );
-    let gateway = Gateway::start(&toml).await;
+    (Gateway::start(&toml).await, pki)
+}
+
+/// A TLS connection to `gateway` offering `alpn`.
+pub(crate) async fn connect_tls(
+    gateway: &Gateway,
+    pki: &Pki,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(gateway.addr).await.unwrap();
+    let connector = TlsConnector::from(pki.client_config(alpn, &[&TLS13]));
+    let name = ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await.unwrap()
+}
+
+#[tokio::test]
+async fn tls_clients_with_or_without_alpn_get_their_tunnel() {
+    let (addr, _seen) = upstream(Answer::Echo).await;
+    let (gateway, pki) = tls_gateway(addr).await;
     // With `http/1.1` the connection is known to be HTTP/1.1; without ALPN
     // the gateway tells by the first bytes.
     for alpn in [&[HTTP11][..], &[]] {
-        let tcp = TcpStream::connect(gateway.addr).await.unwrap();
-        let connector = TlsConnector::from(pki.client_config(alpn, &[&TLS13]));
-        let name = ServerName::try_from("localhost").unwrap();
-        let mut client = connector.connect(name, tcp).await.unwrap();
+        let mut client = connect_tls(&gateway, &pki, alpn).await;
         client.write_all(HANDSHAKE.as_bytes()).await.unwrap();
         let head = read_head(&mut client).await.expect("no response head");
         assert!(head.starts_with("HTTP/1.1 101"), "ALPN {alpn:?}: {head}");

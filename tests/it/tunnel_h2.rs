@@ -13,16 +13,16 @@ use hyper::client::conn::http2::SendRequest;
 use hyper::ext::Protocol;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::ServerName;
-use rustls::version::TLS13;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_rustls::TlsConnector;
 
 use crate::support::{Gateway, PATIENCE, one_route, read_to_close, server_extra};
-use crate::tls::fixtures::{H2, Pki};
-use crate::tunnel::{Answer, Seen, next, round_trip, upstream};
+use crate::tls::fixtures::H2;
+use crate::tunnel::{
+    Answer, Seen, both_ways, connect_tls, handshake_upstream, keep_talking, next, round_trip,
+    stop_with_open, tls_gateway, upstream,
+};
 
 type Client = SendRequest<Empty<Bytes>>;
 
@@ -104,23 +104,7 @@ async fn an_http2_websocket_is_one_stream_tunnelled_to_an_http1_upgrade() {
     ] {
         assert!(!headers.contains_key(absent), "{absent} in {headers:?}");
     }
-    let Seen::Head(sent) = next(&mut seen).await else {
-        panic!("no handshake upstream")
-    };
-    assert!(
-        sent.starts_with("get /v1/realtime?model=m http/1.1"),
-        "{sent}"
-    );
-    for line in [
-        "upgrade: websocket",
-        "connection: upgrade",
-        "sec-websocket-version: 13",
-        "x-forwarded-for: 127.0.0.1",
-        "x-forwarded-host: gateway.test",
-    ] {
-        assert!(sent.contains(line), "no {line:?} upstream in\n{sent}");
-    }
-    assert!(!sent.contains("x-chorus-"), "{sent}");
+    let sent = handshake_upstream(&mut seen).await;
     let key = sent
         .lines()
         .find_map(|line| line.strip_prefix("sec-websocket-key: "))
@@ -128,9 +112,7 @@ async fn an_http2_websocket_is_one_stream_tunnelled_to_an_http1_upgrade() {
     assert_eq!(key.len(), 24, "{key}");
 
     let mut tunnel = TokioIo::new(hyper::upgrade::on(response).await.unwrap());
-    assert_eq!(round_trip(&mut tunnel, b"frame one").await, b"frame one");
-    let large: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-    assert_eq!(round_trip(&mut tunnel, &large).await, large);
+    both_ways(&mut tunnel).await;
     // The connection serves other streams meanwhile.
     assert_eq!(plain_get(&mut client).await, StatusCode::UPGRADE_REQUIRED);
     let Seen::Head(plain) = next(&mut seen).await else {
@@ -249,47 +231,26 @@ async fn a_tunnel_keeps_its_connection_open_and_is_cut_when_the_grace_runs_out()
     let gateway = Gateway::start(&server_extra(&toml, "header_read_timeout = \"1s\"")).await;
     let mut client = h2c(&gateway).await;
     let mut tunnel = open(&mut client).await;
-    let talking = Instant::now();
-    while talking.elapsed() < Duration::from_millis(2500) {
-        assert_eq!(round_trip(&mut tunnel, b"ping").await, b"ping");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    keep_talking(
+        &mut tunnel,
+        Duration::from_millis(2500),
+        Duration::from_millis(200),
+    )
+    .await;
     assert_eq!(plain_get(&mut client).await, StatusCode::UPGRADE_REQUIRED);
 
-    let stopping = tokio::spawn(gateway.stop());
-    // Draining: the tunnel still carries bytes...
-    let draining = Instant::now();
-    while draining.elapsed() < Duration::from_millis(500) {
-        assert_eq!(round_trip(&mut tunnel, b"during").await, b"during");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // ...until the grace runs out.
-    let (closed, _) = read_to_close(&mut tunnel, Instant::now() + PATIENCE).await;
-    assert!(closed, "the tunnel outlived the shutdown grace");
+    stop_with_open(gateway, &mut tunnel).await;
     // The handshake, the plain GET, then the tunnel's close.
     assert!(matches!(next(&mut seen).await, Seen::Head(_)));
     assert!(matches!(next(&mut seen).await, Seen::Head(_)));
     assert!(matches!(next(&mut seen).await, Seen::Closed));
-    let stopped = tokio::time::timeout(PATIENCE, stopping).await;
-    assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
 }
 
 #[tokio::test]
 async fn tls_clients_agreeing_on_h2_get_their_tunnel() {
     let (addr, _seen) = upstream(Answer::Echo).await;
-    let pki = Pki::new();
-    let leaf = pki.server("gateway", &["localhost"]);
-    let toml = format!(
-        "{}\n[server.tls]\ncert = {:?}\nkey = {:?}\n",
-        one_route(&format!("http://{addr}"), "websocket = true"),
-        leaf.cert,
-        leaf.key
-    );
-    let gateway = Gateway::start(&toml).await;
-    let tcp = TcpStream::connect(gateway.addr).await.unwrap();
-    let connector = TlsConnector::from(pki.client_config(&[H2], &[&TLS13]));
-    let name = ServerName::try_from("localhost").unwrap();
-    let tls = connector.connect(name, tcp).await.unwrap();
+    let (gateway, pki) = tls_gateway(addr).await;
+    let tls = connect_tls(&gateway, &pki, &[H2]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(H2));
     let mut client = h2_over(tls).await;
     let mut tunnel = open(&mut client).await;
