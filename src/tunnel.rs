@@ -7,9 +7,10 @@
 //! websocket` and `Connection: upgrade` set again for that hop. If the
 //! upstream answers `101 Switching Protocols`, the client is told yes, and
 //! once hyper has let go of both sides they are joined as a tunnel that
-//! copies bytes both ways until either side closes, nothing moves for the
-//! route's `idle_timeout`, or the shutdown grace runs out. Any other answer
-//! is passed on as it is.
+//! copies bytes both ways until the upstream closes (a client that closes
+//! first closes the upstream's side, and the upstream then closes), nothing
+//! moves for the route's `idle_timeout`, or the shutdown grace runs out. Any
+//! other answer is passed on as it is.
 //!
 //! A client asks in one of two ways:
 //! - HTTP/1.1 (RFC 6455): a `GET` with `Upgrade: websocket`. It gets the
@@ -203,7 +204,8 @@ impl Tunnel {
         }
     }
 
-    /// Copies bytes both ways until either side closes or falls silent.
+    /// Copies bytes both ways until the upstream closes, either side
+    /// breaks, or both fall silent.
     pub async fn run(self) {
         let Self {
             route,
