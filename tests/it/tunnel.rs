@@ -286,6 +286,24 @@ async fn the_upstream_closing_the_tunnel_closes_the_client() {
 }
 
 #[tokio::test]
+async fn a_client_that_closes_first_still_gets_the_upstreams_answer() {
+    let (addr, mut seen) = upstream(Answer::Echo).await;
+    let gateway = gateway(addr, "websocket = true").await;
+    let (mut client, head) = handshake(&gateway).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+
+    // The client's last bytes and its close: the upstream's side closes
+    // after the echo, which still reaches the client.
+    client.write_all(b"goodbye").await.unwrap();
+    client.shutdown().await.unwrap();
+    let (closed, rest) = read_to_close(&mut client, Instant::now() + PATIENCE).await;
+    assert!(closed, "the tunnel stayed open");
+    assert_eq!(rest, b"goodbye");
+    assert!(matches!(next(&mut seen).await, Seen::Head(_)));
+    assert!(matches!(next(&mut seen).await, Seen::Closed));
+}
+
+#[tokio::test]
 async fn without_the_route_key_upgrade_stops_at_the_gateway() {
     let (addr, mut seen) = upstream(Answer::Echo).await;
     let gateway = gateway(addr, "").await;
