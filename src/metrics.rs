@@ -29,6 +29,13 @@ struct RoleLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    route: String,
+    /// `up` (client to upstream) or `down`.
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     route: String,
     status: u16,
@@ -47,6 +54,8 @@ pub struct Metrics {
     subscribers_active: Family<RouteLabel, Gauge>,
     replayed_bytes: Family<RouteLabel, Counter>,
     first_byte_seconds: HistogramFamily,
+    tunnels_active: Family<RouteLabel, Gauge>,
+    tunnel_bytes: Family<DirectionLabels, Counter>,
     /// Client connections open now.
     pub connections_active: Gauge,
     /// Requests whose response has not ended yet.
@@ -80,6 +89,12 @@ pub struct RouteSeries {
     /// Bytes served to followers from a flight's log rather than live.
     pub replayed_bytes: Counter,
     first_byte: Histogram,
+    /// WebSocket tunnels open now.
+    pub tunnels_active: Gauge,
+    /// Bytes tunnelled from clients to the upstream.
+    pub tunnel_bytes_up: Counter,
+    /// Bytes tunnelled from the upstream to clients.
+    pub tunnel_bytes_down: Counter,
 }
 
 impl std::ops::Deref for RouteMetrics {
@@ -111,6 +126,8 @@ impl Metrics {
         let replayed_bytes = Family::<RouteLabel, Counter>::default();
         let first_byte_seconds: HistogramFamily =
             Family::new_with_constructor(first_byte_histogram);
+        let tunnels_active = Family::<RouteLabel, Gauge>::default();
+        let tunnel_bytes = Family::<DirectionLabels, Counter>::default();
         let connections_active = Gauge::default();
         let requests_active = Gauge::default();
         let buffered_bytes = Gauge::default();
@@ -156,6 +173,16 @@ impl Metrics {
             first_byte_seconds.clone(),
         );
         registry.register(
+            "chorus_tunnels_active",
+            "WebSocket tunnels open",
+            tunnels_active.clone(),
+        );
+        registry.register(
+            "chorus_tunnel_bytes",
+            "Bytes carried by WebSocket tunnels, by direction (up: client to upstream; down)",
+            tunnel_bytes.clone(),
+        );
+        registry.register(
             "chorus_connections_active",
             "Client connections open",
             connections_active.clone(),
@@ -181,6 +208,8 @@ impl Metrics {
             subscribers_active,
             replayed_bytes,
             first_byte_seconds,
+            tunnels_active,
+            tunnel_bytes,
             connections_active,
             requests_active,
             buffered_bytes,
@@ -198,6 +227,12 @@ impl Metrics {
                 role: role.as_str(),
             })
         };
+        let direction = |direction: &'static str| {
+            self.tunnel_bytes.get_or_create_owned(&DirectionLabels {
+                route: name.to_owned(),
+                direction,
+            })
+        };
         RouteMetrics(Arc::new(RouteSeries {
             route: name.to_owned(),
             responses: self.responses.clone(),
@@ -211,6 +246,9 @@ impl Metrics {
             subscribers_active: self.subscribers_active.get_or_create_owned(&label),
             replayed_bytes: self.replayed_bytes.get_or_create_owned(&label),
             first_byte: self.first_byte_seconds.get_or_create_owned(&label),
+            tunnels_active: self.tunnels_active.get_or_create_owned(&label),
+            tunnel_bytes_up: direction("up"),
+            tunnel_bytes_down: direction("down"),
         }))
     }
 
@@ -233,6 +271,9 @@ impl Metrics {
             subscribers_active: Gauge::default(),
             replayed_bytes: Counter::default(),
             first_byte: first_byte_histogram(),
+            tunnels_active: Gauge::default(),
+            tunnel_bytes_up: Counter::default(),
+            tunnel_bytes_down: Counter::default(),
         }))
     }
 

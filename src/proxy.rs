@@ -369,7 +369,7 @@ impl Proxy {
             }
         }
         let tunnel = Tunnel::new(
-            Arc::clone(&route.name),
+            route.metrics.clone(),
             client_side,
             upstream_side.on_upgrade,
             route.upstream.idle_timeout(),

@@ -41,6 +41,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Version};
 use hyper::ext::Protocol;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
@@ -48,6 +49,7 @@ use tokio_util::io::InspectReader;
 
 use crate::activity::Activity;
 use crate::framing::Verdicts;
+use crate::metrics::RouteMetrics;
 
 /// The protocol token a tunnel is opened for.
 const WEBSOCKET: &str = "websocket";
@@ -175,32 +177,34 @@ pub fn accept_for(key: &str) -> String {
 /// A tunnel both sides agreed to, waiting for hyper to hand over their
 /// connections.
 pub struct Tunnel {
-    /// The route's name, for the log line.
-    route: Arc<str>,
+    /// The route's series: its name for the log line, its tunnel counts.
+    route: RouteMetrics,
     client: OnUpgrade,
     upstream: OnUpgrade,
     idle: Duration,
     /// Counts the tunnel among the requests in progress while it is open
-    /// (a shutdown names it among the streams it cuts).
-    _active: Counted,
+    /// (a shutdown names it among the streams it cuts), and among its
+    /// route's open tunnels.
+    _active: [Counted; 2],
 }
 
 impl Tunnel {
     /// A tunnel of `route` between a client's and an upstream's connection,
-    /// closed after `idle` without a byte either way; counted in `active`.
+    /// closed after `idle` without a byte either way; counted in `requests`.
     pub fn new(
-        route: Arc<str>,
+        route: RouteMetrics,
         client: OnUpgrade,
         upstream: OnUpgrade,
         idle: Duration,
-        active: &Gauge,
+        requests: &Gauge,
     ) -> Self {
+        let active = [Counted::new(requests), Counted::new(&route.tunnels_active)];
         Self {
             route,
             client,
             upstream,
             idle,
-            _active: Counted::new(active),
+            _active: active,
         }
     }
 
@@ -226,18 +230,19 @@ impl Tunnel {
         let started = Instant::now();
         let heard = AtomicU64::new(0);
         let (mut up, mut down) = (0u64, 0u64);
-        let mark = |count: &mut u64, bytes: &[u8]| {
+        let mark = |count: &mut u64, counter: &Counter, bytes: &[u8]| {
             *count += bytes.len() as u64;
+            counter.inc_by(bytes.len() as u64);
             let now = started.elapsed().as_millis();
             heard.store(u64::try_from(now).unwrap_or(u64::MAX), Ordering::Relaxed);
         };
         let (client_reads, mut client_writes) = tokio::io::split(TokioIo::new(client));
         let (upstream_reads, mut upstream_writes) = tokio::io::split(TokioIo::new(upstream));
         let mut client_reads = InspectReader::new(client_reads, |bytes: &[u8]| {
-            mark(&mut up, bytes);
+            mark(&mut up, &route.tunnel_bytes_up, bytes);
         });
         let mut upstream_reads = InspectReader::new(upstream_reads, |bytes: &[u8]| {
-            mark(&mut down, bytes);
+            mark(&mut down, &route.tunnel_bytes_down, bytes);
         });
         let to_client = async {
             tokio::io::copy(&mut upstream_reads, &mut client_writes).await?;
@@ -278,7 +283,7 @@ impl Tunnel {
         };
         drop(copying);
         tracing::info!(
-            route = &*route,
+            route = route.name(),
             up,
             down,
             ms = started.elapsed().as_secs_f64() * 1e3,

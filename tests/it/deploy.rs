@@ -244,6 +244,8 @@ async fn the_dashboard_queries_metrics_that_exist() {
         "chorus_upstream_first_byte_seconds_bucket",
         "chorus_responses_total",
         "chorus_buffered_bytes",
+        "chorus_tunnels_active",
+        "chorus_tunnel_bytes_total",
     ] {
         assert!(names.iter().any(|name| name == wanted), "{wanted} unused");
     }

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use crate::support::{Gateway, PATIENCE, one_route, read_to_close};
+use crate::support::{Gateway, PATIENCE, metric_value, one_route, read_to_close};
 use crate::tls::fixtures::{H2, HTTP11, Pki, TlsUpstream};
 
 const HANDSHAKE: &str = "GET /v1/realtime?model=m HTTP/1.1\r\n\
@@ -222,6 +222,17 @@ pub(crate) async fn handshake_upstream(seen: &mut mpsc::UnboundedReceiver<Seen>)
     sent
 }
 
+/// Route "llm"'s open tunnels, and the bytes each way they carried.
+pub(crate) async fn assert_tunnels(gateway: &Gateway, open: f64, bytes: f64) {
+    let metrics = gateway.metrics().await;
+    let series = |name: &str| metric_value(&metrics, name);
+    assert_eq!(series("chorus_tunnels_active{route=\"llm\"}"), open);
+    for direction in ["up", "down"] {
+        let name = format!("chorus_tunnel_bytes_total{{route=\"llm\",direction=\"{direction}\"}}");
+        assert_eq!(series(&name), bytes, "{direction}");
+    }
+}
+
 /// A small and a large round trip on an echoing tunnel.
 pub(crate) async fn both_ways(tunnel: &mut (impl AsyncRead + AsyncWrite + Unpin)) {
     assert_eq!(round_trip(tunnel, b"frame one").await, b"frame one");
@@ -250,6 +261,7 @@ async fn a_websocket_handshake_becomes_a_tunnel_both_ways() {
         "{sent}"
     );
     both_ways(&mut client).await;
+    assert_tunnels(&gateway, 1.0, 300_009.0).await;
     assert_eq!(
         gateway
             .metric("chorus_requests_total{route=\"llm\",role=\"bypass\"}")
@@ -271,6 +283,7 @@ async fn a_websocket_handshake_becomes_a_tunnel_both_ways() {
         .wait_metric("chorus_requests_active", |v| v == 0.0)
         .await;
     assert_eq!(gateway.metric("chorus_connections_active").await, 0.0);
+    assert_tunnels(&gateway, 0.0, 300_009.0).await;
 }
 
 #[tokio::test]

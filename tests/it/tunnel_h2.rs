@@ -20,8 +20,8 @@ use tokio::time::Instant;
 use crate::support::{Gateway, PATIENCE, one_route, read_to_close, server_extra};
 use crate::tls::fixtures::H2;
 use crate::tunnel::{
-    Answer, Seen, both_ways, connect_tls, handshake_upstream, keep_talking, next, round_trip,
-    stop_with_open, tls_gateway, upstream,
+    Answer, Seen, assert_tunnels, both_ways, connect_tls, handshake_upstream, keep_talking, next,
+    round_trip, stop_with_open, tls_gateway, upstream,
 };
 
 type Client = SendRequest<Empty<Bytes>>;
@@ -121,6 +121,7 @@ async fn an_http2_websocket_is_one_stream_tunnelled_to_an_http1_upgrade() {
     assert!(plain.starts_with("get /v1/models "), "{plain}");
     assert_eq!(round_trip(&mut tunnel, b"still here").await, b"still here");
     assert_eq!(gateway.metric("chorus_requests_active").await, 1.0);
+    assert_tunnels(&gateway, 1.0, 300_019.0).await;
     assert_eq!(
         gateway
             .metric("chorus_requests_total{route=\"llm\",role=\"bypass\"}")
@@ -134,6 +135,7 @@ async fn an_http2_websocket_is_one_stream_tunnelled_to_an_http1_upgrade() {
     gateway
         .wait_metric("chorus_requests_active", |v| v == 0.0)
         .await;
+    assert_tunnels(&gateway, 0.0, 300_019.0).await;
     assert_eq!(plain_get(&mut client).await, StatusCode::UPGRADE_REQUIRED);
 }
 
