@@ -1,5 +1,5 @@
 """A real browser (Chromium, driven by Playwright) against chorus in front of
-a FastAPI backend (backend.py): what pages do with an LLM stream, and a
+a FastAPI backend (../common/backend.py): what pages do with an LLM stream, and a
 WebSocket, over HTTP/1.1 (plain) and over HTTP/2 (TLS, a certificate made
 by openssl; the WebSocket is then a stream of the page's HTTP/2 connection,
 RFC 8441).
@@ -11,18 +11,15 @@ Prints a line per check; exits 1 if any failed.
 """
 
 import asyncio
-import json
 import os
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 
 from playwright.async_api import async_playwright
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from harness import Checks, Stack, until  # noqa: E402
+
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 # One chat request, read to its end with a stream reader, as chat UIs do.
@@ -78,50 +75,10 @@ FEED = """async ({url, count, want}) => new Promise((resolve) => {
 })"""
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get_json(url):
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.load(response)
-
-
-def wait_for_port(port, process, what):
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"browser check: {what} exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"browser check: {what} never listened on {port}")
-
-
-async def until(predicate, timeout=10):
-    """Polls `predicate` until it holds (True) or `timeout` s pass (False)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)
-    return predicate()
-
-
-async def scenarios(context, gateway, backend, admin, protocol, log):
+async def scenarios(context, stack, gw, protocol, checks):
     """Every check against one gateway, whose pages must reach it by `protocol`."""
-    stats = lambda: get_json(backend + "/stats")
-    failures = []
-
-    def check(name, ok, detail):
-        name = f"{protocol}: {name}"
-        print(f"{'PASS' if ok else 'FAIL'} {name}: {detail}", flush=True)
-        if not ok:
-            failures.append(name)
+    stats, backend, gateway = stack.stats, stack.backend, gw.url
+    check = lambda name, ok, detail: checks.check(f"{protocol}: {name}", ok, detail)
 
     page = await context.new_page()
     await page.goto(gateway + "/page")
@@ -245,7 +202,7 @@ async def scenarios(context, gateway, backend, admin, protocol, log):
     # The gateway's access log names the handshake: HTTP/1.1's GET, or
     # HTTP/2's extended CONNECT.
     method = "CONNECT" if protocol == "h2" else "GET"
-    with open(log) as lines:
+    with open(gw.log) as lines:
         handshakes = [l for l in lines if 'path="/ws"' in l and "role=" in l]
     check(
         "a WebSocket is tunnelled both ways and its close reaches the backend",
@@ -257,98 +214,29 @@ async def scenarios(context, gateway, backend, admin, protocol, log):
         f"handshake {[l.split('method=')[-1].split(' role')[0] for l in handshakes]}",
     )
 
-    metrics = lambda: urllib.request.urlopen(admin + "/metrics", timeout=5).read().decode()
-    idle = lambda: all(
-        line.endswith(" 0")
-        for line in metrics().splitlines()
-        if line.startswith(("chorus_flights_active", "chorus_subscribers_active"))
-    )
-    check("nothing is left in flight", await until(idle), "flights and subscribers active at 0")
-    return failures
+    check("nothing is left in flight", await until(gw.idle), "flights and subscribers active at 0")
 
 
-async def browse(gateways, backend):
-    """Runs the scenarios against each (base URL, admin URL, protocol, log file)."""
-    failures = []
+async def browse(stack, checks):
+    """Runs the scenarios against the plain gateway (HTTP/1.1) and the TLS one (h2)."""
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
             executable_path=CHROMIUM, args=["--no-sandbox"]
         )
-        for gateway, admin, protocol, log in gateways:
+        for gateway, protocol in zip(stack.gateways, ("http/1.1", "h2")):
             # The TLS gateway's certificate is self-signed.
             context = await browser.new_context(ignore_https_errors=True)
-            failures += await scenarios(context, gateway, backend, admin, protocol, log)
+            await scenarios(context, stack, gateway, protocol, checks)
             await context.close()
         await browser.close()
-    return failures
-
-
-def gateway_config(tmp, name, port, admin_port, up_port, tls):
-    path = os.path.join(tmp, name + ".toml")
-    server = f'[server]\nlisten = "127.0.0.1:{port}"\n'
-    if tls:
-        server += f'[server.tls]\ncert = "{tmp}/cert.pem"\nkey = "{tmp}/key.pem"\n'
-    with open(path, "w") as f:
-        f.write(
-            server + f'[admin]\nlisten = "127.0.0.1:{admin_port}"\n'
-            f'[[routes]]\nname = "llm"\npath_prefix = "/"\n'
-            f'upstream = "http://127.0.0.1:{up_port}"\nwebsocket = true\n'
-        )
-    return path
 
 
 def main():
-    chorus = os.path.abspath(sys.argv[1])
-    up_port = free_port()
-    plain, plain_admin, tls, tls_admin = (free_port() for _ in range(4))
-    origins = f"http://127.0.0.1:{up_port},http://localhost:{up_port}"
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-keyout", f"{tmp}/key.pem", "-out", f"{tmp}/cert.pem", "-days", "1",
-             "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-            check=True, capture_output=True,
-        )
-        quiet = {"stdout": subprocess.DEVNULL, "stderr": open(os.path.join(tmp, "logs"), "w")}
-        logs = {name: os.path.join(tmp, name + ".log") for name in ("plain", "tls")}
-        backend = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "backend:app", "--port", str(up_port), "--log-level", "warning"],
-            cwd=HERE, env={**os.environ, "PAGE_ORIGINS": origins}, **quiet,
-        )
-        processes = [backend]
-        try:
-            for name, port, admin, is_tls in (("plain", plain, plain_admin, False), ("tls", tls, tls_admin, True)):
-                config = gateway_config(tmp, name, port, admin, up_port, is_tls)
-                # Warnings, and the access log (one line per request).
-                gateway = subprocess.Popen(
-                    [chorus, "--config", config],
-                    env={**os.environ, "RUST_LOG": "warn,chorus::response=info"},
-                    stdout=subprocess.DEVNULL, stderr=open(logs[name], "w"),
-                )
-                processes.append(gateway)
-                wait_for_port(port, gateway, f"chorus ({name})")
-            wait_for_port(up_port, backend, "the backend")
-            failures = asyncio.run(
-                browse(
-                    [
-                        (f"http://127.0.0.1:{plain}", f"http://127.0.0.1:{plain_admin}",
-                         "http/1.1", logs["plain"]),
-                        (f"https://127.0.0.1:{tls}", f"http://127.0.0.1:{tls_admin}",
-                         "h2", logs["tls"]),
-                    ],
-                    f"http://127.0.0.1:{up_port}",
-                )
-            )
-        finally:
-            for process in processes:
-                process.terminate()
-                process.wait(timeout=30)
-        if failures:
-            for path in (os.path.join(tmp, "logs"), *logs.values()):
-                with open(path) as lines:
-                    sys.stderr.write(lines.read()[-4000:])
-            sys.exit(f"browser check: {len(failures)} failed: {', '.join(failures)}")
-    print("browser check: all passed")
+    checks = Checks()
+    with Stack(sys.argv[1]) as stack:
+        asyncio.run(browse(stack, checks))
+        stack.failed = bool(checks.failures)
+    checks.finish("browser check")
 
 
 if __name__ == "__main__":

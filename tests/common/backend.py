@@ -1,8 +1,12 @@
-"""The upstream of the browser check: a FastAPI app that streams chat
-completions and an EventSource feed over SSE, echoes WebSocket messages,
-counts what reaches it and what is cancelled, and answers CORS for two page
-origins by echoing the caller's (`Vary: Origin`), as a production backend
-with an origin list does.
+"""The upstream of the browser and SDK checks: a FastAPI app that streams
+chat completions as OpenAI's API does (and answers them whole), streams an
+EventSource feed over SSE, echoes WebSocket messages, counts what reaches it
+and what is cancelled, and answers CORS for two page origins by echoing the
+caller's (`Vary: Origin`), as a production backend with an origin list does.
+
+A chat request's body may also ask for trouble: `"fail": STATUS` is answered
+with that status and OpenAI's error JSON; `"break_after": N` ends the
+connection after N events, without the stream's end.
 
     uvicorn backend:app --port PORT   (env PAGE_ORIGINS: comma-separated)
 """
@@ -10,6 +14,7 @@ with an origin list does.
 import asyncio
 import json
 import os
+import time
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.middleware.cors import CORSMiddleware
@@ -49,15 +54,39 @@ async def chat(request: Request):
     body = await request.json()
     stats["chats"] += 1
     tokens = body.get("max_tokens", 15)
+    model = body.get("model", "m")
+    created = int(time.time())
+    if body.get("fail"):
+        error = {"message": "asked to fail", "type": "requested", "code": None, "param": None}
+        # The SDKs wait as long as retry-after-ms says before a retry.
+        headers = {"retry-after-ms": "10"}
+        return JSONResponse({"error": error}, status_code=body["fail"], headers=headers)
     if not body.get("stream"):
-        return JSONResponse({"choices": [{"message": {"content": "hi " * tokens}}]})
+        await asyncio.sleep(0.3)  # a whole answer takes a while to write
+        message = {"role": "assistant", "content": "hi " * tokens}
+        return JSONResponse({
+            "id": "chatcmpl-whole", "object": "chat.completion", "created": created,
+            "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": tokens, "total_tokens": 5 + tokens},
+        })
+
+    def chunk(delta, finish=None):
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return "data: " + json.dumps({
+            "id": "chatcmpl-stream", "object": "chat.completion.chunk", "created": created,
+            "model": model, "choices": [choice],
+        }) + "\n\n"
 
     async def events():
         try:
             for i in range(tokens):
-                delta = {"choices": [{"index": 0, "delta": {"content": f"tok{i} "}}]}
-                yield f"data: {json.dumps(delta)}\n\n"
+                if i == body.get("break_after"):
+                    # Past the response head, uvicorn closes the connection.
+                    raise RuntimeError("asked to break")
+                yield chunk({"content": f"tok{i} "})
                 await asyncio.sleep(0.05)
+            yield chunk({}, "stop")
             yield "data: [DONE]\n\n"
         except asyncio.CancelledError:
             stats["chats_cancelled"] += 1
