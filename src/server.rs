@@ -18,6 +18,9 @@
 //! builder told the version, and only a connection that cannot be told
 //! (too few first bytes, TLS without ALPN) is left to hyper-util.
 //!
+//! Client sockets get `send_timeout` as their `TCP_USER_TIMEOUT`: a client
+//! that takes nothing of what it is sent for that long is dropped.
+//!
 //! Each connection is watched too (see [`activity`](crate::activity)): one
 //! with no request in progress for `header_read_timeout` is shut down the
 //! same graceful way, and one whose client resets most of its streams as
@@ -150,6 +153,7 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        set_send_timeout(&stream, config.send_timeout);
         let shared = Arc::clone(&shared);
         connections.spawn(async move {
             shared.metrics.connections_active.inc();
@@ -447,6 +451,21 @@ async fn accept_failed(error: &io::Error) {
             tokio::time::sleep(ACCEPT_BACKOFF).await;
         }
     }
+}
+
+/// Makes `send_timeout` the socket's `TCP_USER_TIMEOUT`: the kernel ends the
+/// connection once what was sent stays unacknowledged, or the client's
+/// receive window stays shut, that long (nginx's `send_timeout`), and hyper
+/// sees the client gone. Without it a client that stops reading but keeps its
+/// connection (HTTP/1.1 has no ping) would hold its flight, and the upstream
+/// request, for as long as TCP retransmits.
+fn set_send_timeout(stream: &TcpStream, timeout: Duration) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(error) = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(timeout)) {
+        tracing::debug!(%error, "could not set TCP_USER_TIMEOUT");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (stream, timeout);
 }
 
 #[cfg(test)]

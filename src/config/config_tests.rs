@@ -41,6 +41,7 @@ fn defaults_are_as_documented() {
     assert_eq!(server.max_connections, 16_384);
     assert_eq!(server.header_read_timeout, Duration::from_secs(30));
     assert_eq!(server.request_body_timeout, Duration::from_secs(60));
+    assert_eq!(server.send_timeout, Duration::from_secs(60));
     assert_eq!(server.shutdown_grace, Duration::from_secs(30));
     assert_eq!(server.http2_max_concurrent_streams, 256);
     assert_eq!(server.max_buffered_bytes, 536_870_912);
@@ -96,6 +97,7 @@ fn every_key_can_be_set() {
         max_connections = 30
         header_read_timeout = "1s"
         request_body_timeout = "2s"
+        send_timeout = "2500ms"
         shutdown_grace = "0s"
         http2_max_concurrent_streams = 40
         max_buffered_bytes = 50
@@ -139,6 +141,7 @@ fn every_key_can_be_set() {
     assert_eq!(server.max_connections, 30);
     assert_eq!(server.header_read_timeout, Duration::from_secs(1));
     assert_eq!(server.request_body_timeout, Duration::from_secs(2));
+    assert_eq!(server.send_timeout, Duration::from_millis(2500));
     assert_eq!(server.shutdown_grace, Duration::ZERO);
     assert_eq!(server.http2_max_concurrent_streams, 40);
     assert_eq!(server.max_buffered_bytes, 50);

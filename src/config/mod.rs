@@ -96,6 +96,11 @@ pub struct ServerConfig {
     /// `request_body_timeout`: the whole request body must arrive within this,
     /// else 408. Default `"60s"`; > 0.
     pub request_body_timeout: Duration,
+    /// `send_timeout`: a client that takes nothing of what it is sent for
+    /// this long (its receive window stays shut, or what was sent stays
+    /// unacknowledged) has its connection closed, as if it had left. Set as
+    /// the client socket's `TCP_USER_TIMEOUT`. Default `"60s"`; > 0.
+    pub send_timeout: Duration,
     /// `shutdown_grace`: on SIGTERM/SIGINT, how long streams in flight may go
     /// on before the process exits anyway. Default `"30s"`; may be 0.
     pub shutdown_grace: Duration,
@@ -220,6 +225,7 @@ const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 const DEFAULT_MAX_CONNECTIONS: usize = 16384;
 const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS: u32 = 256;
 const DEFAULT_MAX_BUFFERED_BYTES: u64 = 512 * 1024 * 1024;
@@ -242,6 +248,7 @@ impl ServerConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             request_body_timeout: DEFAULT_REQUEST_BODY_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             http2_max_concurrent_streams: DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS,
             max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,

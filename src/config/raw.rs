@@ -31,6 +31,7 @@ pub(super) struct RawServer {
     pub(super) max_connections: Option<usize>,
     pub(super) header_read_timeout: Option<RawDuration>,
     pub(super) request_body_timeout: Option<RawDuration>,
+    pub(super) send_timeout: Option<RawDuration>,
     pub(super) shutdown_grace: Option<RawDuration>,
     pub(super) http2_max_concurrent_streams: Option<u32>,
     pub(super) max_buffered_bytes: Option<u64>,

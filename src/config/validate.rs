@@ -14,7 +14,8 @@ use super::{
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_MAX_REQUEST_BODY_BYTES, DEFAULT_PATH_PREFIX, DEFAULT_REQUEST_BODY_TIMEOUT,
-    DEFAULT_SHUTDOWN_GRACE, RouteConfig, RouteTlsFiles, ServerConfig, TlsConfig,
+    DEFAULT_SEND_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, RouteConfig, RouteTlsFiles, ServerConfig,
+    TlsConfig,
 };
 
 /// Headers the gateway manages itself; `upstream_headers` may not set them.
@@ -117,6 +118,13 @@ fn server_config(raw: RawServer, problems: &mut Problems) -> Option<ServerConfig
             "server.request_body_timeout",
             raw.request_body_timeout,
             DEFAULT_REQUEST_BODY_TIMEOUT,
+            true,
+        ),
+        send_timeout: duration(
+            problems,
+            "server.send_timeout",
+            raw.send_timeout,
+            DEFAULT_SEND_TIMEOUT,
             true,
         ),
         shutdown_grace: duration(

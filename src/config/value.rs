@@ -277,7 +277,11 @@ mod tests {
 
     #[test]
     fn zero_timeouts_are_rejected_where_they_must_be_positive() {
-        for key in ["header_read_timeout", "request_body_timeout"] {
+        for key in [
+            "header_read_timeout",
+            "request_body_timeout",
+            "send_timeout",
+        ] {
             let line = rejects(
                 &server_with(&format!("{key} = \"0s\"")),
                 &format!("server.{key}"),

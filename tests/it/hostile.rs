@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -354,4 +355,79 @@ async fn bodies_that_trickle_forever_are_cut_off_and_never_sent_upstream() {
         SLOW as f64
     );
     still_serves(&gateway).await;
+}
+
+/// Opens a stream of `body` with a receive buffer of a few KiB, reads its
+/// head and returns the connection: the gateway's writes stall as soon as
+/// the client stops reading.
+async fn small_window_stream(addr: std::net::SocketAddr, body: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let wire = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(wire.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        assert_eq!(
+            stream.read(&mut byte).await.unwrap(),
+            1,
+            "closed before the head"
+        );
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"));
+    stream
+}
+
+#[tokio::test]
+async fn a_client_that_takes_nothing_for_send_timeout_is_dropped_and_its_upstream_cancelled() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&server_extra(
+        &one_route(&upstream.url(), ""),
+        "send_timeout = \"1s\"",
+    ))
+    .await;
+    // An event every 2 ms for at least two minutes: more than the socket
+    // buffers hold within a second.
+    let stream = |name: &str| chat(name, json!({"tokens": 60_000, "interval_ms": 2}));
+
+    // One client stops reading; another reads a little every 400 ms, so
+    // its window never stays shut for a whole second.
+    let stalled = small_window_stream(gateway.addr, &stream("stalled")).await;
+    let mut slow = small_window_stream(gateway.addr, &stream("slow")).await;
+    let started = Instant::now();
+    let mut read = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        let mut buf = [0u8; 4096];
+        let got = slow.read(&mut buf).await.unwrap();
+        assert_ne!(got, 0, "the slow reader was dropped");
+        read += got;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+
+    // The stalled client's connection is gone, and with it (the last of its
+    // flight) the upstream request; the slow reader's goes on.
+    assert!(upstream.wait_for(|stats| stats.disconnects() == 1).await);
+    assert_eq!(upstream.stats.completed(), 0);
+    assert_eq!(
+        gateway
+            .wait_metric(r#"chorus_upstream_cancelled_total{route="llm"}"#, |v| v
+                == 1.0)
+            .await,
+        1.0
+    );
+    assert!(read > 4096, "read {read} bytes");
+    assert_eq!(
+        gateway
+            .metric(r#"chorus_flights_active{route="llm"}"#)
+            .await,
+        1.0
+    );
+    drop((stalled, slow));
+    gateway.assert_idle().await;
 }
