@@ -357,19 +357,9 @@ async fn bodies_that_trickle_forever_are_cut_off_and_never_sent_upstream() {
     still_serves(&gateway).await;
 }
 
-/// Opens a stream of `body` with a receive buffer of a few KiB, reads its
-/// head and returns the connection: the gateway's writes stall as soon as
-/// the client stops reading.
+/// [`small_window_post`], its response head read.
 async fn small_window_stream(addr: std::net::SocketAddr, body: &str) -> TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(addr).await.unwrap();
-    let wire = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(wire.as_bytes()).await.unwrap();
+    let mut stream = small_window_post(addr, body).await;
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8];

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::*;
 
@@ -214,16 +214,7 @@ async fn stalled_client_at(addr: SocketAddr, index: usize) -> (TcpStream, usize)
 }
 
 async fn stalled_at(addr: SocketAddr, index: usize) -> (TcpStream, usize, String) {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(addr).await.unwrap();
-    let body = request_body(index);
-    let wire = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(wire.as_bytes()).await.unwrap();
+    let mut stream = small_window_post(addr, &request_body(index)).await;
     let mut first = Vec::new();
     let end = loop {
         let mut buf = [0u8; 512];

@@ -347,6 +347,22 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&response).into_owned()
 }
 
+/// POSTs `body` as a chat completion on a new connection whose receive
+/// buffer holds a few KiB, so that the gateway's writes stall as soon as
+/// the caller stops reading; returns the connection, nothing read yet.
+pub async fn small_window_post(addr: SocketAddr, body: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let wire = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(wire.as_bytes()).await.unwrap();
+    stream
+}
+
 /// The body as JSON; panics if it is not.
 pub fn json(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body)

@@ -2,7 +2,8 @@
 // (../common/backend.py), through the plain gateway and the TLS one; Node's
 // fetch speaks HTTP/1.1 to both. check.py starts everything and runs this with
 // PLAIN, TLS, their admin URLs, BACKEND and NODE_EXTRA_CA_CERTS (the TLS
-// gateway's self-signed certificate) set.
+// gateway's self-signed certificate) set; with the argument `demo`, against
+// `chorus demo` instead (DEMO, and DEMO_STATS: the mock's counters).
 //
 // Every scenario asserts what reached the backend, not only what the SDK saw.
 // Prints a line per check; exits 1 if any failed.
@@ -160,6 +161,26 @@ async function scenarios(name, url, admin) {
   say("nothing is left in flight", await until(() => idle(admin)), "flights and subscribers active at 0");
 }
 
-await scenarios("plain", env.PLAIN, env.PLAIN_ADMIN);
-await scenarios("tls", env.TLS, env.TLS_ADMIN);
+// `chorus demo`: the built-in mock behind the gateway.
+async function demo() {
+  const client = new OpenAI({ baseURL: env.DEMO + "/v1", apiKey: "sk-demo" });
+  const requests = async () => (await (await fetch(env.DEMO_STATS)).json()).requests;
+  const before = await requests();
+  const question = { model: "mock", messages: [{ role: "user", content: "Hello" }] };
+  const answers = await Promise.all([0, 1, 2].map(() => streamed(client, question)));
+  const made = (await requests()) - before;
+  check(
+    "node demo: three identical streams reach the mock once",
+    made === 1 && new Set(answers.map((a) => a.text)).size === 1 && answers[0].text !== ""
+      && answers[0].finish === "stop",
+    `${made} upstream requests, ${JSON.stringify(answers[0].text.slice(0, 40))}`,
+  );
+}
+
+if (process.argv[2] === "demo") {
+  await demo();
+} else {
+  await scenarios("plain", env.PLAIN, env.PLAIN_ADMIN);
+  await scenarios("tls", env.TLS, env.TLS_ADMIN);
+}
 process.exit(failures.length ? 1 : 0);

@@ -1,7 +1,9 @@
 """OpenAI's official SDKs against chorus in front of a FastAPI backend
 (../common/backend.py): the Python SDK here, synchronous and asynchronous,
 over HTTP/1.1 (the plain gateway) and over HTTP/2 with TLS (the other one);
-then the Node SDK (check.mjs) against both gateways.
+then the Node SDK (check.mjs) against both gateways. Both also stream from
+`chorus demo` (the built-in mock behind the gateway), as the README says
+they do.
 
     python check.py CHORUS_BINARY     (tests/sdk/run.sh sets it all up)
 
@@ -18,7 +20,7 @@ import openai
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "common"))
-from harness import Checks, Stack, until  # noqa: E402
+from harness import Checks, Stack, free_port, get_json, until  # noqa: E402
 
 STREAMED = "".join(f"tok{i} " for i in range(15))
 
@@ -203,8 +205,66 @@ async def both_versions(stack, checks):
     await h2.close()
 
 
+class Demo:
+    """`chorus demo` on free ports: `url` the gateway, `stats` the mock's counters."""
+
+    def __init__(self, chorus):
+        self.chorus = os.path.abspath(chorus)
+
+    def __enter__(self):
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            [self.chorus, "demo", "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{free_port()}"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        # The banner names the mock's /stats once the gateway listens.
+        for line in self.process.stdout:
+            if line.strip().startswith("upstream"):
+                self.stats_url = line.split()[1]
+                return self
+        self.process.kill()
+        sys.exit("chorus demo ended before its banner")
+
+    def stats(self):
+        return get_json(self.stats_url)
+
+    def __exit__(self, *_):
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+async def demo(chorus, checks):
+    """The Python SDK against `chorus demo`, as a first-time user tries it."""
+    check = lambda name, ok, detail: checks.check(f"python demo: {name}", ok, detail)
+    with Demo(chorus) as running:
+        client = openai.AsyncOpenAI(base_url=running.url + "/v1", api_key="sk-demo")
+        models = await client.models.list()
+        check("the mock's models are listed", [m.id for m in models.data] == ["mock"],
+              [m.id for m in models.data])
+        before = running.stats()["requests"]
+        question = {"model": "mock", "messages": [{"role": "user", "content": "Hello"}]}
+        answers = await asyncio.gather(*(streamed(client, question) for _ in range(3)))
+        requests = running.stats()["requests"] - before
+        check(
+            "three identical streams reach the mock once",
+            requests == 1 and len({a[0] for a in answers}) == 1 and answers[0][0]
+            and answers[0][1] == "stop",
+            f"{requests} upstream requests, {answers[0][0][:40]!r}",
+        )
+        whole = await client.chat.completions.create(**question)
+        check("a whole completion", bool(whole.choices[0].message.content),
+              repr(whole.choices[0].message.content[:40]))
+        await client.close()
+        node = subprocess.run(["node", os.path.join(HERE, "check.mjs"), "demo"],
+                              env={**os.environ, "DEMO": running.url, "DEMO_STATS": running.stats_url})
+        if node.returncode != 0:
+            checks.failures.append(f"node demo (exit {node.returncode})")
+
+
 def main():
     checks = Checks()
+    asyncio.run(demo(sys.argv[1], checks))
     with Stack(sys.argv[1]) as stack:
         plain, tls = stack.gateways
         asyncio.run(scenarios(stack, plain, False, checks))
