@@ -35,6 +35,7 @@ fn settings() -> Arc<Settings> {
         max_subscribers: 10_000,
         linger: Duration::ZERO,
         cancel_grace: Duration::ZERO,
+        send_timeout: Duration::from_secs(60),
         metrics: Metrics::new().route("bench"),
         buffered: Gauge::default(),
     })

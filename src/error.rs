@@ -140,6 +140,10 @@ pub enum BodyError {
     /// gateway held more than `server.max_buffered_bytes`.
     #[error("the client read too slowly while the gateway was short of buffer space")]
     Lagged,
+    /// The client took nothing of the stream for `server.send_timeout`, and
+    /// was counted out of its flight.
+    #[error("the client took nothing for longer than {0:?}")]
+    Stalled(Duration),
 }
 
 /// An error and its causes, joined with ": ", skipping causes whose text the

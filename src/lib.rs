@@ -147,8 +147,13 @@ pub async fn run_with(
         .iter()
         .enumerate()
         .map(|(index, route)| {
-            Route::new(route, &metrics, &metrics.buffered_bytes)
-                .map_err(|source| StartError::UpstreamTls { index, source })
+            Route::new(
+                route,
+                config.server.send_timeout,
+                &metrics,
+                &metrics.buffered_bytes,
+            )
+            .map_err(|source| StartError::UpstreamTls { index, source })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let server_cert = match &config.server.tls {

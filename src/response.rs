@@ -53,6 +53,8 @@ enum Progress {
     Complete,
     /// The body ended abnormally (the upstream broke).
     Broken,
+    /// The client took nothing for `send_timeout` and was counted out.
+    Stalled,
 }
 
 /// What is known about a request, logged once when its response ends.
@@ -141,7 +143,10 @@ impl AccessLog {
 impl Drop for AccessLog {
     fn drop(&mut self) {
         self.active.dec();
-        let client_left = matches!(self.progress, Progress::Waiting | Progress::Streaming);
+        let client_left = matches!(
+            self.progress,
+            Progress::Waiting | Progress::Streaming | Progress::Stalled
+        );
         let status = match self.status {
             Some(status) if !client_left => status.as_u16(),
             _ => 499,
@@ -159,6 +164,7 @@ impl Drop for AccessLog {
             Progress::Streaming => "client left mid-body",
             Progress::Complete => "complete",
             Progress::Broken => "upstream broke mid-body",
+            Progress::Stalled => "client took nothing for send_timeout",
         };
         tracing::info!(
             route,
@@ -221,6 +227,7 @@ impl Body for ResponseBody {
                     this.log.end(Progress::Complete);
                 }
             }
+            Poll::Ready(Some(Err(BodyError::Stalled(_)))) => this.log.end(Progress::Stalled),
             Poll::Ready(Some(Err(_))) => this.log.end(Progress::Broken),
             Poll::Ready(None) => this.log.end(Progress::Complete),
             Poll::Pending => {}

@@ -2,6 +2,7 @@
 //! and the longest-prefix match that picks a route for a path.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderName, Method};
 use prometheus_client::metrics::gauge::Gauge;
@@ -40,6 +41,7 @@ impl Route {
     /// Builds a route; fails only on unusable upstream TLS files.
     pub fn new(
         config: &RouteConfig,
+        send_timeout: Duration,
         metrics: &Metrics,
         buffered: &Gauge,
     ) -> Result<Self, TlsError> {
@@ -59,6 +61,7 @@ impl Route {
                 max_subscribers: coalesce.max_subscribers,
                 linger: coalesce.linger,
                 cancel_grace: coalesce.cancel_grace,
+                send_timeout,
                 metrics: route_metrics.clone(),
                 buffered: buffered.clone(),
             }),
@@ -114,7 +117,13 @@ mod tests {
                     prefix.to_string(),
                     "http://127.0.0.1:9".parse().unwrap(),
                 );
-                Route::new(&config, &metrics, &metrics.buffered_bytes).unwrap()
+                Route::new(
+                    &config,
+                    Duration::from_secs(60),
+                    &metrics,
+                    &metrics.buffered_bytes,
+                )
+                .unwrap()
             })
             .collect();
         RouteTable::new(routes)

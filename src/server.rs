@@ -19,7 +19,8 @@
 //! (too few first bytes, TLS without ALPN) is left to hyper-util.
 //!
 //! Client sockets get `send_timeout` as their `TCP_USER_TIMEOUT`: a client
-//! that takes nothing of what it is sent for that long is dropped.
+//! that takes nothing of what it is sent for that long is dropped (a single
+//! HTTP/2 stream that stops is the flight's to notice).
 //!
 //! Each connection is watched too (see [`activity`](crate::activity)): one
 //! with no request in progress for `header_read_timeout` is shut down the

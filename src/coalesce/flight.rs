@@ -8,7 +8,9 @@
 //!
 //! Subscribers count themselves in and out: when the count reaches zero the
 //! pump is told, and cancels the upstream after `cancel_grace` unless someone
-//! rejoined. Once a flight is closed to joiners (too many bytes, lingering
+//! rejoined. A subscriber that took nothing for a whole `send_timeout` while
+//! chunks waited for it is counted out too (stalled): its client stopped
+//! reading without leaving, which over HTTP/2 only the stream itself shows. Once a flight is closed to joiners (too many bytes, lingering
 //! over, ended), chunks that every remaining subscriber has read are released.
 
 use std::pin::Pin;
@@ -40,6 +42,9 @@ pub struct Settings {
     pub linger: Duration,
     /// How long the upstream survives with no subscriber.
     pub cancel_grace: Duration,
+    /// `server.send_timeout`: a subscriber that takes nothing for this long,
+    /// while chunks wait for it, is counted out.
+    pub send_timeout: Duration,
     /// The route's series.
     pub metrics: RouteMetrics,
     /// Bytes held by all flight logs of the gateway (the global budget).
@@ -100,6 +105,26 @@ struct State {
     waiters: Vec<Waker>,
     /// Counts the drains, so a subscriber registers its waker once per change.
     generation: u64,
+    /// Each subscriber's place, for the stall check (`Subscriber::slot`).
+    places: Vec<Place>,
+    /// Slots of `places` free for the next subscriber.
+    free: Vec<usize>,
+    /// When the next stall check is due.
+    check_due: Instant,
+    /// The log's length at the last stall check.
+    checked_len: usize,
+}
+
+/// One subscriber's place in the log, as the stall check sees it.
+#[derive(Clone, Copy)]
+enum Place {
+    /// The slot is free.
+    Free,
+    /// Reading: its next chunk, and that at the last check (`usize::MAX`
+    /// before its first).
+    Reading { next: usize, checked: usize },
+    /// Counted out for taking nothing for a whole `send_timeout`.
+    Stalled,
 }
 
 impl Flight {
@@ -107,7 +132,7 @@ impl Flight {
     pub fn lead(key: Key, settings: Arc<Settings>) -> (Arc<Flight>, Subscriber) {
         let flight = Arc::new(Flight {
             key,
-            settings,
+            settings: Arc::clone(&settings),
             state: Mutex::new(State {
                 head: None,
                 log: Log::default(),
@@ -118,6 +143,10 @@ impl Flight {
                 deserted_since: None,
                 waiters: Vec::new(),
                 generation: 0,
+                places: Vec::new(),
+                free: Vec::new(),
+                check_due: Instant::now() + settings.send_timeout,
+                checked_len: 0,
             }),
             deserted: Notify::new(),
         });
@@ -140,10 +169,25 @@ impl Flight {
         state.deserted_since = None;
         let next = state.log.enter();
         let replay_until = state.log.len();
+        let place = Place::Reading {
+            next,
+            checked: usize::MAX,
+        };
+        let slot = match state.free.pop() {
+            Some(slot) => {
+                state.places[slot] = place;
+                slot
+            }
+            None => {
+                state.places.push(place);
+                state.places.len() - 1
+            }
+        };
         drop(state);
         self.settings.metrics.subscribers_active.inc();
         Subscriber {
             flight: Arc::clone(self),
+            slot,
             next,
             replay_until,
             registered: None,
@@ -199,9 +243,54 @@ impl Flight {
             self.end(&mut state, End::Complete);
         }
         self.settings.buffered.inc_by(len as i64);
+        let now = Instant::now();
+        let deserted = now >= state.check_due && self.count_out_stalled(&mut state, now);
         let released = state.release();
         self.wake(state);
         self.settings.buffered.dec_by(released as i64);
+        if deserted {
+            self.deserted.notify_one();
+        }
+    }
+
+    /// The stall check, every `send_timeout` while chunks arrive: counts out
+    /// the subscribers that were at the same chunk at the last check, with
+    /// chunks waiting for them already then. Returns whether that left the
+    /// flight deserted.
+    fn count_out_stalled(&self, state: &mut State, now: Instant) -> bool {
+        let waiting = state.checked_len;
+        let mut stalled = 0;
+        for place in &mut state.places {
+            if let Place::Reading { next, checked } = place {
+                if *next == *checked && *next < waiting {
+                    state.log.leave(*next);
+                    *place = Place::Stalled;
+                    stalled += 1;
+                } else {
+                    *checked = *next;
+                }
+            }
+        }
+        state.checked_len = state.log.len();
+        state.check_due = now + self.settings.send_timeout;
+        if stalled == 0 {
+            return false;
+        }
+        tracing::debug!(
+            key = %self.key.short(),
+            stalled,
+            "subscribers took nothing for send_timeout: counted out"
+        );
+        state.subscribers -= stalled;
+        self.settings
+            .metrics
+            .subscribers_active
+            .dec_by(stalled as i64);
+        if state.subscribers > 0 {
+            return false;
+        }
+        state.deserted_since = Some(now);
+        true
     }
 
     /// Ends the stream. A clean end of a 2xx stays joinable when the route
@@ -348,6 +437,8 @@ impl State {
 /// from the first chunk, then follows the live tail.
 pub struct Subscriber {
     flight: Arc<Flight>,
+    /// This subscriber's place in `State::places`.
+    slot: usize,
     /// Absolute index of the next chunk to hand out.
     next: usize,
     /// Chunks below this index were in the log when this subscriber joined.
@@ -395,16 +486,21 @@ impl Body for Subscriber {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let flight = &*this.flight;
-        let mut state = flight.state();
+        let mut guard = flight.state();
+        let state = &mut *guard;
+        let Some(Place::Reading { next: place, .. }) = state.places.get_mut(this.slot) else {
+            return Poll::Ready(Some(Err(BodyError::Stalled(flight.settings.send_timeout))));
+        };
         if state.log.was_cut(this.next) {
             return Poll::Ready(Some(Err(BodyError::Lagged)));
         }
         if let Some(chunk) = state.log.get(this.next).cloned() {
             state.log.advance(this.next);
             this.next += 1;
+            *place = this.next;
             this.at_clean_end = state.read_to_clean_end(this.next);
             let released = state.release();
-            drop(state);
+            drop(guard);
             flight.settings.buffered.dec_by(released as i64);
             if this.next <= this.replay_until {
                 flight
@@ -441,6 +537,20 @@ impl Drop for Subscriber {
     fn drop(&mut self) {
         let flight = &*self.flight;
         let mut state = flight.state();
+        let place = if self.slot + 1 == state.places.len() {
+            // The newest place (a flight's only one, most often): no free list.
+            state.places.pop()
+        } else {
+            state.free.push(self.slot);
+            state
+                .places
+                .get_mut(self.slot)
+                .map(|place| std::mem::replace(place, Place::Free))
+        };
+        if matches!(place, Some(Place::Stalled)) {
+            // Counted out already.
+            return;
+        }
         state.log.leave(self.next);
         state.subscribers -= 1;
         let deserted = state.subscribers == 0;

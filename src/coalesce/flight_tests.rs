@@ -32,6 +32,7 @@ fn settings(metrics: &Metrics, max_replay_bytes: u64, max_subscribers: usize) ->
         max_subscribers,
         linger: Duration::ZERO,
         cancel_grace: Duration::ZERO,
+        send_timeout: Duration::from_secs(60),
         metrics: metrics.route("test"),
         buffered: metrics.buffered_bytes.clone(),
     })
@@ -336,4 +337,94 @@ async fn shedding_keeps_what_readers_need_up_to_max_replay_bytes_and_cuts_the_re
     drop((eager, stalled));
     drop(flight);
     assert_eq!(metrics.buffered_bytes.get(), 0);
+}
+
+/// Settings whose `send_timeout` is one second.
+fn impatient(metrics: &Metrics) -> Arc<Settings> {
+    Arc::new(Settings {
+        send_timeout: Duration::from_secs(1),
+        ..(*settings(metrics, 1 << 20, 10)).clone()
+    })
+}
+
+/// Appends `count` chunks 100 ms apart; `read` runs after each.
+async fn trickle(flight: &Flight, count: usize, mut read: impl AsyncFnMut(usize)) {
+    for index in 0..count {
+        flight.append(Bytes::from_static(b"x"), false);
+        read(index).await;
+        tokio::time::advance(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscriber_that_takes_nothing_for_send_timeout_is_counted_out() {
+    let metrics = Metrics::new();
+    let active = metrics.route("test").subscribers_active.clone();
+    let (flight, mut stalled) = Flight::lead(key(), impatient(&metrics));
+    let mut reader = flight.join().unwrap();
+    flight.set_head(ok_head());
+    let deserted = flight.deserted(Duration::ZERO);
+    tokio::pin!(deserted);
+
+    // It reads nothing for 2.5 s while chunks wait; the other reads each.
+    trickle(&flight, 25, async |_| {
+        reader.frame().await.unwrap().unwrap();
+    })
+    .await;
+    assert_eq!(active.get(), 1, "the stalled subscriber counted out");
+    assert!(matches!(
+        stalled.frame().await,
+        Some(Err(BodyError::Stalled(_)))
+    ));
+    drop(stalled);
+    assert_eq!(active.get(), 1, "counted out once");
+    // The flight goes on for the reader, and is deserted when it leaves.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), &mut deserted)
+            .await
+            .is_err()
+    );
+    drop(reader);
+    deserted.await;
+    assert_eq!(active.get(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_last_subscriber_counted_out_deserts_the_flight() {
+    let metrics = Metrics::new();
+    let (flight, _stalled) = Flight::lead(key(), impatient(&metrics));
+    flight.set_head(ok_head());
+    trickle(&flight, 25, async |_| {}).await;
+    tokio::time::timeout(Duration::ZERO, flight.deserted(Duration::ZERO))
+        .await
+        .expect("deserted while the stalled subscriber is still held");
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_readers_and_late_joiners_are_not_counted_out() {
+    let metrics = Metrics::new();
+    let active = metrics.route("test").subscribers_active.clone();
+    let (flight, mut slow) = Flight::lead(key(), impatient(&metrics));
+    flight.set_head(ok_head());
+    let mut late = None;
+    // `slow` takes a chunk every 900 ms; `late` joins at 1.5 s with 15
+    // chunks to replay and takes its first at 2.4 s, then one a second.
+    trickle(&flight, 60, async |index| {
+        if index % 9 == 0 {
+            slow.frame().await.unwrap().unwrap();
+        }
+        if index == 15 {
+            late = flight.join();
+        }
+        if index >= 24
+            && (index - 24) % 10 == 0
+            && let Some(late) = &mut late
+        {
+            late.frame().await.unwrap().unwrap();
+        }
+    })
+    .await;
+    assert_eq!(active.get(), 2);
+    assert!(slow.frame().await.unwrap().is_ok());
+    assert!(late.unwrap().frame().await.unwrap().is_ok());
 }

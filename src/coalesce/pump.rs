@@ -299,6 +299,7 @@ mod tests {
             max_subscribers: 10,
             linger: Duration::from_secs(60),
             cancel_grace: Duration::ZERO,
+            send_timeout: Duration::from_secs(60),
             metrics: metrics.route("test"),
             buffered: metrics.buffered_bytes.clone(),
         });

@@ -421,3 +421,48 @@ async fn a_client_that_takes_nothing_for_send_timeout_is_dropped_and_its_upstrea
     drop((stalled, slow));
     gateway.assert_idle().await;
 }
+
+#[tokio::test]
+async fn an_http2_stream_its_client_stops_reading_is_counted_out_after_send_timeout() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&server_extra(
+        &one_route(&upstream.url(), ""),
+        "send_timeout = \"1s\"",
+    ))
+    .await;
+    let client: HttpClient =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .http2_initial_stream_window_size(4096)
+            .build_http();
+    let url = gateway.url("/v1/chat/completions");
+
+    // Never read: its window shuts after 4 KiB, on a connection that lives
+    // on (the client answers pings and reads its other stream).
+    let stream = chat("stalled", json!({"tokens": 60_000, "interval_ms": 2}));
+    let stalled = send(&client, post(&url, stream)).await;
+    assert_eq!(stalled.status(), 200);
+    let read = send(
+        &client,
+        post(&url, chat("read", json!({"tokens": 60, "interval_ms": 50}))),
+    )
+    .await;
+    let read = body(read).await.unwrap();
+    assert!(read.ends_with(b"data: [DONE]\n\n"));
+
+    // The stalled stream was counted out of its flight, which, left with
+    // nobody, cancelled its upstream request.
+    assert!(upstream.wait_for(|stats| stats.disconnects() == 1).await);
+    assert_eq!(upstream.stats.completed(), 1);
+    assert_eq!(
+        gateway
+            .wait_metric(r#"chorus_upstream_cancelled_total{route="llm"}"#, |v| v
+                == 1.0)
+            .await,
+        1.0
+    );
+    assert_eq!(gateway.metric("chorus_connections_active").await, 1.0);
+    // Read now, it gives what was sent, then a reset: not a clean end.
+    assert!(body(stalled).await.is_err());
+    gateway.assert_idle().await;
+}
