@@ -10,8 +10,9 @@
 //! pump is told, and cancels the upstream after `cancel_grace` unless someone
 //! rejoined. A subscriber that took nothing for a whole `send_timeout` while
 //! chunks waited for it is counted out too (stalled): its client stopped
-//! reading without leaving, which over HTTP/2 only the stream itself shows. Once a flight is closed to joiners (too many bytes, lingering
-//! over, ended), chunks that every remaining subscriber has read are released.
+//! reading without leaving, which over HTTP/2 only the stream itself shows.
+//! Once a flight is closed to joiners (too many bytes, lingering over,
+//! ended), chunks that every remaining subscriber has read are released.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
