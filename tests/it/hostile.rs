@@ -374,22 +374,49 @@ async fn small_window_stream(addr: std::net::SocketAddr, body: &str) -> TcpStrea
     stream
 }
 
-#[tokio::test]
-async fn a_client_that_takes_nothing_for_send_timeout_is_dropped_and_its_upstream_cancelled() {
+/// The mock and a gateway whose `send_timeout` is one second.
+async fn impatient_gateway() -> (Upstream, Gateway) {
     let upstream = Upstream::start().await;
     let gateway = Gateway::start(&server_extra(
         &one_route(&upstream.url(), ""),
         "send_timeout = \"1s\"",
     ))
     .await;
-    // An event every 2 ms for at least two minutes: more than the socket
-    // buffers hold within a second.
-    let stream = |name: &str| chat(name, json!({"tokens": 60_000, "interval_ms": 2}));
+    (upstream, gateway)
+}
+
+/// The upstream saw one request closed before its end, and the gateway
+/// counted it cancelled; `completed` others ran to their end.
+async fn one_upstream_cancelled(upstream: &Upstream, gateway: &Gateway, completed: u64) {
+    assert!(upstream.wait_for(|stats| stats.disconnects() == 1).await);
+    assert_eq!(upstream.stats.completed(), completed);
+    gateway
+        .wait_metric(r#"chorus_upstream_cancelled_total{route="llm"}"#, |v| {
+            v == 1.0
+        })
+        .await;
+    assert_eq!(
+        gateway
+            .metric(r#"chorus_upstream_cancelled_total{route="llm"}"#)
+            .await,
+        1.0
+    );
+}
+
+/// A stream of an event every 2 ms for at least two minutes: more than the
+/// socket buffers hold within a second.
+fn endless(name: &str) -> String {
+    chat(name, json!({"tokens": 60_000, "interval_ms": 2}))
+}
+
+#[tokio::test]
+async fn a_client_that_takes_nothing_for_send_timeout_is_dropped_and_its_upstream_cancelled() {
+    let (upstream, gateway) = impatient_gateway().await;
 
     // One client stops reading; another reads a little every 400 ms, so
     // its window never stays shut for a whole second.
-    let stalled = small_window_stream(gateway.addr, &stream("stalled")).await;
-    let mut slow = small_window_stream(gateway.addr, &stream("slow")).await;
+    let stalled = small_window_stream(gateway.addr, &endless("stalled")).await;
+    let mut slow = small_window_stream(gateway.addr, &endless("slow")).await;
     let started = Instant::now();
     let mut read = 0;
     while started.elapsed() < Duration::from_secs(5) {
@@ -402,15 +429,7 @@ async fn a_client_that_takes_nothing_for_send_timeout_is_dropped_and_its_upstrea
 
     // The stalled client's connection is gone, and with it (the last of its
     // flight) the upstream request; the slow reader's goes on.
-    assert!(upstream.wait_for(|stats| stats.disconnects() == 1).await);
-    assert_eq!(upstream.stats.completed(), 0);
-    assert_eq!(
-        gateway
-            .wait_metric(r#"chorus_upstream_cancelled_total{route="llm"}"#, |v| v
-                == 1.0)
-            .await,
-        1.0
-    );
+    one_upstream_cancelled(&upstream, &gateway, 0).await;
     assert!(read > 4096, "read {read} bytes");
     assert_eq!(
         gateway
@@ -424,12 +443,7 @@ async fn a_client_that_takes_nothing_for_send_timeout_is_dropped_and_its_upstrea
 
 #[tokio::test]
 async fn an_http2_stream_its_client_stops_reading_is_counted_out_after_send_timeout() {
-    let upstream = Upstream::start().await;
-    let gateway = Gateway::start(&server_extra(
-        &one_route(&upstream.url(), ""),
-        "send_timeout = \"1s\"",
-    ))
-    .await;
+    let (upstream, gateway) = impatient_gateway().await;
     let client: HttpClient =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .http2_only(true)
@@ -439,8 +453,7 @@ async fn an_http2_stream_its_client_stops_reading_is_counted_out_after_send_time
 
     // Never read: its window shuts after 4 KiB, on a connection that lives
     // on (the client answers pings and reads its other stream).
-    let stream = chat("stalled", json!({"tokens": 60_000, "interval_ms": 2}));
-    let stalled = send(&client, post(&url, stream)).await;
+    let stalled = send(&client, post(&url, endless("stalled"))).await;
     assert_eq!(stalled.status(), 200);
     let read = send(
         &client,
@@ -452,15 +465,7 @@ async fn an_http2_stream_its_client_stops_reading_is_counted_out_after_send_time
 
     // The stalled stream was counted out of its flight, which, left with
     // nobody, cancelled its upstream request.
-    assert!(upstream.wait_for(|stats| stats.disconnects() == 1).await);
-    assert_eq!(upstream.stats.completed(), 1);
-    assert_eq!(
-        gateway
-            .wait_metric(r#"chorus_upstream_cancelled_total{route="llm"}"#, |v| v
-                == 1.0)
-            .await,
-        1.0
-    );
+    one_upstream_cancelled(&upstream, &gateway, 1).await;
     assert_eq!(gateway.metric("chorus_connections_active").await, 1.0);
     // Read now, it gives what was sent, then a reset: not a clean end.
     assert!(body(stalled).await.is_err());
