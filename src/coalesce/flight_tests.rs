@@ -366,8 +366,8 @@ async fn a_subscriber_that_takes_nothing_for_send_timeout_is_counted_out() {
     let deserted = flight.deserted(Duration::ZERO);
     tokio::pin!(deserted);
 
-    // It reads nothing for 2.5 s while chunks wait; the other reads each.
-    trickle(&flight, 25, async |_| {
+    // It reads nothing for 5 s while chunks wait; the other reads each.
+    trickle(&flight, 50, async |_| {
         reader.frame().await.unwrap().unwrap();
     })
     .await;
@@ -394,7 +394,7 @@ async fn the_last_subscriber_counted_out_deserts_the_flight() {
     let metrics = Metrics::new();
     let (flight, _stalled) = Flight::lead(key(), impatient(&metrics));
     flight.set_head(ok_head());
-    trickle(&flight, 25, async |_| {}).await;
+    trickle(&flight, 50, async |_| {}).await;
     tokio::time::timeout(Duration::ZERO, flight.deserted(Duration::ZERO))
         .await
         .expect("deserted while the stalled subscriber is still held");
@@ -407,17 +407,17 @@ async fn slow_readers_and_late_joiners_are_not_counted_out() {
     let (flight, mut slow) = Flight::lead(key(), impatient(&metrics));
     flight.set_head(ok_head());
     let mut late = None;
-    // `slow` takes a chunk every 900 ms; `late` joins at 1.5 s with 15
-    // chunks to replay and takes its first at 2.4 s, then one a second.
-    trickle(&flight, 60, async |index| {
+    // `slow` takes a chunk every 900 ms; `late` joins at 4 s with 40
+    // chunks to replay and takes its first at 5.6 s, then one a second.
+    trickle(&flight, 80, async |index| {
         if index % 9 == 0 {
             slow.frame().await.unwrap().unwrap();
         }
-        if index == 15 {
+        if index == 40 {
             late = flight.join();
         }
-        if index >= 24
-            && (index - 24) % 10 == 0
+        if index >= 56
+            && (index - 56) % 10 == 0
             && let Some(late) = &mut late
         {
             late.frame().await.unwrap().unwrap();
