@@ -498,13 +498,13 @@ impl Body for Subscriber {
         let flight = &*this.flight;
         let mut guard = flight.state();
         let state = &mut *guard;
-        let Some(Place::Reading { next: place, .. }) = state.places.get_mut(this.slot) else {
-            return Poll::Ready(Some(Err(BodyError::Stalled(flight.settings.send_timeout))));
-        };
-        if state.log.was_cut(this.next) {
-            return Poll::Ready(Some(Err(BodyError::Lagged)));
-        }
+        let stalled = || Poll::Ready(Some(Err(BodyError::Stalled(flight.settings.send_timeout))));
+        // A subscriber counted out was behind: it always finds a chunk here,
+        // or was cut. Polls that wait for the next chunk never look.
         if let Some(chunk) = state.log.get(this.next).cloned() {
+            let Some(Place::Reading { next: place, .. }) = state.places.get_mut(this.slot) else {
+                return stalled();
+            };
             state.log.advance(this.next);
             this.next += 1;
             *place = this.next;
@@ -520,6 +520,12 @@ impl Body for Subscriber {
                     .inc_by(chunk.len() as u64);
             }
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if state.log.was_cut(this.next) {
+            if let Some(Place::Stalled) = state.places.get(this.slot) {
+                return stalled();
+            }
+            return Poll::Ready(Some(Err(BodyError::Lagged)));
         }
         match &state.end {
             // Caught up with a clean end.
