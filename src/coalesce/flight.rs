@@ -116,7 +116,7 @@ struct State {
     checked_len: usize,
 }
 
-/// The stall check looks at the clock at every this many chunks appended.
+/// The stall check reads the clock once every this many appended chunks.
 const STALL_CHECK_CHUNKS: usize = 16;
 
 /// One subscriber's place in the log, as the stall check sees it.
@@ -263,10 +263,9 @@ impl Flight {
     }
 
     /// The stall check, every `send_timeout` while chunks arrive (the first
-    /// only notes where everyone is): counts out
-    /// the subscribers that were at the same chunk at the last check, with
-    /// chunks waiting for them already then. Returns whether that left the
-    /// flight deserted.
+    /// only notes where everyone is): counts out the subscribers that were
+    /// at the same chunk at the last check, with chunks waiting for them
+    /// already then. Returns whether that left the flight deserted.
     fn count_out_stalled(&self, state: &mut State, now: Instant) -> bool {
         let waiting = state.checked_len;
         let mut stalled = 0;
