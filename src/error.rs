@@ -59,6 +59,12 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
+    /// An upstream that answered, but not as asked: a 502.
+    pub(crate) fn upstream_failed(why: impl Into<String>) -> Self {
+        let why: Box<dyn StdError + Send + Sync> = why.into().into();
+        Self::UpstreamFailed(Arc::from(why))
+    }
+
     /// Classifies a failure to connect: timed out (504) or unreachable (502).
     pub(crate) fn from_connect(error: Box<dyn StdError + Send + Sync>, limit: Duration) -> Self {
         let timed_out = sources(&*error).any(|source| {

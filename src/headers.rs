@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use http::header::{
     ACCEPT_ENCODING, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, EXPECT, HOST,
-    TE, TRANSFER_ENCODING, UPGRADE,
+    TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
@@ -21,12 +21,14 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 /// Hop-by-hop headers of RFC 9110 §7.6.1 (and the legacy ones proxies still
-/// meet); the names listed in `Connection` are removed as well.
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// meet); the names listed in `Connection` are removed as well. `Trailer`
+/// goes too: it announces trailer fields, which the gateway does not relay.
+const HOP_BY_HOP: [HeaderName; 8] = [
     CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
     TE,
+    TRAILER,
     TRANSFER_ENCODING,
     UPGRADE,
     HeaderName::from_static("http2-settings"),
@@ -100,8 +102,10 @@ pub fn coalesce_opted_out(headers: &HeaderMap) -> bool {
 
 /// Turns a client request's headers into the upstream request's headers.
 ///
-/// `uri` is the request URI as received (its authority stands in for `Host`
-/// on HTTP/2); `upstream_authority` becomes `Host`; `coalesced` requests ask
+/// `uri` is the request URI as received: its authority, where it has one
+/// (HTTP/2's `:authority`, an HTTP/1.1 absolute-form target), is the host
+/// the client asked for, as RFC 9112 §3.2.2 and RFC 9113 §8.3.1 say, and
+/// `Host` otherwise. `upstream_authority` becomes `Host`; `coalesced` requests ask
 /// for identity encoding so that no subscriber gets an encoding it did not
 /// accept.
 pub fn to_upstream(
@@ -112,10 +116,10 @@ pub fn to_upstream(
     extra: &[(HeaderName, HeaderValue)],
     coalesced: bool,
 ) {
-    let client_host = headers.get(HOST).cloned().or_else(|| {
-        uri.authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    let client_host = uri
+        .authority()
+        .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+        .or_else(|| headers.get(HOST).cloned());
 
     remove_hop_by_hop(headers);
     remove_gateway_headers(headers);
@@ -142,6 +146,12 @@ pub fn to_upstream(
 
 /// Turns an upstream response's headers into the client response's headers.
 pub fn to_downstream(headers: &mut HeaderMap) {
+    // A body the upstream framed with `Transfer-Encoding` was read by it,
+    // whatever its `Content-Length` said; passed on, the length would cut
+    // the body short or promise bytes that never come (RFC 9112 §6.3).
+    if headers.contains_key(TRANSFER_ENCODING) {
+        headers.remove(CONTENT_LENGTH);
+    }
     remove_hop_by_hop(headers);
     remove_gateway_headers(headers);
     if is_event_stream(headers) {
@@ -237,6 +247,7 @@ mod tests {
             ("te", "trailers"),
             ("upgrade", "h2c"),
             ("proxy-connection", "keep-alive"),
+            ("trailer", "x-checksum"),
             ("x-kept", "yes"),
         ]);
         remove_hop_by_hop(&mut headers);
@@ -259,6 +270,31 @@ mod tests {
         assert_eq!(headers["host"], "backend:9000");
         assert!(headers.get("x-chorus-coalesce").is_none());
         assert!(headers.get("accept-encoding").is_none());
+    }
+
+    #[test]
+    fn the_forwarded_host_is_the_targets_authority_where_it_has_one() {
+        let client = ClientSide::new("10.0.0.7".parse().unwrap(), false);
+        let authority = HeaderValue::from_static("backend:9000");
+        for (target, host, forwarded) in [
+            ("/v1/chat", "chat.example.com", "chat.example.com"),
+            (
+                "http://api.example.com/v1/chat",
+                "other.example",
+                "api.example.com",
+            ),
+            (
+                "https://api.example.com:8443/",
+                "api.example.com",
+                "api.example.com:8443",
+            ),
+        ] {
+            let mut headers = map(&[("host", host)]);
+            let uri: Uri = target.parse().unwrap();
+            to_upstream(&mut headers, &uri, &client, &authority, &[], false);
+            assert_eq!(headers["x-forwarded-host"], forwarded, "{target}");
+            assert_eq!(headers["host"], "backend:9000");
+        }
     }
 
     #[test]
@@ -309,5 +345,17 @@ mod tests {
         to_downstream(&mut headers);
         assert_eq!(headers["content-length"], "2");
         assert!(headers.get("x-accel-buffering").is_none());
+    }
+
+    #[test]
+    fn a_length_beside_a_transfer_coding_is_dropped() {
+        let mut headers = map(&[
+            ("content-type", "application/json"),
+            ("content-length", "2"),
+            ("transfer-encoding", "chunked"),
+        ]);
+        to_downstream(&mut headers);
+        assert!(headers.get("content-length").is_none());
+        assert!(headers.get("transfer-encoding").is_none());
     }
 }

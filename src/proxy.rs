@@ -222,12 +222,19 @@ impl Proxy {
                     limit: framing::MAX_HEADERS,
                 },
                 Suspect::TargetTooLong => GatewayError::UriTooLong {
-                    limit: framing::MAX_TARGET,
+                    limit: framing::MAX_TARGET.min(limit),
                 },
             });
         }
         if head_size(request) > limit {
-            return Err(GatewayError::HeadersTooLarge { limit });
+            // As nginx answers: a request line alone over the limit is a 414.
+            return Err(if line_size(request) > limit {
+                GatewayError::UriTooLong {
+                    limit: framing::MAX_TARGET.min(limit),
+                }
+            } else {
+                GatewayError::HeadersTooLarge { limit }
+            });
         }
         Ok(())
     }
@@ -348,7 +355,7 @@ impl Proxy {
                     "the upstream answered the WebSocket handshake with {}, not 101",
                     response.status()
                 );
-                return refuse(upstream_failed(why), Role::Bypass, log);
+                return refuse(GatewayError::upstream_failed(why), Role::Bypass, log);
             }
             return response;
         };
@@ -361,7 +368,7 @@ impl Proxy {
             Some(nonce) => {
                 if !nonce.accepted(response.headers_mut()) {
                     let why = "the upstream's Sec-WebSocket-Accept does not answer the key sent";
-                    return refuse(upstream_failed(why.into()), Role::Bypass, log);
+                    return refuse(GatewayError::upstream_failed(why), Role::Bypass, log);
                 }
                 *response.status_mut() = StatusCode::OK;
                 response.headers_mut().remove(CONTENT_LENGTH);
@@ -382,12 +389,6 @@ impl Proxy {
         }
         response
     }
-}
-
-/// An upstream that answered, but not as asked: a 502.
-fn upstream_failed(why: String) -> GatewayError {
-    let why: Box<dyn std::error::Error + Send + Sync> = why.into();
-    GatewayError::UpstreamFailed(Arc::from(why))
 }
 
 /// The upstream's side of a `101 Switching Protocols`.
@@ -492,15 +493,22 @@ fn set_role(headers: &mut HeaderMap, role: Role) {
 
 /// The size of the request line and headers as a client would send them.
 fn head_size<B>(request: &Request<B>) -> usize {
+    request
+        .headers()
+        .iter()
+        .fold(line_size(request), |size, (name, value)| {
+            size + name.as_str().len() + value.len() + 4
+        })
+}
+
+/// The size of a request line, as [`head_size`] counts it.
+fn line_size<B>(request: &Request<B>) -> usize {
     let uri = request.uri();
     let target = uri
         .authority()
         .map_or(0, |authority| authority.as_str().len())
         + uri.path_and_query().map_or(1, |pq| pq.as_str().len());
-    let line = request.method().as_str().len() + target + 12;
-    request.headers().iter().fold(line, |size, (name, value)| {
-        size + name.as_str().len() + value.len() + 4
-    })
+    request.method().as_str().len() + target + 12
 }
 
 /// Reads the whole request body within the size and time limits.

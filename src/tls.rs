@@ -15,12 +15,15 @@
 //! start-up or on a reload, never on the request path.
 
 mod check;
+mod pinned;
 pub mod reload;
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use pinned::PinnedOrWebPki;
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -208,32 +211,49 @@ pub fn server_config(cert: Arc<ServerCert>) -> Result<ServerConfig, TlsError> {
 }
 
 /// The trust roots for https upstreams: the Mozilla roots, plus every
-/// certificate in `extra_ca` if given.
-fn roots(extra_ca: Option<&Path>) -> Result<RootCertStore, TlsError> {
+/// certificate in `extra_ca` if given, which come back on their own too.
+fn roots(
+    extra_ca: Option<&Path>,
+) -> Result<(RootCertStore, Vec<CertificateDer<'static>>), TlsError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = extra_ca {
-        for cert in read_certs(path)? {
-            roots.add(cert).map_err(|source| TlsError::Refused {
+    let Some(path) = extra_ca else {
+        return Ok((roots, Vec::new()));
+    };
+    let extra = read_certs(path)?;
+    for cert in &extra {
+        roots
+            .add(cert.clone())
+            .map_err(|source| TlsError::Refused {
                 path: path.to_owned(),
                 source,
             })?;
-        }
     }
-    Ok(roots)
+    Ok((roots, extra))
 }
 
 /// The client configuration for https upstreams: the Mozilla roots, plus
-/// `extra_ca` if given, and a client certificate if given. ALPN is set by
-/// the connector; SNI is on, and the certificate must name the upstream host.
+/// `extra_ca` if given (see [`pinned`] for a certificate that is the
+/// upstream's own), and a client certificate if given. ALPN is set by the
+/// connector; SNI is on, and the certificate must name the upstream host.
 pub fn client_config(
     extra_ca: Option<&Path>,
     client_cert: Option<(&Path, &Path)>,
 ) -> Result<ClientConfig, TlsError> {
+    let (roots, extra) = roots(extra_ca)?;
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(TlsError::Provider)?
-        .with_root_certificates(roots(extra_ca)?);
+        .map_err(TlsError::Provider)?;
+    let builder = if extra.is_empty() {
+        builder.with_root_certificates(roots)
+    } else {
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|error| TlsError::Provider(rustls::Error::General(error.to_string())))?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedOrWebPki::new(webpki, extra)))
+    };
     Ok(match client_cert {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderName, HeaderValue, Request, Response, Uri, Version};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -117,6 +117,8 @@ impl Upstream {
         // its room would stay in every flight's pump for the whole stream.
         let sending = Box::pin(self.pool.send(request));
         let (response, held) = self.first_byte(sending).await?;
+        // Dropped with the response, the connection is closed, not reused.
+        check_status(response.status())?;
         Ok(response.map(|body| self.body(body, Some(held))))
     }
 
@@ -161,6 +163,19 @@ impl Upstream {
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout
     }
+}
+
+/// Refuses a status no request but a WebSocket handshake can be answered
+/// with: a `101` (RFC 9110 §7.8: only to a client that asked to upgrade;
+/// HTTP/2 has none) or one outside 100–599, which RFC 9110 §15 calls
+/// invalid.
+fn check_status(status: StatusCode) -> Result<(), GatewayError> {
+    let why = match status.as_u16() {
+        101 => "the upstream switched protocols, which the request did not ask for",
+        100..=599 => return Ok(()),
+        _ => "the upstream answered with a status outside 100-599",
+    };
+    Err(GatewayError::upstream_failed(format!("{why} ({status})")))
 }
 
 /// An upstream response body that fails when the upstream stays silent for

@@ -43,8 +43,22 @@ pub(super) fn listeners_clash(a: SocketAddr, b: SocketAddr) -> bool {
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
+/// A URL as problems show it: user information, which may hold a password
+/// (from `${NAME}` even), replaced by `***`.
+fn without_credentials(text: &str) -> String {
+    let start = text.find("://").map_or(0, |at| at + 3);
+    let end = text[start..]
+        .find(['/', '?', '#'])
+        .map_or(text.len(), |at| start + at);
+    match text[start..end].rfind('@') {
+        Some(at) => format!("{}***{}", &text[..start], &text[start + at..]),
+        None => text.to_owned(),
+    }
+}
+
 pub(super) fn upstream_uri(problems: &mut Problems, key: &str, text: &str) -> Option<Uri> {
-    let bad_url = || format!("must be an http:// or https:// URL, got {text:?}");
+    let shown = without_credentials(text);
+    let bad_url = || format!("must be an http:// or https:// URL, got {shown:?}");
     let Ok(uri) = text.parse::<Uri>() else {
         problems.push(key, bad_url());
         return None;
@@ -62,14 +76,14 @@ pub(super) fn upstream_uri(problems: &mut Problems, key: &str, text: &str) -> Op
         problems.push(
             key,
             format!(
-                "must not carry credentials (user@host), got {text:?}; \
+                "must not carry credentials (user@host), got {shown:?}; \
                  set them in [routes.upstream_headers] instead"
             ),
         );
         return None;
     }
     if authority.host().is_empty() {
-        problems.push(key, format!("has no host, got {text:?}"));
+        problems.push(key, format!("has no host, got {shown:?}"));
         ok = false;
     }
     let port_text = authority
@@ -77,17 +91,17 @@ pub(super) fn upstream_uri(problems: &mut Problems, key: &str, text: &str) -> Op
         .strip_prefix(authority.host())
         .unwrap_or_default();
     if !port_text.is_empty() && authority.port_u16().is_none_or(|port| port == 0) {
-        problems.push(key, format!("has an invalid port, got {text:?}"));
+        problems.push(key, format!("has an invalid port, got {shown:?}"));
         ok = false;
     }
     if text.contains('?') {
-        problems.push(key, format!("must not have a query (?...), got {text:?}"));
+        problems.push(key, format!("must not have a query (?...), got {shown:?}"));
         ok = false;
     }
     if text.contains('#') {
         problems.push(
             key,
-            format!("must not have a fragment (#...), got {text:?}"),
+            format!("must not have a fragment (#...), got {shown:?}"),
         );
         ok = false;
     }
@@ -242,7 +256,11 @@ mod tests {
             ("http://h:9000/v1?x=1", "query"),
             ("http://h:9000/?", "query"),
             ("http://h:9000/#top", "fragment"),
-            ("http://user:pw@h:9000", "credentials"),
+            (
+                "http://user:pw@h:9000",
+                "credentials (user@host), got \"http://***@h:9000\"",
+            ),
+            ("ftp://user:pw@h:9000/a@b", "got \"ftp://***@h:9000/a@b\""),
             ("http://h:99999", "port"),
             ("http://h:0", "port"),
         ] {

@@ -51,11 +51,20 @@ pub(super) fn read_head(head: &[u8]) -> Judged {
             .iter()
             .filter(move |header| header.name.eq_ignore_ascii_case(name))
     };
-    let hosts = named("host").count();
-    if hosts > 1 || (http11 && hosts == 0) {
-        return Judged::Refused(Suspect::Malformed(
-            "a request needs exactly one Host header",
-        ));
+    let mut hosts = named("host");
+    match (hosts.next(), hosts.next()) {
+        (Some(host), None) if is_host(host.value) => {}
+        (Some(_), None) => {
+            return Judged::Refused(Suspect::Malformed(
+                "the Host header is not a host and an optional port",
+            ));
+        }
+        (None, None) if !http11 => {}
+        _ => {
+            return Judged::Refused(Suspect::Malformed(
+                "a request needs exactly one Host header",
+            ));
+        }
     }
     let lengths: Vec<&[u8]> = named("content-length").map(|header| header.value).collect();
     let codings: Vec<&[u8]> = named("transfer-encoding")
@@ -111,6 +120,32 @@ fn is_plain_path(target: &[u8]) -> bool {
     target.first() == Some(&b'/') && target.iter().all(|&byte| PLAIN[usize::from(byte)])
 }
 
+/// Whether a `Host` value is RFC 9112 §3.2's `uri-host [ ":" port ]`, as far
+/// as its bytes tell (RFC 3986's host characters, `:` and an IPv6 literal's
+/// brackets): no spaces, no `/`, `@` or `?`, nothing a backend could read as
+/// a path or as user information. Empty is allowed.
+fn is_host(value: &[u8]) -> bool {
+    const HOST: [bool; 256] = {
+        let mut host = [false; 256];
+        let mut byte = 0;
+        while byte < 256 {
+            host[byte] = (byte as u8).is_ascii_alphanumeric();
+            byte += 1;
+        }
+        let others = b"-._~%!$&'()*+,;=:[]";
+        let mut at = 0;
+        while at < others.len() {
+            host[others[at] as usize] = true;
+            at += 1;
+        }
+        host
+    };
+    value
+        .trim_ascii()
+        .iter()
+        .all(|&byte| HOST[usize::from(byte)])
+}
+
 /// A Content-Length value: decimal digits only, as hyper reads it.
 fn digits(value: &[u8]) -> Option<u64> {
     if value.is_empty() {
@@ -148,6 +183,32 @@ mod tests {
             "/\u{e9}",
         ] {
             assert!(!is_plain_path(other.as_bytes()), "{other}");
+        }
+    }
+
+    #[test]
+    fn hosts_are_names_or_addresses_and_an_optional_port() {
+        for host in [
+            "",
+            "api.example.com",
+            "api.example.com:8080",
+            "127.0.0.1:80",
+            "[::1]:8080",
+            "xn--bcher-kva.example",
+        ] {
+            assert!(is_host(host.as_bytes()), "{host}");
+        }
+        for other in [
+            "x y",
+            "x/evil",
+            "user@x",
+            "x?y",
+            "x#y",
+            "x\\y",
+            "x\"y",
+            "caf\u{e9}",
+        ] {
+            assert!(!is_host(other.as_bytes()), "{other}");
         }
     }
 

@@ -13,7 +13,8 @@
 //! - not both `Content-Length` and `Transfer-Encoding`;
 //! - `Transfer-Encoding`, if present, is one line that says exactly `chunked`;
 //! - every line ends in CRLF, never a bare LF;
-//! - exactly one `Host` (at most one on HTTP/1.0), as RFC 9112 §3.2 asks.
+//! - exactly one `Host` (at most one on HTTP/1.0), a host and an optional
+//!   port, as RFC 9112 §3.2 asks.
 //!
 //! And what hyper would refuse by itself, with a bare status and neither the
 //! gateway's JSON nor `x-chorus-role`: a head that does not parse, a request

@@ -155,7 +155,8 @@ impl Reader {
                     // lie, with no copy.
                     match head_end(rest, 0) {
                         Some(end) if end > self.max_head => {
-                            return self.refuse(Suspect::TooLarge, released, from, at);
+                            let why = too_large(&rest[..end], self.max_head);
+                            return self.refuse(why, released, from, at);
                         }
                         Some(end) => match self.judge(&rest[..end]) {
                             Verdict::Go => at += end,
@@ -211,7 +212,7 @@ impl Reader {
     /// port is answered at once, not after `header_read_timeout`).
     fn refusal_of_part(&self) -> Option<Suspect> {
         if self.head.len() > self.max_head {
-            return Some(Suspect::TooLarge);
+            return Some(too_large(&self.head, self.max_head));
         }
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         match httparse::Request::new(&mut headers).parse(&self.head) {
@@ -318,6 +319,15 @@ fn chunk_step(chunk: Chunk, byte: u8) -> State {
     };
     // A byte hyper's decoder refuses: it closes the connection itself.
     next.map_or(State::Off, State::Chunked)
+}
+
+/// Why a head longer than `max_head` is refused: its request line alone is
+/// over the limit (414, as nginx answers), or its headers are (431).
+fn too_large(head: &[u8], max_head: usize) -> Suspect {
+    match memchr::memchr(b'\n', head) {
+        Some(line_end) if line_end <= max_head => Suspect::TooLarge,
+        _ => Suspect::TargetTooLong,
+    }
 }
 
 #[cfg(test)]

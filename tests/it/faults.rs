@@ -47,6 +47,9 @@ enum Fault {
     /// Answers in full, keeping the connection alive in the header but
     /// closing it right after the response.
     CloseAfterAnswer,
+    /// Answers with these bytes once released, and keeps the connection;
+    /// counts it closed by the gateway when it is.
+    Answer(&'static [u8]),
 }
 
 /// A raw-socket upstream with one [`Fault`].
@@ -173,6 +176,9 @@ async fn serve(
         tokio::pin!(released);
         released.as_mut().enable();
         if !read_request(&mut stream, &mut buffer).await {
+            if matches!(fault, Fault::Answer(_)) {
+                closed.fetch_add(1, Ordering::SeqCst);
+            }
             return;
         }
         count.fetch_add(1, Ordering::SeqCst);
@@ -220,6 +226,10 @@ async fn serve(
             Fault::CloseAfterAnswer => {
                 let _ = stream.write_all(ANSWER).await;
                 return;
+            }
+            Fault::Answer(bytes) => {
+                released.await;
+                let _ = stream.write_all(bytes).await;
             }
         }
     }
@@ -400,6 +410,57 @@ async fn a_malformed_response_body_ends_every_subscriber_abnormally() {
         &Outcome::Broken(200, b"data: first event!!\n\n".to_vec()),
     );
     no_flight_left(&gateway, &upstream).await;
+}
+
+/// A `101` to a request that did not ask to upgrade, and a status outside
+/// 100-599, are answers no client can take: a 502, and the connection closed.
+#[tokio::test]
+async fn an_unasked_protocol_switch_or_an_invalid_status_is_a_502_for_every_subscriber() {
+    for answer in [
+        &b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n"[..],
+        b"HTTP/1.1 999 Odd\r\ncontent-length: 2\r\n\r\nok",
+    ] {
+        let upstream = Faulty::start(Fault::Answer(answer)).await;
+        let gateway = Gateway::start(&route(&upstream.url())).await;
+        let outcomes = herd(&gateway, &upstream).await;
+        all_got(&outcomes, &Outcome::Refused(502, "upstream_failed".into()));
+        upstream.wait_closed_by_gateway(1).await;
+        no_flight_left(&gateway, &upstream).await;
+    }
+}
+
+/// A chunked body whose head also gives a (wrong) length: the chunks are the
+/// body, and no client is told the length (RFC 9112 §6.3), which would cut
+/// it short over HTTP/1.1 and be a protocol error over HTTP/2.
+#[tokio::test]
+async fn a_length_beside_chunked_framing_is_not_passed_on() {
+    const CHUNKED_WITH_LENGTH: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+        content-length: 2\r\ntransfer-encoding: chunked\r\n\r\n\
+        b\r\n{\"ok\":true}\r\n0\r\n\r\n";
+    let upstream = Faulty::start(Fault::Answer(CHUNKED_WITH_LENGTH)).await;
+    let gateway = Gateway::start(&route(&upstream.url())).await;
+    let outcomes = herd(&gateway, &upstream).await;
+    all_got(
+        &outcomes,
+        &Outcome::Complete(200, b"{\"ok\":true}".to_vec()),
+    );
+    let mut request = post(&gateway.url(PATH), BODY);
+    request
+        .headers_mut()
+        .insert("x-chorus-coalesce", http::HeaderValue::from_static("off"));
+    let releasing = async {
+        // Released once the request is in, as the herd's was.
+        while upstream.requests() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        upstream.release();
+    };
+    let client = http1();
+    let (response, ()) = tokio::join!(send(&client, request), releasing);
+    assert!(response.headers().get("content-length").is_none());
+    let (_, alone) = outcome(response).await;
+    assert_eq!(alone, Outcome::Complete(200, b"{\"ok\":true}".to_vec()));
+    gateway.assert_idle().await;
 }
 
 /// The upstream closes a kept-alive connection when the gateway sends the

@@ -89,6 +89,10 @@ fn refused() -> Vec<(&'static str, Vec<u8>)> {
         // Host: RFC 9112 section 3.2 asks for exactly one.
         ("two Host lines", b"GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec()),
         ("no Host", b"GET /a HTTP/1.1\r\nX: y\r\n\r\n".to_vec()),
+        // ...whose value is a host and an optional port, nothing more.
+        ("space in Host", b"GET /a HTTP/1.1\r\nHost: a b\r\n\r\n".to_vec()),
+        ("path in Host", b"GET /a HTTP/1.1\r\nHost: a/evil\r\n\r\n".to_vec()),
+        ("user in Host", b"GET /a HTTP/1.1\r\nHost: user@a\r\n\r\n".to_vec()),
     ];
     // TE.CL: a front proxy reading the length forwards "5c\r\n" as the body
     // and the chunk as the next request.

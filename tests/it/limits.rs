@@ -260,6 +260,27 @@ async fn headers_over_the_limit_are_431_json() {
     gateway.assert_idle().await;
 }
 
+/// A request line alone over the limit is a 414, as nginx answers: over
+/// HTTP/1.1 whether the head is just over the limit or far over; over
+/// HTTP/2 while the header list is within what hyper decodes (past that,
+/// hyper's HTTP/2 answers 431 itself).
+#[tokio::test]
+async fn a_request_target_over_the_header_limit_is_414_json() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&limited(&upstream, "max_header_bytes = 4096")).await;
+    for (client, length) in [(http1(), 6_000), (http2(), 6_000), (http1(), 60_000)] {
+        let target = format!("/echo?q={}", "t".repeat(length));
+        let request = Request::get(gateway.url(&target))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = send(&client, request).await;
+        assert_eq!(response.status(), 414, "{length} {:?}", response.version());
+        assert_eq!(header(&response, "x-chorus-role"), "bypass");
+        assert_eq!(error_type(response).await, "uri_too_long");
+    }
+    gateway.assert_idle().await;
+}
+
 #[tokio::test]
 async fn headers_well_over_the_default_limit_are_431_json() {
     let upstream = Upstream::start().await;

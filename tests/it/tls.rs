@@ -610,6 +610,40 @@ async fn upstream_certificate_for_another_host_is_refused() {
     assert_eq!(mock.stats.requests(), 0);
 }
 
+/// A self-signed certificate marked as a CA (what `openssl req -x509`
+/// makes), given as `upstream_ca_file`, is trusted as the upstream's own,
+/// for the names it holds only; another such certificate is not.
+#[tokio::test]
+async fn a_self_signed_ca_certificate_in_upstream_ca_file_is_trusted_for_its_names() {
+    let pki = Pki::new();
+    let own = pki.self_signed_ca("own", &["127.0.0.1"]);
+    let mock = Upstream::start().await;
+    let tls = TlsUpstream::start(mock.addr, &own, &[H2, HTTP11], None).await;
+    let trusting = |cert: &std::path::Path| format!("upstream_ca_file = {cert:?}");
+
+    let gateway = Gateway::start(&one_route(&tls.url(), &trusting(&own.cert))).await;
+    let (status, body) = through(&gateway, "/v1/chat/completions", chat("own", json!({}))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(mock.stats.requests(), 1);
+
+    let other = pki.self_signed_ca("other", &["127.0.0.1"]);
+    let gateway = Gateway::start(&one_route(&tls.url(), &trusting(&other.cert))).await;
+    let (status, body) = through(&gateway, "/v1/chat/completions", chat("own", json!({}))).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(error_message(&body).contains("CaUsedAsEndEntity"), "{body}");
+
+    let elsewhere = pki.self_signed_ca("elsewhere", &["api.other.example"]);
+    let tls = TlsUpstream::start(mock.addr, &elsewhere, &[H2, HTTP11], None).await;
+    let gateway = Gateway::start(&one_route(&tls.url(), &trusting(&elsewhere.cert))).await;
+    let (status, body) = through(&gateway, "/v1/chat/completions", chat("own", json!({}))).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        error_message(&body).contains("not valid for name"),
+        "{body}"
+    );
+    assert_eq!(mock.stats.requests(), 1);
+}
+
 #[tokio::test]
 async fn mutual_tls_upstream_needs_the_client_certificate() {
     let pki = Pki::new();

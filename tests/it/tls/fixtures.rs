@@ -117,6 +117,26 @@ impl Pki {
         leaf
     }
 
+    /// A self-signed server certificate for `names` marked as a CA, as
+    /// `openssl req -x509` makes one, written as `{file}.crt` and `{file}.key`.
+    pub fn self_signed_ca(&self, file: &str, names: &[&str]) -> Leaf {
+        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, file);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let leaf = Leaf {
+            cert: self.path(&format!("{file}.crt")),
+            key: self.path(&format!("{file}.key")),
+            der: cert.der().clone(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        leaf.write_to(&leaf.cert, &leaf.key);
+        leaf
+    }
+
     /// Trust in this CA only.
     pub fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();
