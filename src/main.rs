@@ -43,13 +43,10 @@ const EXIT_CONFIG: u8 = 2;
 )]
 struct Cli {
     /// The config file (default: $CHORUS_CONFIG, else config/chorus.toml).
-    #[arg(
-        long,
-        global = true,
-        env = "CHORUS_CONFIG",
-        default_value = "config/chorus.toml"
-    )]
-    config: PathBuf,
+    // Read by `config_path`, not by clap: clap takes a set but empty
+    // variable for a missing value, where an unset one is meant.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     /// Log format on stderr.
     #[arg(long, global = true, env = "CHORUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -123,17 +120,31 @@ fn main() -> ExitCode {
         return_memory_in_the_background();
     }
     match command {
-        Command::Run => runtime.block_on(run(cli.config)),
-        Command::Check => check(&cli.config),
+        Command::Run => runtime.block_on(run(config_path(cli.config))),
+        Command::Check => check(&config_path(cli.config)),
         Command::Demo { listen, admin } => runtime.block_on(demo(listen, admin)),
         Command::MockUpstream(options) => runtime.block_on(mock_upstream(options)),
         Command::Health { url, timeout } => runtime.block_on(health(url, timeout)),
     }
 }
 
+/// `--config`, else `$CHORUS_CONFIG` unless empty, else `config/chorus.toml`.
+fn config_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| {
+        std::env::var_os("CHORUS_CONFIG")
+            .filter(|value| !value.is_empty())
+            .map(PathBuf::from)
+    })
+    .unwrap_or_else(|| PathBuf::from("config/chorus.toml"))
+}
+
+/// `RUST_LOG` if set and not empty (empty would log nothing), else `info`.
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|directives| !directives.trim().is_empty())
+        .and_then(|directives| tracing_subscriber::EnvFilter::try_new(directives).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

@@ -173,8 +173,15 @@ pub async fn serve(
     tokio::select! {
         () = connections.wait() => {}
         () = tokio::time::sleep(config.shutdown_grace) => {
-            let cut = shared.metrics.requests_active.get();
-            tracing::warn!(streams = cut, "shutdown grace ran out: cutting the streams still open");
+            let streams = shared.metrics.requests_active.get();
+            let connections = shared.metrics.connections_active.get();
+            if streams > 0 {
+                tracing::warn!(streams, connections, "shutdown grace ran out: cutting the streams still open");
+            } else {
+                // Idle, but not closed by the client: an HTTP/2 client that
+                // never answers the GOAWAY's ping, say.
+                tracing::warn!(streams, connections, "shutdown grace ran out: closing the connections still open");
+            }
             shared.cut.cancel();
         }
     }

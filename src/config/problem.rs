@@ -117,21 +117,27 @@ impl Problems {
         value
     }
 
+    /// A TOML syntax error, under the key it is at where the text tells
+    /// (`server.listen`, `routes[1].coalesce`), else under its position.
     pub(super) fn syntax(&mut self, text: &str, err: &toml::de::Error) {
-        let key = match err.span() {
-            Some(span) => {
-                let before = text.get(..span.start).unwrap_or(text);
-                let line = before.matches('\n').count() + 1;
-                let column = before
-                    .rsplit('\n')
-                    .next()
-                    .map_or(0, |tail| tail.chars().count())
-                    + 1;
-                format!("line {line}, column {column}")
-            }
-            None => String::new(),
+        let Some(span) = err.span() else {
+            return self.push("", format!("invalid TOML: {}", err.message()));
         };
-        self.push(key, format!("invalid TOML: {}", err.message()));
+        let before = text.get(..span.start).unwrap_or(text);
+        let line = before.matches('\n').count() + 1;
+        let column = before
+            .rsplit('\n')
+            .next()
+            .map_or(0, |tail| tail.chars().count())
+            + 1;
+        let position = format!("line {line}, column {column}");
+        match key_at(before, text) {
+            Some(key) => self.push(
+                &key,
+                format!("invalid TOML at {position}: {}", err.message()),
+            ),
+            None => self.push(&position, format!("invalid TOML: {}", err.message())),
+        }
     }
 
     /// `value` when nothing was reported, else every problem.
@@ -193,6 +199,69 @@ pub(super) fn join_key(parent: &str, key: &str) -> String {
     }
 }
 
+/// The key, as problems name keys, of the line `before` ends in: the table
+/// headers above it (`[[routes]]` counted, so the second is `routes[1]`),
+/// and the line's own key or header. None where the line is neither (inside
+/// a multi-line value, say).
+fn key_at(before: &str, text: &str) -> Option<String> {
+    let line_start = before.rfind('\n').map_or(0, |at| at + 1);
+    let mut arrays: Vec<(String, usize)> = Vec::new();
+    let mut table = String::new();
+    for line in before[..line_start].lines() {
+        if let Some(header) = table_header(line, &mut arrays) {
+            table = header;
+        }
+    }
+    let line = text[line_start..].lines().next().unwrap_or_default();
+    if let Some(header) = table_header(line, &mut arrays) {
+        return Some(header);
+    }
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches(['"', '\'']);
+    let plain = |byte: u8| byte.is_ascii_alphanumeric() || b"_-.".contains(&byte);
+    if key.is_empty() || !key.bytes().all(plain) {
+        return None;
+    }
+    Some(match table.as_str() {
+        "" => key.to_owned(),
+        table => format!("{table}.{key}"),
+    })
+}
+
+/// The key of a table header line (`[server]`, `[[routes]]`,
+/// `[routes.coalesce]`), arrays of tables indexed by their count so far.
+fn table_header(line: &str, arrays: &mut Vec<(String, usize)>) -> Option<String> {
+    let line = line.trim();
+    let (name, is_array) = match line.strip_prefix("[[") {
+        Some(rest) => (rest.split("]]").next()?, true),
+        None => (line.strip_prefix('[')?.split(']').next()?, false),
+    };
+    let name = name.trim();
+    if is_array {
+        match arrays.iter_mut().find(|(array, _)| array == name) {
+            Some((_, count)) => *count += 1,
+            None => arrays.push((name.to_owned(), 1)),
+        }
+    }
+    let mut key = String::new();
+    let mut prefix = String::new();
+    for part in name.split('.') {
+        let part = part.trim();
+        prefix = if prefix.is_empty() {
+            part.to_owned()
+        } else {
+            format!("{prefix}.{part}")
+        };
+        if !key.is_empty() {
+            key.push('.');
+        }
+        key.push_str(part);
+        if let Some((_, count)) = arrays.iter().find(|(array, _)| *array == prefix) {
+            key.push_str(&format!("[{}]", count - 1));
+        }
+    }
+    Some(key)
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,15 +330,28 @@ mod tests {
     }
 
     #[test]
-    fn syntax_error_is_one_problem_with_its_position() {
+    fn syntax_error_is_one_problem_with_its_key_and_position() {
         let found = problems("[server]\nlisten = \"0.0.0.0:8080\"\nlisten = \"again\"\n");
         assert_eq!(found.len(), 1, "{found:?}");
-        assert_eq!(found[0].key, "line 3, column 1");
+        assert_eq!(found[0].key, "server.listen");
+        assert!(found[0].message.contains("line 3, column 1"), "{found:?}");
         assert!(found[0].message.contains("duplicate key"), "{found:?}");
         assert!(!found[0].message.contains('\n'));
+        let routes = "[[routes]]\nname = \"a\"\n[[routes]]\nname = \"b\"\n\
+                      [routes.coalesce]\nmax_replay_bytes = 99999999999999999999\n";
+        let found = problems(routes);
+        assert_eq!(
+            found[0].key, "routes[1].coalesce.max_replay_bytes",
+            "{found:?}"
+        );
+        let found = problems("[server]\n[admin]\n[server]\n");
+        assert_eq!(found[0].key, "server", "{found:?}");
         let found = problems("[server\n");
         assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].key.starts_with("line 1, column"), "{found:?}");
+        assert_eq!(found[0].key, "server", "{found:?}");
+        assert!(found[0].message.contains("line 1, column"), "{found:?}");
+        let found = problems("a = \"\"\"\n= nonsense\n");
+        assert!(found[0].key.starts_with("line "), "{found:?}");
     }
 
     #[test]

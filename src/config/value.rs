@@ -155,7 +155,13 @@ pub(super) fn duration(
     let Some(RawDuration(text)) = value else {
         return default;
     };
-    match humantime::parse_duration(&text) {
+    // humantime takes a bare "0"; every other number needs its unit, so "0" does too.
+    let parsed = if text.bytes().all(|byte| byte.is_ascii_digit()) {
+        Err("time unit needed".to_owned())
+    } else {
+        humantime::parse_duration(&text).map_err(|err| err.to_string())
+    };
+    match parsed {
         Ok(parsed) if nonzero && parsed.is_zero() => {
             problems.push(key, format!("must be greater than 0, got {text:?}"));
             default
@@ -325,10 +331,13 @@ mod tests {
             "routes[0].coalesce.linger",
         );
         assert!(line.contains("\"5 parsecs\""), "{line}");
-        rejects(
-            &server_with("shutdown_grace = \"30\""),
-            "server.shutdown_grace",
-        );
+        for unitless in ["30", "0"] {
+            let line = rejects(
+                &server_with(&format!("shutdown_grace = {unitless:?}")),
+                "server.shutdown_grace",
+            );
+            assert!(line.contains("time unit needed"), "{line}");
+        }
         let line = rejects(
             &route_with("idle_timeout = \"400days\""),
             "routes[0].idle_timeout",

@@ -189,22 +189,29 @@ async fn chorus_config_names_the_config_when_no_flag_does() {
     let (status, _, stderr) = chorus(&[], &[("CHORUS_CONFIG", &bad)]).await;
     assert_eq!(status.code(), Some(2));
     assert!(stderr.contains("bad.toml"), "{stderr}");
-    // Without either, config/chorus.toml in the working directory.
+    // Without either (an empty variable counts as none), config/chorus.toml
+    // in the working directory.
     std::fs::create_dir_all(dir.0.join("config")).unwrap();
     dir.file("config/chorus.toml", BAD_CONFIG);
-    let output = Command::new(CHORUS)
-        .arg("check")
-        .env_remove("CHORUS_CONFIG")
-        .current_dir(&dir.0)
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("config/chorus.toml: server.listen: "),
-        "{stderr}"
-    );
+    for variable in [None, Some("")] {
+        let mut command = Command::new(CHORUS);
+        match variable {
+            None => command.env_remove("CHORUS_CONFIG"),
+            Some(value) => command.env("CHORUS_CONFIG", value),
+        };
+        let output = command
+            .arg("check")
+            .current_dir(&dir.0)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("config/chorus.toml: server.listen: "),
+            "{variable:?}: {stderr}"
+        );
+    }
     // The flag wins over the variable.
     let (status, _, stderr) = chorus(
         &["check", "--config", good.to_str().unwrap()],
