@@ -262,6 +262,7 @@ fn table_header(line: &str, arrays: &mut Vec<(String, usize)>) -> Option<String>
     }
     Some(key)
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;

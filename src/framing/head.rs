@@ -101,23 +101,24 @@ pub(super) fn read_head(head: &[u8]) -> Judged {
 /// `http::Uri` always takes: letters, digits and RFC 3986's unreserved,
 /// sub-delimiter and path characters, `%`, `/` and `?`.
 fn is_plain_path(target: &[u8]) -> bool {
-    const PLAIN: [bool; 256] = {
-        let mut plain = [false; 256];
-        let mut byte = 0;
-        while byte < 256 {
-            let b = byte as u8;
-            plain[byte] = b.is_ascii_alphanumeric();
-            byte += 1;
-        }
-        let others = b"-._~!$&'()*+,;=:@/?%";
-        let mut at = 0;
-        while at < others.len() {
-            plain[others[at] as usize] = true;
-            at += 1;
-        }
-        plain
-    };
+    const PLAIN: [bool; 256] = alphanumeric_and(b"-._~!$&'()*+,;=:@/?%");
     target.first() == Some(&b'/') && target.iter().all(|&byte| PLAIN[usize::from(byte)])
+}
+
+/// The set of ASCII letters, digits and `others`, as a table by byte.
+const fn alphanumeric_and(others: &[u8]) -> [bool; 256] {
+    let mut set = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        set[byte] = (byte as u8).is_ascii_alphanumeric();
+        byte += 1;
+    }
+    let mut at = 0;
+    while at < others.len() {
+        set[others[at] as usize] = true;
+        at += 1;
+    }
+    set
 }
 
 /// Whether a `Host` value is RFC 9112 §3.2's `uri-host [ ":" port ]`, as far
@@ -125,21 +126,7 @@ fn is_plain_path(target: &[u8]) -> bool {
 /// brackets): no spaces, no `/`, `@` or `?`, nothing a backend could read as
 /// a path or as user information. Empty is allowed.
 fn is_host(value: &[u8]) -> bool {
-    const HOST: [bool; 256] = {
-        let mut host = [false; 256];
-        let mut byte = 0;
-        while byte < 256 {
-            host[byte] = (byte as u8).is_ascii_alphanumeric();
-            byte += 1;
-        }
-        let others = b"-._~%!$&'()*+,;=:[]";
-        let mut at = 0;
-        while at < others.len() {
-            host[others[at] as usize] = true;
-            at += 1;
-        }
-        host
-    };
+    const HOST: [bool; 256] = alphanumeric_and(b"-._~%!$&'()*+,;=:[]");
     value
         .trim_ascii()
         .iter()
