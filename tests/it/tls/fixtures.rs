@@ -15,8 +15,8 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
@@ -100,32 +100,27 @@ impl Pki {
     }
 
     fn leaf(&self, file: &str, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Leaf {
-        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
+        let mut params = CertificateParams::new(owned(names)).unwrap();
         params.extended_key_usages = vec![usage];
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let leaf = Leaf {
-            cert: self.path(&format!("{file}.crt")),
-            key: self.path(&format!("{file}.key")),
-            der: cert.der().clone(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        };
-        leaf.write_to(&leaf.cert, &leaf.key);
-        leaf
+        self.written(file, &cert, &key)
     }
 
     /// A self-signed server certificate for `names` marked as a CA, as
     /// `openssl req -x509` makes one, written as `{file}.crt` and `{file}.key`.
     pub fn self_signed_ca(&self, file: &str, names: &[&str]) -> Leaf {
-        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
+        let mut params = CertificateParams::new(owned(names)).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, file);
         let key = KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
+        self.written(file, &cert, &key)
+    }
+
+    /// `cert` and `key` as a [`Leaf`], written as `{file}.crt` and `{file}.key`.
+    fn written(&self, file: &str, cert: &Certificate, key: &KeyPair) -> Leaf {
         let leaf = Leaf {
             cert: self.path(&format!("{file}.crt")),
             key: self.path(&format!("{file}.key")),
@@ -162,6 +157,10 @@ impl Pki {
         config.resumption = Resumption::disabled();
         Arc::new(config)
     }
+}
+
+fn owned(names: &[&str]) -> Vec<String> {
+    names.iter().map(|name| (*name).to_owned()).collect()
 }
 
 impl Leaf {
