@@ -74,6 +74,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// the handler answers them with a 431 naming the limit.
 const HEAD_ALLOWANCE: usize = 4;
 const HEAD_SLACK: usize = 16 * 1024;
+/// How long a connection told to close (drain, or idle past
+/// `header_read_timeout`) may stay open with nothing in flight: a
+/// well-behaved HTTP/2 client closes within a round trip of the GOAWAY.
+const GOODBYE_GRACE: Duration = Duration::from_secs(1);
 /// HTTP/2 pings find clients that vanished without a FIN.
 const H2_KEEPALIVE: Duration = Duration::from_secs(20);
 /// What every HTTP/2 connection sends first (RFC 9113 §3.4).
@@ -379,11 +383,20 @@ where
             () = &mut drain, if !closing => {
                 closing = true;
                 connection.graceful_shutdown();
+                idle.set(Quiet::new(activity.idle(GOODBYE_GRACE)));
             }
-            () = &mut idle, if !closing => {
+            () = &mut idle => {
+                if closing {
+                    // Told to close, with nothing in flight, and still open:
+                    // an HTTP/2 client that never answers the GOAWAY's ping
+                    // would otherwise hold a drain for all of shutdown_grace.
+                    tracing::debug!(%peer, "still open with nothing in flight after closing: dropped");
+                    return;
+                }
                 tracing::debug!(%peer, "no request within header_read_timeout: closing");
                 closing = true;
                 connection.graceful_shutdown();
+                idle.set(Quiet::new(activity.idle(GOODBYE_GRACE)));
             }
             () = &mut abusive => {
                 let (requests, resets) = activity.resets();

@@ -640,8 +640,15 @@ async fn a_signal_right_after_ready_exits_0_without_waiting_for_idle_connections
         running.signal("HUP");
         let readyz = get(&format!("http://{admin}/readyz")).await;
         assert_eq!(readyz.status(), 200);
-        // Connections with no request in flight do not hold the drain up.
+        // Connections with no request in flight do not hold the drain up:
+        // one that never sends a request, one that has had its answer, and
+        // an HTTP/2 client that never reads (so never answers the GOAWAY's
+        // ping); the grace is 60 s, the wait for the exit 20 s.
         let _silent = TcpStream::connect(listen).await.unwrap();
+        let mut deaf = TcpStream::connect(listen).await.unwrap();
+        deaf.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
         let idle = http2();
         let request = Request::get(format!("http://{listen}/none"))
             .body(Full::new(Bytes::new()))
