@@ -37,7 +37,8 @@ use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::{Request, Response};
+use http::header::CONNECTION;
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -341,11 +342,23 @@ where
         }
         let proxy = Arc::clone(&proxy);
         let client = Arc::clone(&client);
+        // Only a request asking to upgrade needs the verdicts afterwards.
+        let upgrading = framing::asks_upgrade(&request).then(|| Arc::clone(&verdicts));
         // Boxed: hyper keeps the slot of a connection's request future for
         // the connection's lifetime, so an unboxed future (a few KiB) would
         // stay allocated for every idle or streaming connection.
         Box::pin(async move {
-            let response = proxy.handle(request, &client).await;
+            let mut response = proxy.handle(request, &client).await;
+            if let Some(verdicts) = upgrading
+                && response.status() != StatusCode::SWITCHING_PROTOCOLS
+                && !verdicts.upgrade_refused()
+            {
+                // Bytes followed the head unread (the refused protocol's,
+                // maybe): no request may come after them.
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
         })
     });

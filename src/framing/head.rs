@@ -10,6 +10,9 @@ pub(super) enum Judged {
     Body(State),
     /// A head refused: hyper never sees it.
     Refused(Suspect),
+    /// A good head asking to upgrade, without a body: what follows may not
+    /// be HTTP.
+    Upgrade,
     /// Not ours to judge: HTTP/2's preface.
     LeaveToHyper,
 }
@@ -71,6 +74,8 @@ pub(super) fn read_head(head: &[u8]) -> Judged {
         .map(|header| header.value)
         .collect();
     match (lengths.as_slice(), codings.as_slice()) {
+        // An upgrade, by hyper's rule (an `Upgrade` header on HTTP/1.1).
+        ([], []) if http11 && named("upgrade").next().is_some() => Judged::Upgrade,
         ([], []) => Judged::Body(State::Head),
         ([_, ..], [_, ..]) => Judged::Refused(Suspect::Malformed(
             "a request with both Content-Length and Transfer-Encoding",

@@ -35,6 +35,12 @@
 //! hyper: it never guesses. Requests are matched to heads by their order on
 //! the connection, which is the order hyper dispatches them in.
 //!
+//! A request that asks to upgrade (an HTTP/1.1 `Upgrade` header) may be
+//! followed at once by the new protocol's bytes, before its `101`: those
+//! reach hyper unread, and so the tunnel, untouched. If it is answered
+//! otherwise, the connection goes on as HTTP when nothing had followed the
+//! head, and is closed after the answer when something had.
+//!
 //! This file holds the connection wrapper and the verdicts it shares with
 //! the handler; `reader.rs` follows the requests byte by byte, and
 //! `head.rs` judges each whole head.
@@ -96,6 +102,13 @@ pub struct Verdicts {
     /// The connection became a tunnel (see [`crate::tunnel`]): what follows
     /// is not HTTP and is no longer followed.
     tunnelled: AtomicBool,
+    /// Bytes passed to hyper unread since the head of a request asking to
+    /// upgrade ([`NONE`] when not waiting on one): the new protocol's,
+    /// maybe, sent before its `101`.
+    after_upgrade: AtomicU64,
+    /// The upgrade was refused before anything followed its head: requests
+    /// are followed again.
+    resume: AtomicBool,
 }
 
 impl Default for Verdicts {
@@ -105,6 +118,8 @@ impl Default for Verdicts {
             reason: std::sync::OnceLock::new(),
             dispatched: AtomicU64::new(0),
             tunnelled: AtomicBool::new(false),
+            after_upgrade: AtomicU64::new(NONE),
+            resume: AtomicBool::new(false),
         }
     }
 }
@@ -131,12 +146,35 @@ impl Verdicts {
         self.tunnelled.store(true, Ordering::Release);
     }
 
+    /// The request asking to upgrade was answered without a `101`. True
+    /// when the connection can go on serving requests: nothing followed
+    /// the request's head yet, and what comes next is followed as usual.
+    /// False when bytes followed it unread: no request may come after.
+    pub fn upgrade_refused(&self) -> bool {
+        match self.after_upgrade.load(Ordering::Acquire) {
+            0 => {
+                self.resume.store(true, Ordering::Release);
+                true
+            }
+            NONE => true,
+            _ => false,
+        }
+    }
+
     fn suspect(&self, index: u64, reason: Suspect) {
         let _ = self.reason.set(reason);
         let _ =
             self.first_suspect
                 .compare_exchange(NONE, index, Ordering::Release, Ordering::Relaxed);
     }
+}
+
+/// Whether a request asks to upgrade its connection as hyper reads it (an
+/// HTTP/1.1 `Upgrade` header): what follows its head is not followed until
+/// it is answered (see [`Verdicts::upgrade_refused`]).
+pub fn asks_upgrade<B>(request: &http::Request<B>) -> bool {
+    request.version() == http::Version::HTTP_11
+        && request.headers().contains_key(http::header::UPGRADE)
 }
 
 /// A client connection whose reads are followed, head by head and body by

@@ -3,9 +3,10 @@
 //! what of each read hyper gets.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::head::{Judged, read_head};
-use super::{H2_PREFACE, MAX_HEADERS, NOT_HTTP1, Suspect, Verdicts};
+use super::{H2_PREFACE, MAX_HEADERS, NONE, NOT_HTTP1, Suspect, Verdicts};
 
 /// Where the reading is on the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +19,9 @@ pub(super) enum State {
     Chunked(Chunk),
     /// Stopped: hyper alone reads the rest.
     Off,
+    /// After the head of a request asking to upgrade: bytes pass unread,
+    /// counted, until it is answered (see [`Verdicts::upgrade_refused`]).
+    Upgrading,
     /// A head was refused: nothing more reaches hyper.
     Refused,
 }
@@ -105,9 +109,7 @@ impl Reader {
 
     /// Whether the connection became a tunnel: its bytes are not followed.
     pub(super) fn tunnelled(&self) -> bool {
-        self.verdicts
-            .tunnelled
-            .load(std::sync::atomic::Ordering::Acquire)
+        self.verdicts.tunnelled.load(Ordering::Acquire)
     }
 
     /// Follows one read's bytes, and says which of them hyper gets.
@@ -119,6 +121,17 @@ impl Reader {
         while at < bytes.len() {
             match self.state {
                 State::Off => break,
+                State::Upgrading if self.verdicts.resume.swap(false, Ordering::AcqRel) => {
+                    self.verdicts.after_upgrade.store(NONE, Ordering::Release);
+                    self.state = State::Head;
+                }
+                State::Upgrading => {
+                    let unread = (bytes.len() - at) as u64;
+                    self.verdicts
+                        .after_upgrade
+                        .fetch_add(unread, Ordering::AcqRel);
+                    break;
+                }
                 State::Refused => return edited(released, from, from, false),
                 State::Head if !self.head.is_empty() => {
                     // The rest of a held head (always at the start of a read).
@@ -249,6 +262,10 @@ impl Reader {
             Judged::Refused(why) => {
                 self.verdicts.suspect(index, why);
                 return Verdict::Refuse;
+            }
+            Judged::Upgrade => {
+                self.verdicts.after_upgrade.store(0, Ordering::Release);
+                self.state = State::Upgrading;
             }
             Judged::LeaveToHyper => self.state = State::Off,
         }

@@ -286,6 +286,60 @@ async fn a_websocket_handshake_becomes_a_tunnel_both_ways() {
     assert_tunnels(&gateway, 0.0, 300_009.0).await;
 }
 
+/// A client may send the new protocol's first bytes with the handshake,
+/// before the `101` (RFC 6455 asks it to wait; not every client does):
+/// they reach the upstream as sent, after the handshake.
+#[tokio::test]
+async fn bytes_sent_with_the_handshake_reach_the_upstream_untouched() {
+    let (addr, mut seen) = upstream(Answer::Echo).await;
+    let gateway = gateway(addr, "websocket = true").await;
+    let mut client = TcpStream::connect(gateway.addr).await.unwrap();
+    let early = b"\x81\x85early frame";
+    client
+        .write_all(&[HANDSHAKE.as_bytes(), early].concat())
+        .await
+        .unwrap();
+    let head = read_head(&mut client).await.expect("no response head");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut echoed = vec![0u8; early.len()];
+    tokio::time::timeout(PATIENCE, client.read_exact(&mut echoed))
+        .await
+        .expect("no echo in time")
+        .expect("the tunnel closed");
+    assert_eq!(echoed, early);
+    handshake_upstream(&mut seen).await;
+    assert_eq!(round_trip(&mut client, b"then more").await, b"then more");
+}
+
+/// Bytes sent with a handshake that is then refused were never read as
+/// requests: the answer closes the connection, and nothing of them reaches
+/// the upstream.
+#[tokio::test]
+async fn a_refused_handshake_with_bytes_after_it_closes_the_connection() {
+    let (addr, mut seen) = upstream(Answer::Refuse).await;
+    let gateway = gateway(addr, "websocket = true").await;
+    let mut client = TcpStream::connect(gateway.addr).await.unwrap();
+    let smuggled = b"GET /smuggled HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\n\
+        transfer-encoding: chunked\r\n\r\n0\r\n\r\n";
+    client
+        .write_all(&[HANDSHAKE.as_bytes(), smuggled].concat())
+        .await
+        .unwrap();
+    let head = read_head(&mut client).await.expect("no response head");
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert!(head.to_lowercase().contains("connection: close"), "{head}");
+    let (closed, rest) = read_to_close(&mut client, Instant::now() + PATIENCE).await;
+    assert!(closed, "the connection stayed open");
+    assert_eq!(rest, b"no");
+    handshake_upstream(&mut seen).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), seen.recv())
+            .await
+            .is_err(),
+        "the upstream saw more"
+    );
+}
+
 #[tokio::test]
 async fn the_upstream_closing_the_tunnel_closes_the_client() {
     let (addr, _seen) = upstream(Answer::EchoOnceThenClose).await;
