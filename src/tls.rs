@@ -233,7 +233,7 @@ fn roots(
 }
 
 /// The client configuration for https upstreams: the Mozilla roots, plus
-/// `extra_ca` if given (see [`pinned`] for a certificate that is the
+/// `extra_ca` if given (see `tls/pinned.rs` for a certificate that is the
 /// upstream's own), and a client certificate if given. ALPN is set by the
 /// connector; SNI is on, and the certificate must name the upstream host.
 pub fn client_config(
