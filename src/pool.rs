@@ -30,7 +30,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -43,6 +43,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
 use rustls::ClientConfig;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -196,6 +197,28 @@ enum Sent {
     Failed(hyper::Error),
 }
 
+/// Marks the moment a request is handed to an upstream connection (or
+/// fails before that), once: it is counted in `requests` then, and `sent`
+/// says so afterwards. A request whose client left while its connection
+/// was still being made never reached the upstream, and is neither counted
+/// nor cancelled.
+pub struct Dispatch<'a> {
+    requests: &'a Counter,
+    sent: &'a AtomicBool,
+}
+
+impl<'a> Dispatch<'a> {
+    pub fn new(requests: &'a Counter, sent: &'a AtomicBool) -> Self {
+        Self { requests, sent }
+    }
+
+    pub fn mark(&self) {
+        if !self.sent.swap(true, Ordering::Relaxed) {
+            self.requests.inc();
+        }
+    }
+}
+
 impl Pool {
     /// A pool of connections to `target` (scheme and authority), over TLS
     /// with `tls` for `https`.
@@ -231,11 +254,13 @@ impl Pool {
         }
     }
 
-    /// Sends a request whose URI is in origin form (`/path?query`). Returns
-    /// the response and what its body holds of the connection.
+    /// Sends a request whose URI is in origin form (`/path?query`), marking
+    /// `dispatch` when it is handed to a connection. Returns the response
+    /// and what its body holds of the connection.
     pub async fn send(
         self: &Arc<Self>,
         mut request: Request<RequestBody>,
+        dispatch: &Dispatch<'_>,
     ) -> Result<(Response<Incoming>, Held), GatewayError> {
         let mut fresh = false;
         let mut refused_once = false;
@@ -248,6 +273,7 @@ impl Pool {
                     let again = (!refused_once).then(|| copy(&request));
                     let origin = std::mem::take(request.uri_mut());
                     *request.uri_mut() = self.absolute(&origin);
+                    dispatch.mark();
                     let mut error = match sender.try_send_request(request).await {
                         Ok(response) => return Ok((response, Held::Http2(stream))),
                         Err(error) => error,
@@ -282,6 +308,7 @@ impl Pool {
                         Some(_) | None => None,
                     };
                     let sent_at = Instant::now();
+                    dispatch.mark();
                     match (connection.request(request).await, again) {
                         (Ok(response), _) => return Ok((response, Held::Http1(connection))),
                         // A kept connection the upstream closed as the request
@@ -410,6 +437,7 @@ impl Pool {
     pub async fn upgrade(
         &self,
         request: Request<RequestBody>,
+        dispatch: &Dispatch<'_>,
     ) -> Result<Response<Incoming>, GatewayError> {
         let io = Box::pin(self.dial(&self.http1_connector)).await?;
         let (mut sender, connection) = Box::pin(http1::handshake(io)).await.map_err(failed)?;
@@ -418,6 +446,7 @@ impl Pool {
                 tracing::debug!(%error, "upstream upgrade connection ended with an error");
             }
         });
+        dispatch.mark();
         sender.send_request(request).await.map_err(failed)
     }
 

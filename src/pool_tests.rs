@@ -14,6 +14,11 @@ use tokio::sync::Notify;
 
 use super::*;
 
+/// A dispatch nobody reads: these tests count on the upstream's side.
+fn untracked() -> Dispatch<'static> {
+    Dispatch::new(Box::leak(Box::default()), Box::leak(Box::default()))
+}
+
 /// Connections accepted and closed by the test upstream.
 #[derive(Default)]
 struct Counts {
@@ -112,7 +117,7 @@ fn get(path: &str) -> Request<RequestBody> {
 /// Sends a request and reads its body to the end, as a flight does, then
 /// gives the connection back.
 async fn fetch(pool: &Arc<Pool>, path: &str) -> Bytes {
-    let (response, connection) = pool.send(get(path)).await.unwrap();
+    let (response, connection) = pool.send(get(path), &untracked()).await.unwrap();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     pool.check_in(http1_of(connection));
     body
@@ -148,7 +153,7 @@ async fn a_connection_is_reused_once_its_body_has_ended() {
 async fn a_body_dropped_before_its_end_closes_its_connection() {
     let (target, counts) = upstream().await;
     let pool = pool(target);
-    let (response, connection) = pool.send(get("/stream")).await.unwrap();
+    let (response, connection) = pool.send(get("/stream"), &untracked()).await.unwrap();
     let mut body = response.into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(first, "data: 1\n\n");
@@ -206,7 +211,11 @@ async fn an_unreachable_upstream_is_a_502_naming_the_connect() {
     // Bound and dropped: nothing listens there.
     let (listener, target) = listen().await;
     drop(listener);
-    let error = pool(target).send(get("/")).await.err().unwrap();
+    let error = pool(target)
+        .send(get("/"), &untracked())
+        .await
+        .err()
+        .unwrap();
     assert_eq!(error.status(), 502);
     assert_eq!(error.kind(), "upstream_unreachable");
 }
@@ -293,7 +302,7 @@ async fn a_request_whose_kept_connection_fails_late_is_not_sent_again() {
     let pool = pool(target);
     assert_eq!(fetch(&pool, "/").await, "hello");
     tokio::time::sleep(CLOSE_AFTER).await;
-    let error = pool.send(get("/")).await.err().unwrap();
+    let error = pool.send(get("/"), &untracked()).await.err().unwrap();
     assert_eq!(error.status(), 502);
     assert_eq!(error.kind(), "upstream_failed");
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
@@ -315,7 +324,11 @@ async fn a_request_on_a_new_connection_is_never_sent_again() {
             stream.set_zero_linger().unwrap();
         }
     });
-    let error = pool(target).send(get("/")).await.err().unwrap();
+    let error = pool(target)
+        .send(get("/"), &untracked())
+        .await
+        .err()
+        .unwrap();
     assert_eq!(error.status(), 502);
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
@@ -325,7 +338,9 @@ async fn at_most_max_idle_connections_are_kept() {
     let (target, counts) = upstream().await;
     let pool = pool(target);
     // All in flight at once: one connection each.
-    let sent = futures::future::join_all((0..=MAX_IDLE).map(|_| pool.send(get("/")))).await;
+    let dispatch = untracked();
+    let sent =
+        futures::future::join_all((0..=MAX_IDLE).map(|_| pool.send(get("/"), &dispatch))).await;
     assert_eq!(counts.accepted(), MAX_IDLE + 1);
     for result in sent {
         let (response, connection) = result.unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, UPGRADE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
@@ -27,7 +27,6 @@ use crate::metrics::{Metrics, RouteMetrics};
 use crate::response::{AccessLog, ResponseBody, Source};
 use crate::route::{Route, RouteTable};
 use crate::tunnel::{self, Handshake, Nonce, Tunnel};
-use crate::upstream::UpstreamBody;
 
 /// An over-size body is still read and discarded up to this much, so the
 /// client sees the 413 instead of a reset of a connection it is writing to.
@@ -305,7 +304,7 @@ impl Proxy {
             Ok(request) => request,
             Err(error) => return refuse(error, Role::Bypass, log),
         };
-        match send_alone(route, route.upstream.send(request), log).await {
+        match send_alone(route, Alone::Plain(request), log).await {
             Ok((response, _)) => response,
             Err(refused) => refused,
         }
@@ -343,7 +342,7 @@ impl Proxy {
                 Err(error) => return refuse(error, Role::Bypass, log),
             };
         tunnel::ask_upgrade(upstream_request.headers_mut(), upgrade.clone());
-        let sending = route.upstream.upgrade(upstream_request);
+        let sending = Alone::Upgrade(upstream_request);
         let (mut response, upstream_side) = match send_alone(route, sending, log).await {
             Ok(sent) => sent,
             Err(refused) => return refused,
@@ -399,18 +398,30 @@ struct Switched {
     protocol: Option<HeaderValue>,
 }
 
+/// A request sent upstream on its own.
+enum Alone {
+    Plain(Request<Full<Bytes>>),
+    /// A WebSocket handshake (see [`crate::upstream::Upstream::upgrade`]).
+    Upgrade(Request<Full<Bytes>>),
+}
+
 /// Sends a request on its own and turns the upstream's answer into the
 /// client's, with the upstream's side of a `101` if it switched protocols;
 /// a failure is the gateway's own answer.
 async fn send_alone(
     route: &Route,
-    sending: impl Future<Output = Result<Response<UpstreamBody>, GatewayError>>,
+    request: Alone,
     log: &mut AccessLog,
 ) -> Result<(Answer, Option<Switched>), Answer> {
-    route.metrics.upstream_requests.inc();
-    log.upstream_sent();
     let sent = Instant::now();
-    let mut response = match sending.await {
+    let answered = {
+        let dispatch = log.dispatch(&route.metrics.upstream_requests);
+        match request {
+            Alone::Plain(request) => route.upstream.send(request, &dispatch).await,
+            Alone::Upgrade(request) => route.upstream.upgrade(request, &dispatch).await,
+        }
+    };
+    let mut response = match answered {
         Ok(response) => response,
         Err(error) => {
             tracing::warn!(

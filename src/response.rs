@@ -7,12 +7,14 @@
 //! upstream request still open for it is counted as cancelled.
 
 use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body::{Body, Frame, SizeHint};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 
@@ -20,6 +22,7 @@ use crate::coalesce::Role;
 use crate::coalesce::flight::Subscriber;
 use crate::error::BodyError;
 use crate::metrics::RouteMetrics;
+use crate::pool::Dispatch;
 use crate::upstream::UpstreamBody;
 
 /// Where a response's bytes come from.
@@ -69,8 +72,9 @@ pub struct AccessLog {
     upstream_wait: Option<Duration>,
     bytes: u64,
     progress: Progress,
-    /// A bypass upstream request is open and would be cancelled by a leave.
-    upstream_open: bool,
+    /// A bypass upstream request is open (it reached a connection: see
+    /// [`crate::pool::Dispatch`]) and would be cancelled by a leave.
+    upstream_open: AtomicBool,
     active: Gauge,
 }
 
@@ -91,7 +95,7 @@ impl AccessLog {
             upstream_wait: None,
             bytes: 0,
             progress: Progress::Waiting,
-            upstream_open: false,
+            upstream_open: AtomicBool::new(false),
             active: active.clone(),
         }
     }
@@ -106,9 +110,10 @@ impl AccessLog {
         self.role = role;
     }
 
-    /// A bypass request was sent upstream.
-    pub fn upstream_sent(&mut self) {
-        self.upstream_open = true;
+    /// What marks a bypass request open once it reaches an upstream
+    /// connection, counting it in `requests`.
+    pub fn dispatch<'a>(&'a self, requests: &'a Counter) -> Dispatch<'a> {
+        Dispatch::new(requests, &self.upstream_open)
     }
 
     /// The response head: its status and how long the upstream took.
@@ -136,7 +141,7 @@ impl AccessLog {
 
     fn end(&mut self, progress: Progress) {
         self.progress = progress;
-        self.upstream_open = false;
+        *self.upstream_open.get_mut() = false;
     }
 }
 
@@ -154,7 +159,7 @@ impl Drop for AccessLog {
         let route = self.route.as_ref().map_or("", |metrics| metrics.name());
         if let Some(metrics) = &self.route {
             metrics.response(status);
-            if client_left && self.upstream_open {
+            if client_left && *self.upstream_open.get_mut() {
                 metrics.upstream_cancelled.inc();
             }
         }

@@ -18,7 +18,7 @@ use tokio::time::{Instant, Sleep};
 use crate::config::RouteConfig;
 use crate::error::{BodyError, GatewayError};
 use crate::headers::{self, ClientSide};
-use crate::pool::{Held, Pool};
+use crate::pool::{Dispatch, Held, Pool};
 use crate::tls::{self, TlsError};
 
 /// The upstream of one route.
@@ -111,12 +111,17 @@ impl Upstream {
     pub async fn send(
         &self,
         request: Request<Full<Bytes>>,
+        dispatch: &Dispatch<'_>,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
         // Boxed: the wait for a head (checkout, sending, retrying) is over
         // once the head arrives, and a flight streams for far longer; inline,
         // its room would stay in every flight's pump for the whole stream.
-        let sending = Box::pin(self.pool.send(request));
-        let (response, held) = self.first_byte(sending).await?;
+        let sending = Box::pin(self.pool.send(request, dispatch));
+        // A request that failed counts as sent, wherever it failed.
+        let (response, held) = self
+            .first_byte(sending)
+            .await
+            .inspect_err(|_| dispatch.mark())?;
         // Dropped with the response, the connection is closed, not reused.
         check_status(response.status())?;
         Ok(response.map(|body| self.body(body, Some(held))))
@@ -127,10 +132,12 @@ impl Upstream {
     pub async fn upgrade(
         &self,
         request: Request<Full<Bytes>>,
+        dispatch: &Dispatch<'_>,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
         let response = self
-            .first_byte(Box::pin(self.pool.upgrade(request)))
-            .await?;
+            .first_byte(Box::pin(self.pool.upgrade(request, dispatch)))
+            .await
+            .inspect_err(|_| dispatch.mark())?;
         Ok(response.map(|body| self.body(body, None)))
     }
 

@@ -11,6 +11,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, StatusCode};
@@ -23,6 +24,7 @@ use super::flight::{End, Flight, ResponseHead};
 use super::registry::Registry;
 use crate::error::{BodyError, GatewayError};
 use crate::headers;
+use crate::pool::Dispatch;
 use crate::quiet::Quiet;
 use crate::upstream::Upstream;
 
@@ -132,13 +134,14 @@ async fn stream(
     let shut_down = Quiet::new(shutdown.cancelled());
     tokio::pin!(deserted, shut_down);
 
-    settings.metrics.upstream_requests.inc();
+    let dispatched = AtomicBool::new(false);
+    let dispatch = Dispatch::new(&settings.metrics.upstream_requests, &dispatched);
     let sent = Instant::now();
     let response = tokio::select! {
         biased;
-        () = &mut deserted => return cancelled(flight),
+        () = &mut deserted => return cancelled(flight, dispatched.load(Ordering::Relaxed)),
         () = &mut shut_down => return interrupted(flight),
-        response = upstream.send(request) => response,
+        response = upstream.send(request, &dispatch) => response,
     };
     let response = match response {
         Ok(response) => response,
@@ -160,7 +163,7 @@ async fn stream(
     loop {
         let frame = tokio::select! {
             biased;
-            () = &mut deserted => return cancelled(flight),
+            () = &mut deserted => return cancelled(flight, true),
             () = &mut shut_down => return interrupted(flight),
             frame = body.frame() => frame,
         };
@@ -234,8 +237,12 @@ fn failed(flight: &Flight, error: GatewayError) -> Outcome {
     Outcome::Failed(status)
 }
 
-fn cancelled(flight: &Flight) -> Outcome {
-    flight.settings().metrics.upstream_cancelled.inc();
+/// The flight deserted; its upstream request is counted as cancelled if it
+/// had reached a connection.
+fn cancelled(flight: &Flight, dispatched: bool) -> Outcome {
+    if dispatched {
+        flight.settings().metrics.upstream_cancelled.inc();
+    }
     flight.finish(End::Broken(BodyError::Cancelled));
     Outcome::Cancelled
 }

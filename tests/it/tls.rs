@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::Version;
+use http::{HeaderValue, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use rustls::ProtocolVersion;
 use rustls::version::{TLS12, TLS13};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::TcpListener;
 
 use chorus::RunOptions;
@@ -700,6 +700,48 @@ async fn a_stalled_upstream_handshake_is_a_504_after_connect_timeout() {
     assert_eq!(error["type"], "upstream_timeout");
     assert!(error["message"].as_str().unwrap().contains("TLS"), "{body}");
     held.abort();
+}
+
+/// A client that leaves while its upstream connection is still being made
+/// (here, a TLS handshake the upstream never answers) takes the request
+/// with it: nothing reached the upstream, so nothing is counted as sent or
+/// cancelled, coalesced or bypassed.
+#[tokio::test]
+async fn a_request_whose_client_leaves_while_connecting_is_not_counted_as_sent() {
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", silent.local_addr().unwrap());
+    let gateway = Gateway::start(&one_route(&url, "connect_timeout = \"30s\"")).await;
+    for bypass in [false, true] {
+        let mut request = post(&gateway.url("/v1/chat/completions"), chat("x", json!({})));
+        if bypass {
+            request
+                .headers_mut()
+                .insert("x-chorus-coalesce", HeaderValue::from_static("off"));
+        }
+        let client = http1();
+        let leaving = tokio::spawn(async move { send(&client, request).await });
+        let (mut handshake, _) = tokio::time::timeout(PATIENCE, silent.accept())
+            .await
+            .expect("no upstream connection")
+            .unwrap();
+        leaving.abort();
+        // The gateway gives up the connection it was making.
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(PATIENCE, handshake.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "the upstream connection stayed open");
+        gateway.assert_idle().await;
+        let role = if bypass { "bypass" } else { "leader" };
+        let requests = format!("chorus_requests_total{{route=\"llm\",role=\"{role}\"}}");
+        assert_eq!(gateway.metric(&requests).await, 1.0);
+        for sent in ["upstream_requests", "upstream_cancelled"] {
+            let series = format!("chorus_{sent}_total{{route=\"llm\"}}");
+            assert_eq!(
+                gateway.metric(&series).await,
+                0.0,
+                "{sent}, bypass {bypass}"
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
