@@ -18,9 +18,9 @@
 //!
 //! And what hyper would refuse by itself, with a bare status and neither the
 //! gateway's JSON nor `x-chorus-role`: a head that does not parse, a request
-//! target that is not a URI or is longer than [`MAX_TARGET`] bytes, more than [`MAX_HEADERS`]
-//! fields, a `Content-Length` that is not one number, a head longer than the
-//! connection reads.
+//! target that is not a URI or is longer than [`MAX_TARGET`] bytes, more
+//! than [`MAX_HEADERS`] fields, a `Content-Length` that is not one number, a
+//! head longer than the connection reads.
 //!
 //! [`Watched`] wraps a client connection and follows the framing of each
 //! request — the head, then a `Content-Length` or chunked body — exactly as
