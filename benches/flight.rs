@@ -46,6 +46,7 @@ fn key() -> Key {
         route: "bench",
         method: &Method::POST,
         path_and_query: "/v1/chat/completions",
+        authority: None,
         headers: &HeaderMap::new(),
         key_headers: &[],
         json_ignore_fields: &[],

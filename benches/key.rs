@@ -104,6 +104,7 @@ fn compute(c: &mut Criterion) {
                     route: "llm",
                     method: &Method::POST,
                     path_and_query: "/v1/chat/completions",
+                    authority: None,
                     headers: &headers,
                     key_headers: &key_headers,
                     json_ignore_fields: &ignore,

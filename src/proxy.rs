@@ -258,6 +258,7 @@ impl Proxy {
             route: &route.name,
             method: &parts.method,
             path_and_query,
+            authority: parts.uri.authority().map(|authority| authority.as_str()),
             headers: &parts.headers,
             key_headers: &route.key_headers,
             json_ignore_fields: &route.json_ignore_fields,

@@ -248,7 +248,10 @@ impl Body for ResponseBody {
         match &self.source {
             Source::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Source::Full(None) => SizeHint::with_exact(0),
-            Source::Upstream(body) => body.size_hint(),
+            // The length travels in the headers, as `headers::to_downstream`
+            // left them: hyper would put back an event stream's dropped
+            // length from an exact hint.
+            Source::Upstream(_) => SizeHint::default(),
             Source::Subscriber(subscriber) => subscriber.size_hint(),
         }
     }

@@ -70,6 +70,17 @@ pub struct ResponseHead {
     pub headers: HeaderMap,
 }
 
+impl ResponseHead {
+    /// Whether a clean end may answer later requests (`linger`): a 2xx, and
+    /// no `Set-Cookie`. Subscribers of the live flight asked at the same
+    /// moment and share the cookie, as they share everything; a request
+    /// after the end, maybe another browser's, must not get a session
+    /// someone else was given (a shared cache does not store these either).
+    fn lingers(&self) -> bool {
+        self.status.is_success() && !self.headers.contains_key(http::header::SET_COOKIE)
+    }
+}
+
 /// How a flight's stream ended.
 #[derive(Debug, Clone)]
 pub enum End {
@@ -303,7 +314,8 @@ impl Flight {
     }
 
     /// Ends the stream. A clean end of a 2xx stays joinable when the route
-    /// lingers; anything else closes the flight to joiners.
+    /// lingers, unless it sets a cookie; anything else closes the flight to
+    /// joiners.
     ///
     /// Only the flight's pump ends it; public so that benchmarks can drive a
     /// flight without an upstream.
@@ -319,8 +331,9 @@ impl Flight {
         if state.end.is_some() {
             return;
         }
-        let success = matches!(&state.head, Some(Head::Response(head)) if head.status.is_success());
-        let lingers = matches!(end, End::Complete) && success && !self.settings.linger.is_zero();
+        let lingers = matches!(end, End::Complete)
+            && !self.settings.linger.is_zero()
+            && matches!(&state.head, Some(Head::Response(head)) if head.lingers());
         state.joinable &= lingers;
         if state.head.is_none() {
             let error = match &end {

@@ -19,6 +19,7 @@ fn key() -> Key {
         route: "test",
         method: &Method::POST,
         path_and_query: "/",
+        authority: None,
         headers: &HeaderMap::new(),
         key_headers: &[],
         json_ignore_fields: &[],

@@ -9,7 +9,8 @@
 //! - every value, in order, of each configured key header. The defaults
 //!   (`authorization`, `x-api-key`, `api-key`, `cookie`) keep tenants apart: two
 //!   callers with different credentials never share a response, and a request
-//!   without credentials never joins one that has them;
+//!   without credentials never joins one that has them. `host` stands for the
+//!   host the client asked for, in either HTTP version;
 //! - every value, in order, of the headers that make an answer fit only its
 //!   client ([`CLIENT_BOUND_HEADERS`]), whatever the config says: ranges,
 //!   conditionals and SSE's `Last-Event-ID` ask for an answer relative to what
@@ -32,7 +33,7 @@ use std::cell::RefCell;
 use std::fmt;
 
 use http::header::{
-    CONTENT_TYPE, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE,
+    CONTENT_TYPE, HOST, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE,
     ORIGIN, RANGE,
 };
 use http::{HeaderMap, HeaderName, Method};
@@ -98,7 +99,7 @@ impl Key {
             e.field(Tag::Method, input.method.as_str().as_bytes());
             e.field(Tag::PathAndQuery, input.path_and_query.as_bytes());
             e.content_type(input.headers);
-            e.key_headers(input.headers, input.key_headers);
+            e.key_headers(input.headers, input.key_headers, input.authority);
             e.client_bound(input.headers);
             match canonicalize(input.body, input.json_ignore_fields, out, scratch) {
                 Some(()) => e.field(Tag::JsonBody, out),
@@ -123,6 +124,9 @@ pub struct KeyInput<'a> {
     pub method: &'a Method,
     /// As received, e.g. `/v1/chat/completions?x=1`.
     pub path_and_query: &'a str,
+    /// The target's authority, where it has one (HTTP/2's `:authority`, an
+    /// absolute-form target): what a `host` key header stands for.
+    pub authority: Option<&'a str>,
     pub headers: &'a HeaderMap,
     /// The route's `coalesce.key_headers`, in config order.
     pub key_headers: &'a [HeaderName],
@@ -178,11 +182,18 @@ impl Encoder<'_> {
     }
 
     /// Each configured header in config order, with all its values in the order
-    /// received; the count tells absent from empty.
-    fn key_headers(&mut self, headers: &HeaderMap, names: &[HeaderName]) {
+    /// received; the count tells absent from empty. `host` is the host the
+    /// client asked for: the target's authority where it has one (HTTP/2
+    /// sends no `Host`), else `Host`, so that both versions share.
+    fn key_headers(&mut self, headers: &HeaderMap, names: &[HeaderName], authority: Option<&str>) {
         self.count(Tag::KeyHeaderCount, names.len());
         for name in names {
             self.field(Tag::KeyHeaderName, name.as_str().as_bytes());
+            if let Some(authority) = authority.filter(|_| *name == HOST) {
+                self.count(Tag::KeyHeaderValueCount, 1);
+                self.field(Tag::KeyHeaderValue, authority.as_bytes());
+                continue;
+            }
             let values = headers.get_all(name);
             self.count(Tag::KeyHeaderValueCount, values.iter().count());
             for value in values {

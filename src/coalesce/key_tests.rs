@@ -10,6 +10,9 @@ struct Req {
     method: Method,
     path: &'static str,
     headers: HeaderMap,
+    /// The target's authority (HTTP/2's `:authority`).
+    authority: Option<&'static str>,
+    key_headers: Vec<HeaderName>,
     body: Vec<u8>,
 }
 
@@ -21,6 +24,10 @@ fn req(body: &str) -> Req {
         method: Method::POST,
         path: "/v1/chat/completions",
         headers,
+        authority: None,
+        key_headers: ["authorization", "x-api-key", "api-key", "cookie"]
+            .map(HeaderName::from_static)
+            .to_vec(),
         body: body.as_bytes().to_vec(),
     }
 }
@@ -36,15 +43,24 @@ impl Req {
         self
     }
 
+    fn keyed_by(mut self, name: &'static str) -> Self {
+        self.key_headers.push(HeaderName::from_static(name));
+        self
+    }
+
+    fn authority(mut self, authority: &'static str) -> Self {
+        self.authority = Some(authority);
+        self
+    }
+
     fn key(&self) -> Key {
-        let key_headers =
-            ["authorization", "x-api-key", "api-key", "cookie"].map(HeaderName::from_static);
         Key::compute(&KeyInput {
             route: self.route,
             method: &self.method,
             path_and_query: self.path,
+            authority: self.authority,
             headers: &self.headers,
-            key_headers: &key_headers,
+            key_headers: &self.key_headers,
             json_ignore_fields: &["user".to_owned()],
             body: &self.body,
         })
@@ -215,6 +231,23 @@ fn key_header_values_do_not_move_between_headers() {
     let a = req("{}").header("x-api-key", "k").key();
     let b = req("{}").header("api-key", "k").key();
     assert_ne!(a, b);
+}
+
+#[test]
+fn host_matters_only_as_a_key_header_and_means_the_host_asked_for() {
+    let host = |name| req("{}").header("host", name);
+    assert_eq!(host("a.example").key(), host("b.example").key());
+    let keyed = |name| host(name).keyed_by("host");
+    assert_ne!(keyed("a.example").key(), keyed("b.example").key());
+    // HTTP/2 sends no `Host`: its `:authority` stands for it.
+    let h2 = |authority| req("{}").keyed_by("host").authority(authority);
+    assert_eq!(h2("a.example").key(), keyed("a.example").key());
+    assert_ne!(h2("b.example").key(), keyed("a.example").key());
+    // An absolute-form target's authority wins over `Host`, as upstream.
+    assert_eq!(
+        keyed("b.example").authority("a.example").key(),
+        h2("a.example").key()
+    );
 }
 
 #[test]

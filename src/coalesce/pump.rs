@@ -296,6 +296,7 @@ mod tests {
             route: "test",
             method: &Method::POST,
             path_and_query: "/",
+            authority: None,
             headers: &HeaderMap::new(),
             key_headers: &[],
             json_ignore_fields: &[],

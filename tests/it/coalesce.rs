@@ -289,6 +289,27 @@ async fn pages_of_different_origins_never_share_a_flight() {
     gateway.assert_idle().await;
 }
 
+/// `host` as a key header keeps the flights of each host apart (for a
+/// backend that answers by `X-Forwarded-Host`), and means the host asked
+/// for: an HTTP/2 client's `:authority` shares with HTTP/1.1's `Host`.
+#[tokio::test]
+async fn host_as_a_key_header_is_the_host_asked_for_in_either_version() {
+    let (upstream, gateway, url) = start("[routes.coalesce]\nkey_headers = [\"host\"]").await;
+    let body = chat("hosts", json!({"tokens": 10, "interval_ms": 100}));
+    let client = http1();
+    let (h1, h2, other) = futures::join!(
+        fetch(&client, &url, &body),
+        fetch(&http2(), &url, &body),
+        role_with(&client, &url, &body, ("host", "other.example")),
+    );
+    assert_eq!(upstream.stats.requests(), 2, "one per host");
+    let mut same_host = [h1.0, h2.0];
+    same_host.sort();
+    assert_eq!(same_host, ["follower", "leader"]);
+    assert_eq!(other, "leader");
+    gateway.assert_idle().await;
+}
+
 #[tokio::test]
 async fn routes_never_share_flights() {
     let upstream = TestUpstream::slow(Duration::from_millis(300), 200, "ok").await;
@@ -553,6 +574,49 @@ async fn linger_answers_from_the_log_until_it_expires() {
     let (late_role, _, _) = fetch(&client, &url, &request).await;
     assert_eq!(late_role, "leader");
     assert_eq!(upstream.stats.requests(), 2);
+    gateway.assert_idle().await;
+}
+
+/// A response that sets a cookie is shared by the requests of its live
+/// flight, but never lingered: a later request, maybe another browser's,
+/// must not be given someone else's session.
+#[tokio::test]
+async fn a_response_that_sets_a_cookie_is_never_lingered() {
+    let upstream = TestUpstream::start(|request: Request<hyper::body::Incoming>| async move {
+        let mut response = Response::builder();
+        if request.uri().path() == "/session" {
+            response = response.header("set-cookie", "sid=first; HttpOnly");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        response.body(Full::new(Bytes::from_static(b"ok"))).unwrap()
+    })
+    .await;
+    let route = "[routes.coalesce]\nlinger = \"30s\"";
+    let gateway = Gateway::start(&one_route(&upstream.url(), route)).await;
+    let client = http1();
+    let roles = |url: String| {
+        let client = client.clone();
+        async move {
+            let (live, joined) = futures::join!(fetch(&client, &url, "{}"), async {
+                // Joins the live flight: the head is a second away.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                fetch(&client, &url, "{}").await
+            });
+            let after = fetch(&client, &url, "{}").await;
+            [live.0, joined.0, after.0]
+        }
+    };
+
+    assert_eq!(
+        roles(gateway.url("/plain")).await,
+        ["leader", "follower", "follower"]
+    );
+    assert_eq!(upstream.hits(), 1);
+    assert_eq!(
+        roles(gateway.url("/session")).await,
+        ["leader", "follower", "leader"]
+    );
+    assert_eq!(upstream.hits(), 3);
     gateway.assert_idle().await;
 }
 

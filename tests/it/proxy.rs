@@ -86,6 +86,36 @@ async fn events_arrive_one_by_one_coalesced_http2() {
     events_arrive_one_by_one(http2(), false, "leader").await;
 }
 
+/// An event stream the upstream gave a length reaches every client without
+/// it (rule 5), coalesced or bypassed, over HTTP/1.1 and HTTP/2: hyper's
+/// upstream body knows the length too, and must not put it back.
+#[tokio::test]
+async fn an_event_streams_length_is_dropped_on_every_path() {
+    const EVENTS: &[u8] = b"data: {\"a\":1}\n\ndata: [DONE]\n\n";
+    let upstream = TestUpstream::start(|_| async {
+        http::Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(Full::new(bytes::Bytes::from_static(EVENTS)))
+            .unwrap()
+    })
+    .await;
+    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
+    for client in [http1(), http2()] {
+        for (role, coalesce) in [("leader", "on"), ("bypass", "off")] {
+            let mut request = post(&gateway.url("/v1/chat/completions"), "{}");
+            request.headers_mut().insert(
+                "x-chorus-coalesce",
+                http::HeaderValue::from_static(coalesce),
+            );
+            let response = send(&client, request).await;
+            assert_unbuffered_sse(&response, role);
+            assert_eq!(body(response).await.unwrap(), EVENTS);
+        }
+    }
+    assert_eq!(upstream.hits(), 4);
+    gateway.assert_idle().await;
+}
+
 fn assert_unbuffered_sse(response: &http::Response<hyper::body::Incoming>, role: &str) {
     assert_eq!(response.status(), 200);
     assert_eq!(header(response, "content-type"), "text/event-stream");
