@@ -12,8 +12,9 @@
 //! close on the way (the keep-alive race, a 502 behind many proxies). A
 //! request that was not written goes on another connection; one the upstream
 //! closed or reset its connection under before any answer, soon after it was
-//! sent, goes once more on a new connection; so does one whose HTTP/2 stream
-//! the upstream refused (`REFUSED_STREAM`: not processed).
+//! sent, goes once more on a new connection (unless its method is not
+//! idempotent and the connection had been used moments before); so does one
+//! whose HTTP/2 stream the upstream refused (`REFUSED_STREAM`: not processed).
 //!
 //! An HTTP/2 connection (an `https` upstream that offers it by ALPN) carries
 //! many requests at once, so it is shared, up to [`MAX_STREAMS`] streams;
@@ -303,8 +304,15 @@ impl Pool {
                     // again; but not from one used moments ago, since
                     // upstreams close connections only after seconds unused
                     // (and a busy connection pays nothing for the copy).
+                    // An idempotent request may go twice whatever happened
+                    // (RFC 9110 §9.2.2), so it is kept all the same, for an
+                    // upstream that closes sooner.
                     let again = match connection.unused_for {
-                        Some(unused) if unused >= CLOSE_AFTER => Some(copy(&request)),
+                        Some(unused)
+                            if unused >= CLOSE_AFTER || request.method().is_idempotent() =>
+                        {
+                            Some(copy(&request))
+                        }
                         Some(_) | None => None,
                     };
                     let sent_at = Instant::now();

@@ -37,8 +37,8 @@ use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::header::CONNECTION;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::header::{CONNECTION, CONTENT_LENGTH};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -344,6 +344,7 @@ where
         let client = Arc::clone(&client);
         // Only a request asking to upgrade needs the verdicts afterwards.
         let upgrading = framing::asks_upgrade(&request).then(|| Arc::clone(&verdicts));
+        let http10 = request.version() == Version::HTTP_10;
         // Boxed: hyper keeps the slot of a connection's request future for
         // the connection's lifetime, so an unboxed future (a few KiB) would
         // stay allocated for every idle or streaming connection.
@@ -358,6 +359,16 @@ where
                 response
                     .headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            if http10
+                && !response.headers().contains_key(CONTENT_LENGTH)
+                && response.body().size_hint().exact().is_none()
+            {
+                // HTTP/1.0 has no chunks: the close ends a body of no known
+                // length, yet hyper, taking the answer for HTTP/1.1, would
+                // add `keep-alive` for a client that asked for it. As
+                // HTTP/1.0 it adds nothing and closes.
+                *response.version_mut() = Version::HTTP_10;
             }
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
         })

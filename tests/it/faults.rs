@@ -518,6 +518,32 @@ async fn a_request_meeting_the_upstreams_keep_alive_close_is_sent_again() {
     gateway.assert_idle().await;
 }
 
+/// An idempotent request meets the keep-alive race however soon after its
+/// last use the connection is reused: it may go twice whatever happened
+/// (RFC 9110 §9.2.2), so it goes again on a new connection, as nginx
+/// retries one. This upstream resets every connection when it is reused.
+#[tokio::test]
+async fn an_idempotent_request_on_a_connection_closed_under_it_always_goes_again() {
+    let upstream = Faulty::start(Fault::ResetOnReuse).await;
+    let gateway = Gateway::start(&route(&upstream.url())).await;
+    let client = http1();
+    for round in 0..10 {
+        let url = gateway.url(&format!("{PATH}?round={round}"));
+        let request = http::Request::get(url)
+            .body(http_body_util::Full::default())
+            .unwrap();
+        let (_, outcome) = outcome(send(&client, request).await).await;
+        assert_eq!(
+            outcome,
+            Outcome::Complete(200, b"{\"ok\":true}".to_vec()),
+            "round {round}"
+        );
+    }
+    // Round 0 opened a connection; every later one met a reset and went again.
+    assert_eq!(upstream.requests(), 19);
+    gateway.assert_idle().await;
+}
+
 /// The upstream says keep-alive but closes right after each answer: the
 /// gateway must not hand out the dead connection.
 #[tokio::test]

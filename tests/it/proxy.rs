@@ -116,6 +116,33 @@ async fn an_event_streams_length_is_dropped_on_every_path() {
     gateway.assert_idle().await;
 }
 
+/// HTTP/1.0 has no chunks: a stream of no known length ends with the close,
+/// so its head does not promise `keep-alive`, even to a client that asked
+/// for it; an answer of known length keeps the connection for the next.
+#[tokio::test]
+async fn an_http10_stream_is_not_answered_keep_alive() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
+    let body = chat("HTTP/1.0", json!({"tokens": 3, "interval_ms": 0}));
+    let stream = format!(
+        "POST /v1/chat/completions HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = raw(gateway.addr, stream.as_bytes()).await;
+    let (head, events) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    assert!(!head.contains("keep-alive"), "{head}");
+    assert!(events.ends_with("data: [DONE]\n\n"), "{events}");
+
+    let models = "GET /v1/models HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n\
+                  GET /v1/models HTTP/1.0\r\nHost: a\r\n\r\n";
+    let answers = raw(gateway.addr, models.as_bytes()).await;
+    assert_eq!(answers.matches("HTTP/1.0 200").count(), 2, "{answers}");
+    assert!(answers.contains("connection: keep-alive"), "{answers}");
+    gateway.assert_idle().await;
+}
+
 fn assert_unbuffered_sse(response: &http::Response<hyper::body::Incoming>, role: &str) {
     assert_eq!(response.status(), 200);
     assert_eq!(header(response, "content-type"), "text/event-stream");
