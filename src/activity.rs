@@ -11,7 +11,11 @@
 //!   took them; the gateway takes them at once. So, as Envoy does, a
 //!   connection on which more than half of at least [`PREMATURE_MIN_STREAMS`]
 //!   requests were abandoned by the client within [`PREMATURE_WINDOW`] of
-//!   arriving is closed.
+//!   arriving is told to go (HTTP/2's GOAWAY): it gets no new streams, and
+//!   its streams in flight go on, for a page that aborts requests as its
+//!   user types is no attacker, and its long answers must not be cut. A
+//!   client that goes on all the same (streams that go on arriving, as they
+//!   do until it answers the GOAWAY's ping) until it is judged again is cut.
 //!
 //! Each request holds a [`Guard`] from its arrival until its response body
 //! ends or is dropped; [`Tracked`] carries the guard inside the body.
@@ -37,14 +41,18 @@ pub struct Activity {
     /// Counters; a std `Mutex` held for a few instructions, never across
     /// an `.await`.
     state: Mutex<Counts>,
-    /// Cancelled once the connection is judged abusive.
-    abusive: CancellationToken,
+    /// Cancelled once the connection is judged abusive, then once more.
+    abusive: [CancellationToken; 2],
 }
 
 struct Counts {
     in_flight: usize,
     ended: u64,
     premature: u64,
+    /// `ended` and `premature` when the connection was last judged abusive,
+    /// and how many times it was.
+    judged_at: (u64, u64),
+    verdicts: usize,
     /// When the last request ended (at first, when the connection opened).
     quiet_since: Instant,
 }
@@ -56,9 +64,11 @@ impl Default for Activity {
                 in_flight: 0,
                 ended: 0,
                 premature: 0,
+                judged_at: (0, 0),
+                verdicts: 0,
                 quiet_since: Instant::now(),
             }),
-            abusive: CancellationToken::new(),
+            abusive: Default::default(),
         }
     }
 }
@@ -102,9 +112,10 @@ impl Activity {
     }
 
     /// Resolves once the connection's client has reset too many requests
-    /// early; the connection should then be closed.
-    pub async fn abusive(&self) {
-        self.abusive.cancelled().await;
+    /// early (`again`: a second time, counting only what ended since the
+    /// first); the connection should then be told to go (and then be cut).
+    pub async fn abusive(&self, again: bool) {
+        self.abusive[usize::from(again)].cancelled().await;
     }
 
     /// (requests ended, of which premature resets)
@@ -120,10 +131,14 @@ impl Activity {
         counts.ended += 1;
         counts.premature += u64::from(premature);
         counts.quiet_since = now;
-        let abusive = counts.ended >= PREMATURE_MIN_STREAMS && counts.premature * 2 > counts.ended;
-        drop(counts);
-        if abusive {
-            self.abusive.cancel();
+        let ended = counts.ended - counts.judged_at.0;
+        let premature = counts.premature - counts.judged_at.1;
+        if ended >= PREMATURE_MIN_STREAMS && premature * 2 > ended {
+            counts.judged_at = (counts.ended, counts.premature);
+            if let Some(verdict) = self.abusive.get(counts.verdicts) {
+                verdict.cancel();
+            }
+            counts.verdicts += 1;
         }
     }
 
@@ -277,10 +292,18 @@ mod tests {
             }
         }
         // Half is not more than half.
-        assert!(!activity.abusive.is_cancelled());
+        assert!(!activity.abusive[0].is_cancelled());
         drop(activity.start());
-        assert!(activity.abusive.is_cancelled());
+        assert!(activity.abusive[0].is_cancelled());
         assert_eq!(activity.resets(), (PREMATURE_MIN_STREAMS + 1, 51));
+
+        // Judged again on what ends after the first verdict alone.
+        for _ in 0..PREMATURE_MIN_STREAMS - 1 {
+            drop(activity.start());
+        }
+        assert!(!activity.abusive[1].is_cancelled());
+        drop(activity.start());
+        assert!(activity.abusive[1].is_cancelled());
     }
 
     #[tokio::test(start_paused = true)]
@@ -296,6 +319,6 @@ mod tests {
         while read.frame().await.is_some() {}
         drop(Tracked::new(Full::new(Bytes::new()), activity.start()));
         assert_eq!(activity.resets(), (PREMATURE_MIN_STREAMS * 2 + 2, 0));
-        assert!(!activity.abusive.is_cancelled());
+        assert!(!activity.abusive[0].is_cancelled());
     }
 }

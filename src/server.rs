@@ -392,9 +392,10 @@ where
     // connection, not them.
     let drain = Quiet::new(shared.drain.cancelled());
     let idle = Quiet::new(activity.idle(shared.header_read_timeout));
-    let abusive = Quiet::new(activity.abusive());
+    let abusive = Quiet::new(activity.abusive(false));
     tokio::pin!(drain, idle, abusive);
     let mut closing = false;
+    let mut told_to_go = false;
     loop {
         tokio::select! {
             result = poll_fn(|cx| connection.poll(cx)) => {
@@ -424,13 +425,28 @@ where
             }
             () = &mut abusive => {
                 let (requests, resets) = activity.resets();
+                if told_to_go {
+                    tracing::warn!(
+                        %peer,
+                        requests,
+                        resets,
+                        "closing a connection whose client went on resetting streams after it was told to go"
+                    );
+                    return;
+                }
                 tracing::warn!(
                     %peer,
                     requests,
                     resets,
-                    "closing a connection whose client resets most streams as it opens them"
+                    "a client resets most streams as it opens them: told to go, its streams in flight go on"
                 );
-                return;
+                told_to_go = true;
+                abusive.set(Quiet::new(activity.abusive(true)));
+                if !closing {
+                    closing = true;
+                    connection.graceful_shutdown();
+                    idle.set(Quiet::new(activity.idle(GOODBYE_GRACE)));
+                }
             }
         }
     }

@@ -236,6 +236,51 @@ async fn rapid_reset_is_bounded_and_others_are_served() {
     others_served(&gateway).await;
 }
 
+/// A page that aborts most of its requests soon after they start (a search
+/// as its user types) looks like the paced attack, but is no attacker:
+/// judged so, its connection is told to go (GOAWAY) and closed only once
+/// its streams in flight are done, and a long answer on it ends whole.
+#[tokio::test]
+async fn a_client_aborting_most_requests_is_told_to_go_without_cutting_its_long_stream() {
+    let upstream = Upstream::start().await;
+    let config = server_extra(
+        &one_route(&upstream.url(), ""),
+        "header_read_timeout = \"60s\"",
+    );
+    let gateway = Gateway::start(&config).await;
+    let (client, url) = (http2(), gateway.url("/v1/chat/completions"));
+    let long = chat(
+        "long",
+        serde_json::json!({"tokens": 30, "interval_ms": 100}),
+    );
+    let mut long = EventReader::new(send(&client, post(&url, long)).await);
+    assert!(long.next().await.unwrap().is_some());
+    for index in 0..chorus::activity::PREMATURE_MIN_STREAMS {
+        let typed = chat(
+            &format!("typed {index}"),
+            serde_json::json!({"tokens": 20, "interval_ms": 20}),
+        );
+        let mut aborted = EventReader::new(send(&client, post(&url, typed)).await);
+        assert!(aborted.next().await.unwrap().is_some());
+        // Dropped unfinished: RST_STREAM(CANCEL).
+    }
+    let rest = long.rest().await.expect("the long stream was cut");
+    assert_eq!(
+        rest.len(),
+        32,
+        "role, 30 tokens, finish and [DONE], less the first"
+    );
+    assert_eq!(rest.last().map(String::as_str), Some("[DONE]"));
+    // The connection went once its stream had ended, with its client still
+    // holding it (an idle one would be kept for header_read_timeout).
+    let open = gateway
+        .wait_metric("chorus_connections_active", |open| open == 0.0)
+        .await;
+    assert_eq!(open, 0.0, "the connection told to go is still open");
+    drop(client);
+    gateway.assert_idle().await;
+}
+
 /// The same attack paced: each batch of streams is reset only once the
 /// gateway has sent their requests upstream, past hyper's own guard.
 #[tokio::test]
@@ -274,8 +319,9 @@ async fn paced_rapid_reset_closes_the_connection() {
         "the connection was left open after {sent} resets"
     );
     let hits = upstream.upstream.hits();
+    // Told to go after the first hundred, it was cut after the second.
     assert!(
-        hits as u64 <= chorus::activity::PREMATURE_MIN_STREAMS + u64::from(BATCH),
+        hits as u64 <= 2 * chorus::activity::PREMATURE_MIN_STREAMS + u64::from(BATCH),
         "{hits} upstream requests before the connection was closed"
     );
     others_served(&gateway).await;
