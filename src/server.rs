@@ -38,7 +38,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use http::header::{CONNECTION, CONTENT_LENGTH};
-use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -344,7 +344,8 @@ where
         let client = Arc::clone(&client);
         // Only a request asking to upgrade needs the verdicts afterwards.
         let upgrading = framing::asks_upgrade(&request).then(|| Arc::clone(&verdicts));
-        let http10 = request.version() == Version::HTTP_10;
+        // An answer to a HEAD has no body, whatever its length.
+        let http10 = request.version() == Version::HTTP_10 && request.method() != Method::HEAD;
         // Boxed: hyper keeps the slot of a connection's request future for
         // the connection's lifetime, so an unboxed future (a few KiB) would
         // stay allocated for every idle or streaming connection.
@@ -361,6 +362,10 @@ where
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
             if http10
+                && !matches!(
+                    response.status(),
+                    StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+                )
                 && !response.headers().contains_key(CONTENT_LENGTH)
                 && response.body().size_hint().exact().is_none()
             {

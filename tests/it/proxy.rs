@@ -118,7 +118,8 @@ async fn an_event_streams_length_is_dropped_on_every_path() {
 
 /// HTTP/1.0 has no chunks: a stream of no known length ends with the close,
 /// so its head does not promise `keep-alive`, even to a client that asked
-/// for it; an answer of known length keeps the connection for the next.
+/// for it; an answer of known length, or with no body, keeps the
+/// connection for the next.
 #[tokio::test]
 async fn an_http10_stream_is_not_answered_keep_alive() {
     let upstream = Upstream::start().await;
@@ -140,6 +141,21 @@ async fn an_http10_stream_is_not_answered_keep_alive() {
     let answers = raw(gateway.addr, models.as_bytes()).await;
     assert_eq!(answers.matches("HTTP/1.0 200").count(), 2, "{answers}");
     assert!(answers.contains("connection: keep-alive"), "{answers}");
+    gateway.assert_idle().await;
+
+    // A 204 has no body to end, whatever its length.
+    let empty = TestUpstream::start(|_| async {
+        http::Response::builder()
+            .status(204)
+            .body(Full::default())
+            .unwrap()
+    })
+    .await;
+    let gateway = Gateway::start(&one_route(&empty.url(), "")).await;
+    let two = "GET /a HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n\
+               GET /b HTTP/1.0\r\nHost: a\r\n\r\n";
+    let answers = raw(gateway.addr, two.as_bytes()).await;
+    assert_eq!(answers.matches("HTTP/1.0 204").count(), 2, "{answers}");
     gateway.assert_idle().await;
 }
 
