@@ -122,10 +122,7 @@ impl AccessLog {
         self.upstream_wait = upstream_wait;
         // A status without content is complete with its head: the server
         // may never poll its body.
-        let bodyless = status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED;
-        self.progress = if bodyless {
+        self.progress = if bodyless(status) {
             Progress::Complete
         } else {
             Progress::Streaming
@@ -184,6 +181,13 @@ impl Drop for AccessLog {
             "request"
         );
     }
+}
+
+/// Whether a response with `status` never has a body (RFC 9110 §6.4.1).
+pub fn bodyless(status: StatusCode) -> bool {
+    status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
 }
 
 /// Milliseconds with microsecond precision, for log lines.

@@ -362,10 +362,7 @@ where
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
             if http10
-                && !matches!(
-                    response.status(),
-                    StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
-                )
+                && !crate::response::bodyless(response.status())
                 && !response.headers().contains_key(CONTENT_LENGTH)
                 && response.body().size_hint().exact().is_none()
             {
