@@ -169,15 +169,18 @@ impl Encoder<'_> {
         self.0.extend_from_slice(bytes);
     }
 
+    fn field_lowercased(&mut self, tag: Tag, bytes: &[u8]) {
+        self.count(tag, bytes.len());
+        self.0.extend(bytes.iter().map(u8::to_ascii_lowercase));
+    }
+
     /// All values, so a repeated `Content-Type` cannot hide behind the first;
     /// absent (zero values) differs from an empty value.
     fn content_type(&mut self, headers: &HeaderMap) {
         let values = headers.get_all(CONTENT_TYPE);
         self.count(Tag::ContentTypeCount, values.iter().count());
         for value in values {
-            let media = media_type(value.as_bytes());
-            self.count(Tag::ContentType, media.len());
-            self.0.extend(media.iter().map(u8::to_ascii_lowercase));
+            self.field_lowercased(Tag::ContentType, media_type(value.as_bytes()));
         }
     }
 
@@ -189,9 +192,8 @@ impl Encoder<'_> {
         self.count(Tag::KeyHeaderCount, names.len());
         for name in names {
             self.field(Tag::KeyHeaderName, name.as_str().as_bytes());
-            if let Some(authority) = authority.filter(|_| *name == HOST) {
-                self.count(Tag::KeyHeaderValueCount, 1);
-                self.field(Tag::KeyHeaderValue, authority.as_bytes());
+            if *name == HOST {
+                self.host(headers, authority);
                 continue;
             }
             let values = headers.get_all(name);
@@ -199,6 +201,22 @@ impl Encoder<'_> {
             for value in values {
                 self.field(Tag::KeyHeaderValue, value.as_bytes());
             }
+        }
+    }
+
+    /// `host` as a key header: the authority, else every `Host` value, each
+    /// lowercased, since host names are case-insensitive (RFC 3986 §3.2.2)
+    /// and `Example.com` asks for what `example.com` does.
+    fn host(&mut self, headers: &HeaderMap, authority: Option<&str>) {
+        if let Some(authority) = authority {
+            self.count(Tag::KeyHeaderValueCount, 1);
+            self.field_lowercased(Tag::KeyHeaderValue, authority.as_bytes());
+            return;
+        }
+        let values = headers.get_all(HOST);
+        self.count(Tag::KeyHeaderValueCount, values.iter().count());
+        for value in values {
+            self.field_lowercased(Tag::KeyHeaderValue, value.as_bytes());
         }
     }
 

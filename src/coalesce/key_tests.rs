@@ -248,6 +248,9 @@ fn host_matters_only_as_a_key_header_and_means_the_host_asked_for() {
         keyed("b.example").authority("a.example").key(),
         h2("a.example").key()
     );
+    // Host names are case-insensitive, in either form.
+    assert_eq!(keyed("A.Example").key(), keyed("a.example").key());
+    assert_eq!(h2("A.EXAMPLE").key(), keyed("a.example").key());
 }
 
 #[test]
