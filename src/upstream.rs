@@ -8,8 +8,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -118,12 +119,12 @@ impl Upstream {
         // its room would stay in every flight's pump for the whole stream.
         let sending = Box::pin(self.pool.send(request, dispatch));
         // A request that failed counts as sent, wherever it failed.
-        let (response, held) = self
+        let (mut response, held) = self
             .first_byte(sending)
             .await
             .inspect_err(|_| dispatch.mark())?;
         // Dropped with the response, the connection is closed, not reused.
-        check_status(response.status())?;
+        check_head(&mut response)?;
         Ok(response.map(|body| self.body(body, Some(held))))
     }
 
@@ -172,6 +173,28 @@ impl Upstream {
     }
 }
 
+/// Refuses a response head that could not be passed on as it stands, and
+/// gives a repeated `Content-Length` one value.
+fn check_head<B>(response: &mut Response<B>) -> Result<(), GatewayError> {
+    check_status(response.status())?;
+    let headers = response.headers_mut();
+    if headers.contains_key(TRANSFER_ENCODING) {
+        // Only `chunked` is undone on the way in; a body still in another
+        // coding (`gzip, chunked`) would reach the client without it.
+        let codings = headers.get_all(TRANSFER_ENCODING).iter();
+        let other = codings
+            .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
+            .any(|coding| !coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        if other {
+            let why = "the upstream used a transfer coding other than chunked";
+            return Err(GatewayError::upstream_failed(why));
+        }
+        // Its `Content-Length`, if any, is dropped on the way out.
+        return Ok(());
+    }
+    one_length(headers)
+}
+
 /// Refuses a status no request but a WebSocket handshake can be answered
 /// with: a `101` (RFC 9110 §7.8: only to a client that asked to upgrade;
 /// HTTP/2 has none) or one outside 100–599, which RFC 9110 §15 calls
@@ -183,6 +206,35 @@ fn check_status(status: StatusCode) -> Result<(), GatewayError> {
         _ => "the upstream answered with a status outside 100-599",
     };
     Err(GatewayError::upstream_failed(format!("{why} ({status})")))
+}
+
+/// Makes `Content-Length: 5, 5` (or the header twice) `Content-Length: 5`,
+/// as RFC 9110 §8.6 allows: passed on as it came, HTTP/1.1 cannot frame the
+/// answer with it and HTTP/2 clients call the repeated field malformed.
+/// Values that differ, or are not numbers, are refused.
+fn one_length(headers: &mut HeaderMap) -> Result<(), GatewayError> {
+    let mut items = 0;
+    let length = {
+        let mut length: Option<&[u8]> = None;
+        let values = headers.get_all(CONTENT_LENGTH).iter();
+        for item in values.flat_map(|value| value.as_bytes().split(|&byte| byte == b',')) {
+            let item = item.trim_ascii();
+            let number = !item.is_empty() && item.iter().all(u8::is_ascii_digit);
+            if !number || length.is_some_and(|length| length != item) {
+                let why = "the upstream sent an invalid Content-Length";
+                return Err(GatewayError::upstream_failed(why));
+            }
+            length = Some(item);
+            items += 1;
+        }
+        length.map(HeaderValue::from_bytes)
+    };
+    if items > 1
+        && let Some(Ok(length)) = length
+    {
+        headers.insert(CONTENT_LENGTH, length);
+    }
+    Ok(())
 }
 
 /// An upstream response body that fails when the upstream stays silent for

@@ -12,8 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use http::Response;
+use bytes::Bytes;
+use http::{Request, Response};
 use http_body_util::BodyExt;
+use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -326,6 +328,24 @@ async fn no_flight_left(gateway: &Gateway, upstream: &Faulty) {
     gateway.assert_idle().await;
 }
 
+/// Sends `request` alone and releases the upstream's fault once it is in,
+/// as the herd's was.
+async fn send_released(
+    upstream: &Faulty,
+    client: &HttpClient,
+    request: Request<Full<Bytes>>,
+) -> Response<Incoming> {
+    let before = upstream.requests();
+    let releasing = async {
+        while upstream.requests() == before {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        upstream.release();
+    };
+    let (response, ()) = tokio::join!(send(client, request), releasing);
+    response
+}
+
 fn route(upstream: &str) -> String {
     one_route(
         upstream,
@@ -429,6 +449,62 @@ async fn an_unasked_protocol_switch_or_an_invalid_status_is_a_502_for_every_subs
     }
 }
 
+/// A body in a transfer coding other than chunked (which the client would
+/// get still coded, and without a word of it), and lengths that disagree,
+/// are answers no client can take as they stand: a 502, the connection
+/// closed.
+#[tokio::test]
+async fn a_transfer_coded_body_or_lengths_that_differ_are_a_502_for_every_subscriber() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2, 3\r\n\r\nok",
+    ] {
+        let upstream = Faulty::start(Fault::Answer(answer)).await;
+        let gateway = Gateway::start(&route(&upstream.url())).await;
+        let outcomes = herd(&gateway, &upstream).await;
+        all_got(&outcomes, &Outcome::Refused(502, "upstream_failed".into()));
+        upstream.wait_closed_by_gateway(1).await;
+        no_flight_left(&gateway, &upstream).await;
+    }
+}
+
+/// A length given twice, or as a list, with one value (RFC 9110 §8.6): every
+/// client gets the body, told its length once. Passed on as it came, an
+/// HTTP/1.1 client got nothing and HTTP/2 clients a malformed head.
+#[tokio::test]
+async fn a_length_given_twice_with_one_value_is_passed_on_once() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+            content-length: 11, 11\r\n\r\n{\"ok\":true}"[..],
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+            content-length: 11\r\ncontent-length: 11\r\n\r\n{\"ok\":true}",
+    ] {
+        let upstream = Faulty::start(Fault::Answer(answer)).await;
+        let gateway = Gateway::start(&route(&upstream.url())).await;
+        let outcomes = herd(&gateway, &upstream).await;
+        all_got(
+            &outcomes,
+            &Outcome::Complete(200, b"{\"ok\":true}".to_vec()),
+        );
+        for client in [http1(), http2()] {
+            let mut request = post(&gateway.url(PATH), BODY);
+            request
+                .headers_mut()
+                .insert("x-chorus-coalesce", http::HeaderValue::from_static("off"));
+            let response = send_released(&upstream, &client, request).await;
+            let lengths: Vec<_> = response
+                .headers()
+                .get_all("content-length")
+                .iter()
+                .collect();
+            assert_eq!(lengths, ["11"], "{:?}", response.version());
+            let (_, alone) = outcome(response).await;
+            assert_eq!(alone, Outcome::Complete(200, b"{\"ok\":true}".to_vec()));
+        }
+        gateway.assert_idle().await;
+    }
+}
+
 /// A chunked body whose head also gives a (wrong) length: the chunks are the
 /// body, and no client is told the length (RFC 9112 §6.3), which would cut
 /// it short over HTTP/1.1 and be a protocol error over HTTP/2.
@@ -448,15 +524,7 @@ async fn a_length_beside_chunked_framing_is_not_passed_on() {
     request
         .headers_mut()
         .insert("x-chorus-coalesce", http::HeaderValue::from_static("off"));
-    let releasing = async {
-        // Released once the request is in, as the herd's was.
-        while upstream.requests() < 2 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        upstream.release();
-    };
-    let client = http1();
-    let (response, ()) = tokio::join!(send(&client, request), releasing);
+    let response = send_released(&upstream, &http1(), request).await;
     assert!(response.headers().get("content-length").is_none());
     let (_, alone) = outcome(response).await;
     assert_eq!(alone, Outcome::Complete(200, b"{\"ok\":true}".to_vec()));
