@@ -196,6 +196,10 @@ impl Proxy {
                 return Answered::Now(refuse(error, Role::Bypass, log));
             }
         };
+        // Before the key: a header named in `Connection` never reaches the
+        // upstream, so it must not count in the key either; a request that
+        // strips its credentials that way must not join one that sends them.
+        headers::remove_hop_by_hop(&mut parts.headers);
 
         let coalesce = route.coalesces(&parts.method)
             && !headers::coalesce_opted_out(&parts.headers)

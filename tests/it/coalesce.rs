@@ -313,6 +313,47 @@ async fn host_as_a_key_header_is_the_host_asked_for_in_either_version() {
     gateway.assert_idle().await;
 }
 
+/// A header the client names in `Connection` never reaches the upstream, so
+/// it cannot count in the key either: a request that strips its credentials
+/// that way is a different request from one that sends them.
+#[tokio::test]
+async fn headers_named_in_connection_are_not_in_the_key() {
+    let upstream = TestUpstream::start(|request| async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let credentials = request.headers().get("authorization").cloned();
+        let body = credentials.map_or(Bytes::from_static(b"none"), |value| {
+            Bytes::copy_from_slice(value.as_bytes())
+        });
+        Response::new(Full::new(body))
+    })
+    .await;
+    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
+    let url = gateway.url(COMPLETIONS);
+    let request = |connection: Option<&str>| {
+        let mut request = Request::post(&url)
+            .header("content-type", "application/json")
+            .header("authorization", "Bearer T");
+        if let Some(names) = connection {
+            request = request.header("connection", names);
+        }
+        request.body(Full::new(Bytes::from_static(b"{}"))).unwrap()
+    };
+    let read = |response: Response<_>| async move { (role(&response), text(response).await) };
+    let (client, other_client) = (http1(), http1());
+    let (stripped, whole) = futures::join!(
+        async { read(send(&client, request(Some("authorization"))).await).await },
+        async {
+            // Behind the first, which it could otherwise join.
+            let flights = r#"chorus_flights_active{route="llm"}"#;
+            gateway.wait_metric(flights, |n| n >= 1.0).await;
+            read(send(&other_client, request(None)).await).await
+        },
+    );
+    assert_eq!(stripped, ("leader".into(), "none".into()));
+    assert_eq!(whole, ("leader".into(), "Bearer T".into()));
+    assert_eq!(upstream.hits(), 2);
+}
+
 #[tokio::test]
 async fn routes_never_share_flights() {
     let upstream = TestUpstream::slow(Duration::from_millis(300), 200, "ok").await;
