@@ -12,7 +12,10 @@
 //! HTTP/1.x heads only (HTTP/2 has no such ambiguity):
 //! - not both `Content-Length` and `Transfer-Encoding`;
 //! - `Transfer-Encoding`, if present, is one line that says exactly `chunked`;
-//! - every line ends in CRLF, never a bare LF;
+//! - every line ends in CRLF, never a bare LF; in a chunked body's trailer
+//!   section, where hyper would read on to the next CRLF CRLF (taking the
+//!   next request's head for trailer lines), a bare LF cuts the connection
+//!   before hyper sees it, and the request's body fails;
 //! - exactly one `Host` (at most one on HTTP/1.0), a host and an optional
 //!   port, as RFC 9112 §3.2 asks.
 //!
@@ -84,6 +87,7 @@ const PLACEHOLDER: &[u8] = b"GET / HTTP/1.1\r\nhost: refused\r\n\r\n";
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const NOT_HTTP1: &str =
     "the request head is not HTTP/1.1 (a request line, then one header per line)";
+const AMBIGUOUS_TRAILER: &str = "a bare LF in the trailer section of a chunked body";
 /// Bytes drained from a refused connection per read, before letting hyper
 /// write its answer (a client still sending must not starve it).
 const DRAIN: usize = 64 * 1024;
@@ -223,6 +227,12 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
             if this.reader.refused() {
                 return this.drain(cx);
             }
+            if this.reader.cut() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    AMBIGUOUS_TRAILER,
+                )));
+            }
             if this.reader.tunnelled() {
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
@@ -234,12 +244,18 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
                 // whole: hyper sees a connection that closed between requests.
                 return Poll::Ready(Ok(()));
             }
+            let fed = this.reader.feed(read);
+            if this.reader.cut() {
+                // None of this read reaches hyper: its body fails.
+                buf.set_filled(before);
+                continue;
+            }
             let Fed::Edited {
                 released,
                 from,
                 to,
                 refused,
-            } = this.reader.feed(read)
+            } = fed
             else {
                 return Poll::Ready(Ok(()));
             };

@@ -24,6 +24,9 @@ pub(super) enum State {
     Upgrading,
     /// A head was refused: nothing more reaches hyper.
     Refused,
+    /// A body framed in a way hyper reads one way and a proxy in front of
+    /// chorus may read another: the connection is cut.
+    Cut,
 }
 
 /// The steps of a chunked body, as hyper's decoder takes them.
@@ -107,6 +110,11 @@ impl Reader {
         self.state == State::Refused
     }
 
+    /// Whether a body's framing was ambiguous: the connection is cut.
+    pub(super) fn cut(&self) -> bool {
+        self.state == State::Cut
+    }
+
     /// Whether the connection became a tunnel: its bytes are not followed.
     pub(super) fn tunnelled(&self) -> bool {
         self.verdicts.tunnelled.load(Ordering::Acquire)
@@ -120,7 +128,7 @@ impl Reader {
         let mut at = 0;
         while at < bytes.len() {
             match self.state {
-                State::Off => break,
+                State::Off | State::Cut => break,
                 State::Upgrading if self.verdicts.resume.swap(false, Ordering::AcqRel) => {
                     self.verdicts.after_upgrade.store(NONE, Ordering::Release);
                     self.state = State::Head;
@@ -328,6 +336,10 @@ fn chunk_step(chunk: Chunk, byte: u8) -> State {
         (Chunk::DataLf, _) => None,
         (Chunk::EndCr, b'\r') => Some(Chunk::EndLf),
         (Chunk::Trailer, b'\r') => Some(Chunk::TrailerLf),
+        // hyper reads on to the next CRLF CRLF, where a proxy in front that
+        // takes a bare LF for a line end (RFC 9112 §2.2 lets it) sees the
+        // body end, and the next request's head begin.
+        (Chunk::EndCr | Chunk::Trailer, b'\n') => return State::Cut,
         (Chunk::EndCr | Chunk::Trailer, _) => Some(Chunk::Trailer),
         (Chunk::EndLf, b'\n') => return State::Head,
         (Chunk::EndLf, _) => None,

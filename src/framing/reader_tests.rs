@@ -230,3 +230,22 @@ fn head_ends() {
     assert_eq!(head_end(b"GET / HTTP/1.1\n\nrest", 0), Some(16));
     assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 0), None);
 }
+
+#[test]
+fn a_bare_lf_among_trailer_lines_cuts() {
+    let endings: [&[u8]; 4] = [
+        b"0\r\nX: a\n\r\n",
+        b"0\r\nX: a\n\n",
+        b"0\r\n\n",
+        b"0\r\nX: a\r\n\n",
+    ];
+    for ending in endings {
+        let mut wire =
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+                .to_vec();
+        wire.extend_from_slice(ending);
+        wire.extend_from_slice(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n");
+        let (_, state, _) = every_step(&wire, 1);
+        assert_eq!(state, State::Cut, "{}", String::from_utf8_lossy(ending));
+    }
+}

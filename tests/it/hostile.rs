@@ -207,6 +207,41 @@ async fn unambiguous_oddities_are_forwarded_with_exactly_their_body() {
     still_serves(&gateway).await;
 }
 
+/// A bare LF among a chunked body's trailer lines. hyper reads on to the
+/// next CRLF CRLF, taking the head of the request after it for trailer
+/// lines, where a proxy in front that takes the LF for a line end sees two
+/// requests: the two would disagree on what was asked. The connection is
+/// cut; neither request reaches the upstream.
+#[tokio::test]
+async fn a_bare_lf_among_trailer_lines_cuts_the_connection() {
+    let recorder = Recorder::start().await;
+    let gateway = Gateway::start(&one_route(&recorder.url(), "")).await;
+    let endings: [&[u8]; 4] = [
+        b"0\r\nX: a\n\r\n",
+        b"0\r\nX: a\n\n",
+        b"0\r\n\n",
+        b"0\r\nX: a\r\n\n",
+    ];
+    for ending in endings {
+        let mut wire =
+            b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+                .to_vec();
+        wire.extend_from_slice(ending);
+        wire.extend_from_slice(SMUGGLED);
+        wire.extend_from_slice(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n");
+        let exchange = exchange(gateway.addr, &wire, PATIENCE).await;
+        let ending = String::from_utf8_lossy(ending);
+        assert!(exchange.closed, "{ending:?}: not closed");
+        assert_eq!(exchange.responses(), 0, "{ending:?}: {:?}", exchange.answer);
+        still_serves(&gateway).await;
+    }
+    let seen = recorder.seen();
+    assert!(
+        seen.iter().all(|request| request.path == "/still-serving"),
+        "{seen:?}"
+    );
+}
+
 /// One connection in `count` trickling a request head, a byte at a time.
 async fn trickle(streams: &mut [TcpStream], byte: u8, rounds: usize, pause: Duration) {
     for _ in 0..rounds {
