@@ -538,6 +538,46 @@ async fn the_longest_prefix_wins_across_routes_and_upstreams() {
     );
 }
 
+/// Routes match the path as received, and a backend that resolves dot
+/// segments would serve `/v1/../admin` as `/admin`, outside the route: such
+/// paths are refused however they are written, over either version, and
+/// paths that only look alike go on unchanged.
+#[tokio::test]
+async fn a_path_with_a_dot_segment_is_refused_and_look_alikes_are_not() {
+    let recorder = crate::attack::Recorder::start().await;
+    let toml =
+        one_route(&recorder.url(), "").replace("path_prefix = \"/\"", "path_prefix = \"/v1/\"");
+    let gateway = Gateway::start(&toml).await;
+    let refused = [
+        "/v1/../admin",
+        "/v1/./x",
+        "/v1/%2e%2E/admin",
+        "/v1/..%2fadmin",
+        "/v1/x/..",
+    ];
+    for client in [http1(), http2()] {
+        for path in refused {
+            let request = Request::get(gateway.url(path))
+                .body(Full::new(bytes::Bytes::new()))
+                .unwrap();
+            let response = send(&client, request).await;
+            assert_eq!(response.status(), 400, "{path}");
+            assert_eq!(header(&response, "x-chorus-role"), "bypass");
+            assert_eq!(error_type(response).await, "bad_request", "{path}");
+        }
+    }
+    assert!(recorder.seen().is_empty(), "{:?}", recorder.seen());
+    let alike = ["/v1/a..b", "/v1/.well-known/x", "/v1/...", "/v1/a%2Fb"];
+    for path in alike {
+        let response = get(&gateway.url(path)).await;
+        assert_eq!(response.status(), 200, "{path}");
+        text(response).await;
+    }
+    let seen: Vec<_> = recorder.seen().into_iter().map(|seen| seen.path).collect();
+    assert_eq!(seen, alike);
+    gateway.assert_idle().await;
+}
+
 #[tokio::test]
 async fn a_path_no_route_matches_is_a_404_json() {
     let upstream = Upstream::start().await;
