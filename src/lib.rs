@@ -15,6 +15,8 @@
 //!   ambiguous framings requests are smuggled with, and what hyper would.
 //! - [`proxy`]: the request handler: route, limits, body, coalesce or pass through.
 //! - [`route`]: the route table and its longest-prefix match.
+//! - [`target`]: what is checked of a request's target and host before it
+//!   is routed: dot segments, authorities, HTTP/2's looser parsing.
 //! - [`tunnel`]: WebSocket handshakes passed on (HTTP/1.1 and HTTP/2), and the byte tunnel after a `101`.
 //! - [`gather`]: small vectored writes sent as one plain write, both sides.
 //! - [`quiet`]: a future polled only when its own waker fired, for the rare
@@ -64,6 +66,7 @@ pub mod quiet;
 pub mod response;
 pub mod route;
 pub mod server;
+pub mod target;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;

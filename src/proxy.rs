@@ -25,7 +25,8 @@ use crate::framing::{self, Suspect};
 use crate::headers::{self, ClientSide, X_CHORUS_ROLE};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::response::{AccessLog, ResponseBody, Source};
-use crate::route::{self, Route, RouteTable};
+use crate::route::{Route, RouteTable};
+use crate::target;
 use crate::tunnel::{self, Handshake, Nonce, Tunnel};
 
 /// An over-size body is still read and discarded up to this much, so the
@@ -216,11 +217,7 @@ impl Proxy {
         if request.method() == Method::CONNECT && !tunnel::websocket_connect(request) {
             return Err(GatewayError::BadRequest("CONNECT is not supported"));
         }
-        if route::has_dot_segment(request.uri().path()) {
-            return Err(GatewayError::BadRequest(
-                "the path has a dot segment (\".\" or \"..\"); send it resolved",
-            ));
-        }
+        target::check(request)?;
         let limit = self.limits.max_header_bytes;
         if let Some(suspect) = request.extensions().get::<Suspect>() {
             return Err(match *suspect {

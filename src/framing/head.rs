@@ -130,7 +130,7 @@ const fn alphanumeric_and(others: &[u8]) -> [bool; 256] {
 /// as its bytes tell (RFC 3986's host characters, `:` and an IPv6 literal's
 /// brackets): no spaces, no `/`, `@` or `?`, nothing a backend could read as
 /// a path or as user information. Empty is allowed.
-fn is_host(value: &[u8]) -> bool {
+pub(crate) fn is_host(value: &[u8]) -> bool {
     const HOST: [bool; 256] = alphanumeric_and(b"-._~%!$&'()*+,;=:[]");
     value
         .trim_ascii()

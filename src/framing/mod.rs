@@ -63,6 +63,8 @@ use reader::{Fed, Reader};
 mod head;
 mod reader;
 
+pub(crate) use head::is_host;
+
 /// A request whose head breaks one of the rules: the handler refuses it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Suspect {

@@ -578,6 +578,41 @@ async fn a_path_with_a_dot_segment_is_refused_and_look_alikes_are_not() {
     gateway.assert_idle().await;
 }
 
+/// What hyper's HTTP/2 server takes and chorus's HTTP/1.1 reading does not
+/// is refused over HTTP/2 too: user information in `:authority` (it would
+/// reach the upstream as `X-Forwarded-Host`), and raw bytes in `:path`.
+#[tokio::test]
+async fn http2_targets_are_held_to_the_rules_of_http1_heads() {
+    let recorder = crate::attack::Recorder::start().await;
+    let gateway = Gateway::start(&one_route(&recorder.url(), "")).await;
+    let tcp = TcpStream::connect(gateway.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let targets: [&[u8]; 3] = [
+        b"http://user:pw@a.example/x",
+        b"http://user@a.example/x",
+        b"http://a.example/caf\xc3\xa9",
+    ];
+    for target in targets {
+        let uri = http::Uri::from_maybe_shared(bytes::Bytes::from_static(target)).unwrap();
+        let request = Request::get(uri).body(()).unwrap();
+        let mut client = client.clone().ready().await.unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        let response = tokio::time::timeout(PATIENCE, response)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            400,
+            "{}",
+            String::from_utf8_lossy(target)
+        );
+    }
+    assert!(recorder.seen().is_empty(), "{:?}", recorder.seen());
+    crate::attack::still_serves(&gateway).await;
+}
+
 #[tokio::test]
 async fn a_path_no_route_matches_is_a_404_json() {
     let upstream = Upstream::start().await;
