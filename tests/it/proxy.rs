@@ -687,6 +687,21 @@ async fn admin_serves_health_readiness_and_the_contract_metrics() {
     assert_eq!(healthz.status(), 200);
     let readyz = get(&format!("http://{}/readyz", gateway.admin)).await;
     assert_eq!(readyz.status(), 200);
+    // Another method is a 405 that says which are allowed; a path it does
+    // not serve is a 404, whatever the method.
+    let client = http1();
+    let admin = |method: &str, path: &str| {
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", gateway.admin))
+            .body(Full::new(bytes::Bytes::new()))
+            .unwrap();
+        send(&client, request)
+    };
+    let post_healthz = admin("POST", "/healthz").await;
+    assert_eq!(post_healthz.status(), 405);
+    assert_eq!(header(&post_healthz, "allow"), "GET, HEAD");
+    assert_eq!(admin("DELETE", "/nothing").await.status(), 404);
 
     let metrics = gateway.metrics().await;
     for series in [
