@@ -24,7 +24,7 @@ use crate::error::GatewayError;
 use crate::framing::{self, Suspect};
 use crate::headers::{self, ClientSide, X_CHORUS_ROLE};
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::response::{AccessLog, ResponseBody, Source};
+use crate::response::{AccessLog, Requests, ResponseBody, Source};
 use crate::route::{Route, RouteTable};
 use crate::target;
 use crate::tunnel::{self, Handshake, Nonce, Tunnel};
@@ -68,6 +68,8 @@ pub struct Proxy {
     limits: Limits,
     /// Cancelled when the shutdown grace runs out: pumps stop then.
     shutdown: CancellationToken,
+    /// What every request's access log shares.
+    requests: Arc<Requests>,
 }
 
 type Answer = Response<Source>;
@@ -90,6 +92,7 @@ impl Proxy {
         shutdown: CancellationToken,
     ) -> Self {
         let unrouted = metrics.unrouted();
+        let requests = Arc::new(Requests::new(metrics.requests_active.clone()));
         Self {
             routes,
             registry: Registry::default(),
@@ -97,7 +100,13 @@ impl Proxy {
             unrouted,
             limits,
             shutdown,
+            requests,
         }
+    }
+
+    /// `shutdown_grace` ran out: what is still open is cut, and logged so.
+    pub fn grace_ran_out(&self) {
+        self.requests.cut();
     }
 
     /// Whether any route allows WebSockets: HTTP/2 clients are then offered
@@ -117,7 +126,7 @@ impl Proxy {
         request: Request<Incoming>,
         connection: &ClientConnection,
     ) -> Response<ResponseBody> {
-        let mut log = AccessLog::start(&request, &self.metrics.requests_active);
+        let mut log = AccessLog::start(&request, &self.requests);
         let head_only = request.method() == Method::HEAD;
         let http1 = request.version() < Version::HTTP_2;
         // Boxed, and done before a follower's wait for its head: the wait,
@@ -628,9 +637,9 @@ mod tests {
 
     #[test]
     fn refusals_carry_the_role_and_json() {
-        let gauge = prometheus_client::metrics::gauge::Gauge::default();
+        let requests = Arc::new(Requests::new(Default::default()));
         let request = Request::new(());
-        let mut log = AccessLog::start(&request, &gauge);
+        let mut log = AccessLog::start(&request, &requests);
         let response = refuse(GatewayError::NoRoute, Role::Bypass, &mut log);
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert_eq!(response.headers()["x-chorus-role"], "bypass");

@@ -1,13 +1,15 @@
 //! The response body the gateway serves, and the access log line written
 //! when it ends.
 //!
-//! A response ends in one of three ways: its body ran to the end, it broke
-//! (the upstream stopped short), or the client went away first — before the
-//! head or mid-body. The last is logged and counted as status 499, and an
-//! upstream request still open for it is counted as cancelled.
+//! A response ends in one of four ways: its body ran to the end, it broke
+//! (the upstream stopped short), the client went away first — before the
+//! head or mid-body — or the gateway cut it when `shutdown_grace` ran out.
+//! A client that left is logged and counted as status 499; an upstream
+//! request still open for it, or for a cut one, is counted as cancelled.
 
 use std::pin::Pin;
-use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -58,6 +60,32 @@ enum Progress {
     Broken,
     /// The client took nothing for `send_timeout` and was counted out.
     Stalled,
+    /// Still going when `shutdown_grace` ran out, and cut.
+    Cut,
+}
+
+/// What every request's [`AccessLog`] shares.
+pub struct Requests {
+    /// Requests whose response has not ended (`chorus_requests_active`).
+    active: Gauge,
+    /// `shutdown_grace` ran out: responses that end from now on were cut
+    /// by the gateway, not left by their clients.
+    cut: AtomicBool,
+}
+
+impl Requests {
+    /// Counted in `active`.
+    pub fn new(active: Gauge) -> Self {
+        Self {
+            active,
+            cut: AtomicBool::new(false),
+        }
+    }
+
+    /// The gateway is cutting what is left: it is logged as such.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::Relaxed);
+    }
 }
 
 /// What is known about a request, logged once when its response ends.
@@ -75,13 +103,13 @@ pub struct AccessLog {
     /// A bypass upstream request is open (it reached a connection: see
     /// [`crate::pool::Dispatch`]) and would be cancelled by a leave.
     upstream_open: AtomicBool,
-    active: Gauge,
+    requests: Arc<Requests>,
 }
 
 impl AccessLog {
-    /// Starts the record of a request, counted in `active` until it ends.
-    pub fn start<B>(request: &Request<B>, active: &Gauge) -> Self {
-        active.inc();
+    /// Starts the record of a request, counted among `requests` until it ends.
+    pub fn start<B>(request: &Request<B>, requests: &Arc<Requests>) -> Self {
+        requests.active.inc();
         Self {
             started: Instant::now(),
             method: request.method().clone(),
@@ -96,7 +124,7 @@ impl AccessLog {
             bytes: 0,
             progress: Progress::Waiting,
             upstream_open: AtomicBool::new(false),
-            active: active.clone(),
+            requests: Arc::clone(requests),
         }
     }
 
@@ -144,29 +172,38 @@ impl AccessLog {
 
 impl Drop for AccessLog {
     fn drop(&mut self) {
-        self.active.dec();
+        self.requests.active.dec();
+        let mut progress = self.progress;
+        if matches!(progress, Progress::Waiting | Progress::Streaming)
+            && self.requests.cut.load(Ordering::Relaxed)
+        {
+            progress = Progress::Cut;
+        }
         let client_left = matches!(
-            self.progress,
+            progress,
             Progress::Waiting | Progress::Streaming | Progress::Stalled
         );
-        let status = match self.status {
-            Some(status) if !client_left => status.as_u16(),
+        let status = match (self.status, progress) {
+            (Some(status), _) if !client_left => status.as_u16(),
+            // Cut before its head: the gateway gave up on it.
+            (None, Progress::Cut) => StatusCode::SERVICE_UNAVAILABLE.as_u16(),
             _ => 499,
         };
         let route = self.route.as_ref().map_or("", |metrics| metrics.name());
         if let Some(metrics) = &self.route {
             metrics.response(status);
-            if client_left && *self.upstream_open.get_mut() {
+            if (client_left || progress == Progress::Cut) && *self.upstream_open.get_mut() {
                 metrics.upstream_cancelled.inc();
             }
         }
         let upstream_ms = self.upstream_wait.map(millis);
-        let outcome = match self.progress {
+        let outcome = match progress {
             Progress::Waiting => "client left before the response",
             Progress::Streaming => "client left mid-body",
             Progress::Complete => "complete",
             Progress::Broken => "upstream broke mid-body",
             Progress::Stalled => "client took nothing for send_timeout",
+            Progress::Cut => "cut when shutdown_grace ran out",
         };
         tracing::info!(
             route,
@@ -237,6 +274,7 @@ impl Body for ResponseBody {
                 }
             }
             Poll::Ready(Some(Err(BodyError::Stalled(_)))) => this.log.end(Progress::Stalled),
+            Poll::Ready(Some(Err(BodyError::Shutdown))) => this.log.end(Progress::Cut),
             Poll::Ready(Some(Err(_))) => this.log.end(Progress::Broken),
             Poll::Ready(None) => this.log.end(Progress::Complete),
             Poll::Pending => {}

@@ -187,6 +187,7 @@ pub async fn serve(
                 // never answers the GOAWAY's ping, say.
                 tracing::warn!(streams, connections, "shutdown grace ran out: closing the connections still open");
             }
+            shared.proxy.grace_ran_out();
             shared.cut.cancel();
         }
     }

@@ -471,6 +471,17 @@ async fn sigterm_cuts_streams_still_open_after_the_grace_and_says_how_many() {
     assert!(signalled.elapsed() >= Duration::from_millis(900));
     assert!(stream.rest().await.is_err(), "a cut stream ended cleanly");
     assert!(upstream.wait_for(|s| s.disconnects() >= 1).await);
+    // Logged as the gateway's cut, not as a client that left (499).
+    let output = running.output();
+    let logged: Vec<Value> = output
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|log| log["fields"]["message"] == "request")
+        .map(|log| log["fields"].clone())
+        .collect();
+    assert_eq!(logged.len(), 1, "{output}");
+    assert_eq!(logged[0]["status"], 200, "{output}");
+    assert_eq!(logged[0]["outcome"], "cut when shutdown_grace ran out");
 }
 
 #[tokio::test]
