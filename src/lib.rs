@@ -114,6 +114,9 @@ pub struct RunOptions {
     /// How often the server certificate and key files are looked at, to
     /// reload them when they change; `None` turns that off. Default: 5 s.
     pub cert_poll: Option<Duration>,
+    /// Cancelled to end a drain at once, as if `shutdown_grace` ran out
+    /// (`main` cancels it on a second SIGTERM or SIGINT). Default: none.
+    pub hurry: Option<CancellationToken>,
 }
 
 impl Default for RunOptions {
@@ -121,6 +124,7 @@ impl Default for RunOptions {
         Self {
             reload: None,
             cert_poll: Some(tls::reload::POLL_INTERVAL),
+            hurry: None,
         }
     }
 }
@@ -209,6 +213,7 @@ pub async fn run_with(
         Arc::clone(&metrics),
         &config.server,
         drain.clone(),
+        options.hurry.unwrap_or_default(),
         cut.clone(),
     );
     tokio::pin!(server);

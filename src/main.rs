@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use http::Uri;
 use tokio::net::TcpListener;
 use tokio::signal::unix::SignalKind;
+use tokio_util::sync::CancellationToken;
 
 use chorus::config::{AdminConfig, Config, ConfigError, RouteConfig, ServerConfig};
 use chorus::mock::{self, MockOptions, MockStats};
@@ -235,12 +236,19 @@ fn bound(config: &Config, listeners: &Listeners) -> (SocketAddr, Option<SocketAd
 async fn serve(config: Config, listeners: Listeners, signals: Signals) -> ExitCode {
     let (reload, requests) = chorus::tls::reload_channel();
     tokio::spawn(reload_on_sighup(signals.hangup, reload));
+    let (drain, hurry) = (CancellationToken::new(), CancellationToken::new());
+    tokio::spawn(Signals::drain_then_hurry(
+        signals.terminate,
+        signals.interrupt,
+        drain.clone(),
+        hurry.clone(),
+    ));
     let options = RunOptions {
         reload: Some(requests),
+        hurry: Some(hurry),
         ..RunOptions::default()
     };
-    let shutdown = Signals::shutdown(signals.terminate, signals.interrupt);
-    match chorus::run_with(config, listeners, shutdown, options).await {
+    match chorus::run_with(config, listeners, drain.cancelled_owned(), options).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error @ (StartError::UpstreamTls { .. } | StartError::ServerTls(_))) => {
             eprintln!("chorus: {error}");

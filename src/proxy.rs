@@ -104,8 +104,8 @@ impl Proxy {
         }
     }
 
-    /// `shutdown_grace` ran out: what is still open is cut, and logged so.
-    pub fn grace_ran_out(&self) {
+    /// The drain is over: what is still open is cut, and logged so.
+    pub fn cut_what_is_left(&self) {
         self.requests.cut();
     }
 

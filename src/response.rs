@@ -3,7 +3,7 @@
 //!
 //! A response ends in one of four ways: its body ran to the end, it broke
 //! (the upstream stopped short), the client went away first — before the
-//! head or mid-body — or the gateway cut it when `shutdown_grace` ran out.
+//! head or mid-body — or the gateway cut it at the end of a drain.
 //! A client that left is logged and counted as status 499; an upstream
 //! request still open for it, or for a cut one, is counted as cancelled.
 
@@ -60,7 +60,8 @@ enum Progress {
     Broken,
     /// The client took nothing for `send_timeout` and was counted out.
     Stalled,
-    /// Still going when `shutdown_grace` ran out, and cut.
+    /// Still going when the drain ended (`shutdown_grace` ran out, or a
+    /// second signal came), and cut.
     Cut,
 }
 
@@ -68,8 +69,8 @@ enum Progress {
 pub struct Requests {
     /// Requests whose response has not ended (`chorus_requests_active`).
     active: Gauge,
-    /// `shutdown_grace` ran out: responses that end from now on were cut
-    /// by the gateway, not left by their clients.
+    /// The drain is over: responses that end from now on were cut by the
+    /// gateway, not left by their clients.
     cut: AtomicBool,
 }
 
@@ -203,7 +204,7 @@ impl Drop for AccessLog {
             Progress::Complete => "complete",
             Progress::Broken => "upstream broke mid-body",
             Progress::Stalled => "client took nothing for send_timeout",
-            Progress::Cut => "cut when shutdown_grace ran out",
+            Progress::Cut => "cut at shutdown",
         };
         tracing::info!(
             route,

@@ -121,6 +121,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     config: &ServerConfig,
     drain: CancellationToken,
+    hurry: CancellationToken,
     cut: CancellationToken,
 ) {
     let builder = builder(config, proxy.websockets());
@@ -175,22 +176,30 @@ pub async fn serve(
     drop(listener.tcp);
 
     connections.close();
-    tokio::select! {
-        () = connections.wait() => {}
-        () = tokio::time::sleep(config.shutdown_grace) => {
-            let streams = shared.metrics.requests_active.get();
-            let connections = shared.metrics.connections_active.get();
-            if streams > 0 {
-                tracing::warn!(streams, connections, "shutdown grace ran out: cutting the streams still open");
-            } else {
-                // Idle, but not closed by the client: an HTTP/2 client that
-                // never answers the GOAWAY's ping, say.
-                tracing::warn!(streams, connections, "shutdown grace ran out: closing the connections still open");
-            }
-            shared.proxy.grace_ran_out();
-            shared.cut.cancel();
-        }
+    let why = tokio::select! {
+        () = connections.wait() => return,
+        () = tokio::time::sleep(config.shutdown_grace) => "shutdown grace ran out",
+        () = hurry.cancelled() => "told again to stop",
+    };
+    let streams = shared.metrics.requests_active.get();
+    let connections = shared.metrics.connections_active.get();
+    if streams > 0 {
+        tracing::warn!(
+            streams,
+            connections,
+            "{why}: cutting the streams still open"
+        );
+    } else {
+        // Idle, but not closed by the client: an HTTP/2 client that never
+        // answers the GOAWAY's ping, say.
+        tracing::warn!(
+            streams,
+            connections,
+            "{why}: closing the connections still open"
+        );
     }
+    shared.proxy.cut_what_is_left();
+    shared.cut.cancel();
 }
 
 /// See [`HEAD_ALLOWANCE`].

@@ -1,11 +1,12 @@
 //! Signal handling for the gateway, the demo and the mock upstream.
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 
 use chorus::tls::{ReloadError, ReloadHandle};
 
-/// The signals the process acts on: SIGTERM and SIGINT drain, SIGHUP
-/// reloads the server certificate. Registered before readiness is announced,
+/// The signals the process acts on: SIGTERM and SIGINT drain (a second one
+/// cuts what is left at once), SIGHUP reloads the server certificate. Registered before readiness is announced,
 /// since until a handler is registered a signal ends the process at once.
 pub(crate) struct Signals {
     pub(crate) terminate: Option<Signal>,
@@ -24,11 +25,29 @@ impl Signals {
     }
 
     /// Resolves on SIGTERM or SIGINT.
-    pub(crate) async fn shutdown(terminate: Option<Signal>, interrupt: Option<Signal>) {
-        tokio::select! {
-            () = received(terminate) => {}
-            () = received(interrupt) => {}
+    pub(crate) async fn shutdown(mut terminate: Option<Signal>, mut interrupt: Option<Signal>) {
+        either(&mut terminate, &mut interrupt).await;
+    }
+
+    /// Cancels `drain` on the first SIGTERM or SIGINT, and `hurry` on the
+    /// second: an operator pressing Ctrl-C again wants out now.
+    pub(crate) async fn drain_then_hurry(
+        mut terminate: Option<Signal>,
+        mut interrupt: Option<Signal>,
+        drain: CancellationToken,
+        hurry: CancellationToken,
+    ) {
+        for token in [drain, hurry] {
+            either(&mut terminate, &mut interrupt).await;
+            token.cancel();
         }
+    }
+}
+
+async fn either(terminate: &mut Option<Signal>, interrupt: &mut Option<Signal>) {
+    tokio::select! {
+        () = received(terminate) => {}
+        () = received(interrupt) => {}
     }
 }
 
@@ -42,9 +61,9 @@ pub(crate) fn listen_for(kind: SignalKind, name: &str) -> Option<Signal> {
 }
 
 /// Resolves when `signal` arrives; never, if it is not listened for.
-async fn received(signal: Option<Signal>) {
+async fn received(signal: &mut Option<Signal>) {
     match signal {
-        Some(mut signal) => {
+        Some(signal) => {
             signal.recv().await;
         }
         None => std::future::pending::<()>().await,

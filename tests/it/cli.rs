@@ -481,7 +481,40 @@ async fn sigterm_cuts_streams_still_open_after_the_grace_and_says_how_many() {
         .collect();
     assert_eq!(logged.len(), 1, "{output}");
     assert_eq!(logged[0]["status"], 200, "{output}");
-    assert_eq!(logged[0]["outcome"], "cut when shutdown_grace ran out");
+    assert_eq!(logged[0]["outcome"], "cut at shutdown");
+}
+
+/// A second SIGTERM (or Ctrl-C) during a drain ends it at once, as the
+/// grace running out would.
+#[tokio::test]
+async fn a_second_sigterm_cuts_at_once_what_the_drain_would_wait_for() {
+    let upstream = Upstream::start().await;
+    let dir = Dir::new();
+    let config = dir.file("hurry.toml", &good_config(&upstream.url(), "60s"));
+    let (mut running, listen, _) = start_gateway(&config).await;
+    let body = chat("hurry", json!({"tokens": 200, "interval_ms": 100}));
+    let response = send(
+        &http1(),
+        post(&format!("http://{listen}/v1/chat/completions"), body),
+    )
+    .await;
+    let mut stream = EventReader::new(response);
+    stream.next().await.unwrap().expect("a first event");
+
+    let signalled = Instant::now();
+    running.terminate();
+    running
+        .wait_log("draining: no new connections, streams in flight go on")
+        .await;
+    running.terminate();
+    let warning = running
+        .wait_log("told again to stop: cutting the streams still open")
+        .await;
+    assert_eq!(warning["streams"], 1);
+    assert_eq!(running.exit().await.code(), Some(0));
+    // The stream had 20 s to go and the grace was 60 s.
+    assert!(signalled.elapsed() < Duration::from_secs(15));
+    assert!(stream.rest().await.is_err(), "a cut stream ended cleanly");
 }
 
 #[tokio::test]
