@@ -35,6 +35,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Exit status for a configuration that cannot start.
 const EXIT_CONFIG: u8 = 2;
+/// Exit status for a command line that cannot be carried out, as clap's.
+const EXIT_USAGE: u8 = 2;
 
 #[derive(Parser)]
 #[command(
@@ -113,6 +115,17 @@ fn main() -> ExitCode {
         }
     };
     let command = cli.command.unwrap_or(Command::Run);
+    let own_settings = match command {
+        Command::Demo { .. } => Some("demo"),
+        Command::MockUpstream(_) => Some("mock-upstream"),
+        Command::Health { .. } => Some("health"),
+        Command::Run | Command::Check => None,
+    };
+    if let (Some(name), Some(_)) = (own_settings, &cli.config) {
+        // Ignored, it would look as if the file were in use.
+        eprintln!("chorus: `{name}` reads no config file; drop --config");
+        return ExitCode::from(EXIT_USAGE);
+    }
     if matches!(
         command,
         Command::Run | Command::Demo { .. } | Command::MockUpstream(_)

@@ -176,6 +176,20 @@ async fn a_bad_config_never_starts() {
     assert!(stderr.contains("missing.toml"), "{stderr}");
 }
 
+/// `demo`, `mock-upstream` and `health` run on their own settings: a
+/// `--config` given to them is refused rather than silently ignored.
+#[tokio::test]
+async fn commands_that_read_no_config_refuse_one() {
+    let dir = Dir::new();
+    let good = dir.file("good.toml", &good_config("http://127.0.0.1:9000", "5s"));
+    let good = good.to_str().unwrap();
+    for command in ["demo", "mock-upstream", "health"] {
+        let (status, _, stderr) = chorus(&[command, "--config", good], &[]).await;
+        assert_eq!(status.code(), Some(2), "{command}: {stderr}");
+        assert!(stderr.contains("--config"), "{command}: {stderr}");
+    }
+}
+
 #[tokio::test]
 async fn chorus_config_names_the_config_when_no_flag_does() {
     let dir = Dir::new();
