@@ -129,6 +129,7 @@ impl Proxy {
         let mut log = AccessLog::start(&request, &self.requests);
         let head_only = request.method() == Method::HEAD;
         let http1 = request.version() < Version::HTTP_2;
+        let expects_continue = request.headers().contains_key(EXPECT);
         // Boxed, and done before a follower's wait for its head: the wait,
         // often the longest part of a request, then holds only the small
         // future below, not everything it took to get there.
@@ -148,6 +149,16 @@ impl Proxy {
             // A malformed request may have been framed in a way we did not
             // read, and a refused head was not read to its end: nothing
             // more is read from its connection.
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        if http1 && expects_continue && parts.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // Refused before `100 Continue`: the body was never sent, so
+            // the connection cannot go on (where its next request would
+            // start is the client's guess), and hyper closes it; said
+            // aloud, so that a proxy in front does not wait for more (as
+            // nginx answers).
             parts
                 .headers
                 .insert(CONNECTION, HeaderValue::from_static("close"));
