@@ -16,7 +16,8 @@
 //! - [`proxy`]: the request handler: route, limits, body, coalesce or pass through.
 //! - [`route`]: the route table and its longest-prefix match.
 //! - [`target`]: what is checked of a request's target and host before it
-//!   is routed: dot segments, authorities, HTTP/2's looser parsing.
+//!   is routed (authorities, HTTP/2's looser parsing), and the path it is
+//!   routed by, its dot segments resolved.
 //! - [`tunnel`]: WebSocket handshakes passed on (HTTP/1.1 and HTTP/2), and the byte tunnel after a `101`.
 //! - [`gather`]: small vectored writes sent as one plain write, both sides.
 //! - [`quiet`]: a future polled only when its own waker fired, for the rare

@@ -179,9 +179,10 @@ impl Proxy {
         log: &mut AccessLog,
     ) -> Answered {
         let route = self.check_head(&request).and_then(|()| {
-            self.routes
-                .find(request.uri().path())
-                .ok_or(GatewayError::NoRoute)
+            let path = target::routing_path(request.uri().path()).ok_or(
+                GatewayError::BadRequest("the path climbs above the root with \"..\""),
+            )?;
+            self.routes.find(&path).ok_or(GatewayError::NoRoute)
         });
         let route = match route {
             Ok(route) => route,

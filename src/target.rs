@@ -1,7 +1,10 @@
 //! What the gateway checks of a request's target and host before it routes
-//! the request: what `crate::framing` refuses in HTTP/1.1 heads, asked of
-//! every request, since hyper lets it by in HTTP/2 and in absolute-form
-//! targets; and dot segments, which no route may be matched on.
+//! the request, and the path it routes by: what `crate::framing` refuses in
+//! HTTP/1.1 heads, asked of every request, since hyper lets it by in
+//! HTTP/2 and in absolute-form targets; and the path with its dot segments
+//! resolved, as a backend would resolve them.
+
+use std::borrow::Cow;
 
 use http::header::HOST;
 use http::{Request, Version};
@@ -48,50 +51,78 @@ pub fn check<B>(request: &Request<B>) -> Result<(), GatewayError> {
             ));
         }
     }
-    if has_dot_segment(uri.path()) {
-        return Err(GatewayError::BadRequest(
-            "the path has a dot segment (\".\" or \"..\"); send it resolved",
-        ));
-    }
     Ok(())
 }
 
-/// Whether `path` has a dot segment (`.` or `..`, RFC 3986 §3.3), written
-/// out or percent-encoded, between `/`s or what some servers take for one
-/// (`\`, `%2F`, `%5C`).
-///
-/// Routes match the path as received; a backend that resolves dot segments
-/// (RFC 3986 §5.2.4) would serve `/public/../admin` as `/admin`, outside the
-/// route that matched it, with that route's `upstream_headers`. Such paths
-/// are refused; clients resolve them before they send (browsers, curl).
-pub fn has_dot_segment(path: &str) -> bool {
+/// The path a request is routed by: `path` with its dot segments (`.` and
+/// `..`, RFC 3986 §5.2.4) resolved, as a backend that resolves them would
+/// read it, so that `/public/../admin` is routed as `/admin`, not by the
+/// route of `/public/` (with that route's `upstream_headers`). Dots and
+/// slashes count percent-encoded too (`%2E`, `%2F`), and `\` as a slash, as
+/// some servers take them. The request still goes on with its path as
+/// received. `None` when `..` climbs above the root, which would leave the
+/// path of an upstream URL (nginx answers 400 too).
+pub fn routing_path(path: &str) -> Option<Cow<'_, str>> {
+    // Most paths have no dot, escape or backslash: routed as they are.
     let bytes = path.as_bytes();
-    // Most paths have neither a dot nor an escape.
-    if memchr::memchr2(b'.', b'%', bytes).is_none() {
-        return false;
+    if memchr::memchr3(b'.', b'%', b'\\', bytes).is_none() {
+        return Some(Cow::Borrowed(path));
     }
-    // Dots in the segment so far; `None` once it has anything else.
-    let mut dots = Some(0u8);
+    let mut segments: Vec<Vec<u8>> = Vec::new();
+    let mut segment = Vec::new();
+    // A path that ends in a dot segment ends in `/` (`/a/b/..` is `/a/`).
+    let mut ends_in_dots;
     let mut at = 0;
-    while at < bytes.len() {
-        let (byte, len) = match bytes[at] {
-            b'%' => match bytes.get(at + 1..at + 3) {
-                Some([b'2', b'e' | b'E']) => (b'.', 3),
-                Some([b'2', b'f' | b'F'] | [b'5', b'c' | b'C']) => (b'/', 3),
-                _ => (b'%', 1),
-            },
-            b'\\' => (b'/', 1),
-            byte => (byte, 1),
-        };
-        at += len;
-        dots = match byte {
-            b'/' if matches!(dots, Some(1 | 2)) => return true,
-            b'/' => Some(0),
-            b'.' => dots.map(|dots| dots + 1).filter(|&dots| dots <= 2),
-            _ => None,
-        };
+    // Past the leading `/` (an origin-form path always has one).
+    if bytes.first() == Some(&b'/') {
+        at = 1;
     }
-    matches!(dots, Some(1 | 2))
+    loop {
+        let byte = match bytes.get(at) {
+            None => None,
+            Some(b'%') => match bytes.get(at + 1..at + 3) {
+                Some([b'2', b'e' | b'E']) => {
+                    at += 2;
+                    Some(b'.')
+                }
+                Some([b'2', b'f' | b'F'] | [b'5', b'c' | b'C']) => {
+                    at += 2;
+                    Some(b'/')
+                }
+                _ => Some(b'%'),
+            },
+            Some(b'\\') => Some(b'/'),
+            Some(&byte) => Some(byte),
+        };
+        at += 1;
+        match byte {
+            Some(b'/') | None => {
+                ends_in_dots = matches!(segment.as_slice(), b"." | b"..");
+                match segment.as_slice() {
+                    b"." => {}
+                    b".." => {
+                        segments.pop()?;
+                    }
+                    _ => segments.push(std::mem::take(&mut segment)),
+                }
+                segment.clear();
+                if byte.is_none() {
+                    break;
+                }
+            }
+            Some(byte) => segment.push(byte),
+        }
+    }
+    let mut resolved = Vec::with_capacity(path.len());
+    for segment in &segments {
+        resolved.push(b'/');
+        resolved.extend_from_slice(segment);
+    }
+    if ends_in_dots || resolved.is_empty() {
+        resolved.push(b'/');
+    }
+    // Only ASCII bytes were replaced by ASCII bytes: still UTF-8.
+    String::from_utf8(resolved).ok().map(Cow::Owned)
 }
 
 #[cfg(test)]
@@ -137,33 +168,30 @@ mod tests {
     }
 
     #[test]
-    fn dot_segments_are_found_however_written() {
-        for path in [
-            "/public/../admin",
-            "/public/./admin",
-            "/public/..",
-            "/..",
-            "/public/%2e%2e/admin",
-            "/public/%2E./admin",
-            "/public/..%2fadmin",
-            "/public/..%5Cadmin",
-            "/public/..\\admin",
-            "/public/%2e",
+    fn paths_are_routed_with_their_dot_segments_resolved() {
+        for (path, routed) in [
+            ("/v1/chat/completions", "/v1/chat/completions"),
+            ("/v1/models/gpt-4.1", "/v1/models/gpt-4.1"),
+            ("/public/../admin", "/admin"),
+            ("/public/./admin", "/public/admin"),
+            ("/public/..", "/"),
+            ("/public/a/..", "/public/"),
+            ("/public/%2e%2E/admin", "/admin"),
+            ("/public/..%2fadmin", "/admin"),
+            ("/public/..%5Cadmin", "/admin"),
+            ("/public/..\\admin", "/admin"),
+            ("/a%2Fb/./c/../d", "/a/b/d"),
+            ("/public/a..b", "/public/a..b"),
+            ("/public/.well-known/x", "/public/.well-known/x"),
+            ("/public/...", "/public/..."),
+            ("/public/%41", "/public/%41"),
+            ("/public/%", "/public/%"),
+            ("/", "/"),
         ] {
-            assert!(has_dot_segment(path), "{path}");
+            assert_eq!(routing_path(path).as_deref(), Some(routed), "{path}");
         }
-        for path in [
-            "/v1/chat/completions",
-            "/v1/models/gpt-4.1",
-            "/public/a..b",
-            "/public/.well-known/x",
-            "/public/...",
-            "/public/a%2fb",
-            "/public/%41",
-            "/public/%",
-            "/public/%2",
-        ] {
-            assert!(!has_dot_segment(path), "{path}");
+        for path in ["/..", "/../x", "/a/../../x", "/%2e%2e/x", "/a/..%2f..%2fx"] {
+            assert_eq!(routing_path(path), None, "{path}");
         }
     }
 }

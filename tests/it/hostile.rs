@@ -94,8 +94,8 @@ fn refused() -> Vec<(&'static str, Vec<u8>)> {
         ("path in Host", b"GET /a HTTP/1.1\r\nHost: a/evil\r\n\r\n".to_vec()),
         ("user in Host", b"GET /a HTTP/1.1\r\nHost: user@a\r\n\r\n".to_vec()),
         ("user in an absolute-form target", b"GET http://user:pw@a/a HTTP/1.1\r\nHost: a\r\n\r\n".to_vec()),
-        // A dot segment: routes match the path as received.
-        ("dot segment", b"GET /a/../b HTTP/1.1\r\nHost: a\r\n\r\n".to_vec()),
+        // A path whose dot segments climb above the root.
+        ("above the root", b"GET /a/../../b HTTP/1.1\r\nHost: a\r\n\r\n".to_vec()),
     ];
     // TE.CL: a front proxy reading the length forwards "5c\r\n" as the body
     // and the chunk as the next request.

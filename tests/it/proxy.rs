@@ -538,43 +538,48 @@ async fn the_longest_prefix_wins_across_routes_and_upstreams() {
     );
 }
 
-/// Routes match the path as received, and a backend that resolves dot
-/// segments would serve `/v1/../admin` as `/admin`, outside the route: such
-/// paths are refused however they are written, over either version, and
-/// paths that only look alike go on unchanged.
+/// A backend that resolves dot segments would serve `/v1/../admin` as
+/// `/admin`: requests are routed by their path resolved, however its dots
+/// and slashes are written, and forwarded with the path as received; one
+/// that climbs above the root is a 400.
 #[tokio::test]
-async fn a_path_with_a_dot_segment_is_refused_and_look_alikes_are_not() {
+async fn paths_are_routed_with_their_dot_segments_resolved_and_sent_as_received() {
     let recorder = crate::attack::Recorder::start().await;
     let toml =
         one_route(&recorder.url(), "").replace("path_prefix = \"/\"", "path_prefix = \"/v1/\"");
     let gateway = Gateway::start(&toml).await;
     let refused = [
-        "/v1/../admin",
-        "/v1/./x",
-        "/v1/%2e%2E/admin",
-        "/v1/..%2fadmin",
-        "/v1/x/..",
+        ("/v1/../admin", 404),
+        ("/v1/%2e%2E/admin", 404),
+        ("/v1/..%2fadmin", 404),
+        ("/v1/../../v1/x", 400),
     ];
     for client in [http1(), http2()] {
-        for path in refused {
+        for (path, status) in refused {
             let request = Request::get(gateway.url(path))
                 .body(Full::new(bytes::Bytes::new()))
                 .unwrap();
             let response = send(&client, request).await;
-            assert_eq!(response.status(), 400, "{path}");
+            assert_eq!(response.status(), status, "{path}");
             assert_eq!(header(&response, "x-chorus-role"), "bypass");
-            assert_eq!(error_type(response).await, "bad_request", "{path}");
+            text(response).await;
         }
     }
     assert!(recorder.seen().is_empty(), "{:?}", recorder.seen());
-    let alike = ["/v1/a..b", "/v1/.well-known/x", "/v1/...", "/v1/a%2Fb"];
-    for path in alike {
+    let routed = [
+        "/v1/./x",
+        "/v1/x/../y",
+        "/v1/a..b",
+        "/v1/.well-known/x",
+        "/v1/a%2Fb",
+    ];
+    for path in routed {
         let response = get(&gateway.url(path)).await;
         assert_eq!(response.status(), 200, "{path}");
         text(response).await;
     }
     let seen: Vec<_> = recorder.seen().into_iter().map(|seen| seen.path).collect();
-    assert_eq!(seen, alike);
+    assert_eq!(seen, routed);
     gateway.assert_idle().await;
 }
 
