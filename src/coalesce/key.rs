@@ -4,8 +4,9 @@
 //! so the key covers everything that can change the upstream's answer:
 //!
 //! - the route name, the method, and the path and query as received;
-//! - the `Content-Type` media type (`type/subtype`, lowercased; parameters such
-//!   as `charset` are dropped because they do not change a JSON document);
+//! - the `Content-Type` media type (`type/subtype`, lowercased); its
+//!   parameters (`charset`, a multipart `boundary`) only for a body compared
+//!   byte for byte, since they do not change a JSON document;
 //! - every value, in order, of each configured key header. The defaults
 //!   (`authorization`, `x-api-key`, `api-key`, `cookie`) keep tenants apart: two
 //!   callers with different credentials never share a response, and a request
@@ -103,7 +104,10 @@ impl Key {
             e.client_bound(input.headers);
             match canonicalize(input.body, input.json_ignore_fields, out, scratch) {
                 Some(()) => e.field(Tag::JsonBody, out),
-                None => e.field(Tag::RawBody, input.body),
+                None => {
+                    e.content_type_parameters(input.headers);
+                    e.field(Tag::RawBody, input.body);
+                }
             }
             let key = Key(*blake3::keyed_hash(hasher_key(), encoding).as_bytes());
             buffers.release_if_large();
@@ -153,6 +157,7 @@ enum Tag {
     ClientBoundValue,
     JsonBody,
     RawBody,
+    ContentTypeParameters,
 }
 
 /// Writes the tagged, length-prefixed encoding of a request.
@@ -181,6 +186,18 @@ impl Encoder<'_> {
         self.count(Tag::ContentTypeCount, values.iter().count());
         for value in values {
             self.field_lowercased(Tag::ContentType, media_type(value.as_bytes()));
+        }
+    }
+
+    /// The `Content-Type` parameters, for a body compared byte for byte:
+    /// the same bytes in another `charset`, or cut by another multipart
+    /// `boundary`, are another request. (A JSON body is UTF-8 whatever its
+    /// `charset` says, and its canonical form is compared.)
+    fn content_type_parameters(&mut self, headers: &HeaderMap) {
+        for value in headers.get_all(CONTENT_TYPE) {
+            let value = value.as_bytes();
+            let semicolon = memchr::memchr(b';', value).unwrap_or(value.len());
+            self.field(Tag::ContentTypeParameters, value[semicolon..].trim_ascii());
         }
     }
 

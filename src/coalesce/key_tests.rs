@@ -304,6 +304,34 @@ fn content_type_media_type_matters() {
 }
 
 #[test]
+fn content_type_parameters_matter_for_a_body_compared_byte_for_byte() {
+    let typed = |body: &str, content_type: &'static str| {
+        req(body)
+            .without(CONTENT_TYPE)
+            .header("content-type", content_type)
+            .key()
+    };
+    let text = "caf\u{e9}";
+    assert_ne!(
+        typed(text, "text/plain; charset=utf-8"),
+        typed(text, "text/plain; charset=iso-8859-1")
+    );
+    assert_ne!(
+        typed("--A--", "multipart/form-data; boundary=A"),
+        typed("--A--", "multipart/form-data; boundary=B")
+    );
+    assert_eq!(
+        typed(text, "text/plain; charset=utf-8"),
+        typed(text, "TEXT/plain ; charset=utf-8")
+    );
+    // A JSON body is UTF-8 whatever its charset says.
+    assert_eq!(
+        typed("{}", "application/json; charset=utf-8"),
+        typed("{}", "application/json; charset=iso-8859-1")
+    );
+}
+
+#[test]
 fn json_is_canonical_whatever_the_content_type() {
     let a = req(r#"{"a":1,"b":2}"#)
         .without(CONTENT_TYPE)
