@@ -251,7 +251,10 @@ impl Flight {
         let len = chunk.len() as u64;
         let mut state = self.state();
         state.log.append(chunk);
-        if state.log.bytes > self.settings.max_replay_bytes {
+        // Closed to joiners now: a deserted flight can no longer be rejoined
+        // within `cancel_grace`, and its pump is told (see `deserted`).
+        let closed = state.joinable && state.log.bytes > self.settings.max_replay_bytes;
+        if closed {
             state.joinable = false;
         }
         if last {
@@ -268,7 +271,7 @@ impl Flight {
         let released = state.release();
         self.wake(state);
         self.settings.buffered.dec_by(released as i64);
-        if deserted {
+        if deserted || closed {
             self.deserted.notify_one();
         }
     }
@@ -374,17 +377,26 @@ impl Flight {
         self.settings.buffered.dec_by(released as i64);
     }
 
-    /// Resolves once nobody has been subscribed for `grace`; the flight is
-    /// then closed to joiners, and the caller cancels the upstream.
+    /// Resolves once nobody has been subscribed for `grace`, or at once
+    /// when nobody is and nobody could join (past `max_replay_bytes`: a
+    /// grace would pay for tokens no one can read); the flight is then
+    /// closed to joiners, and the caller cancels the upstream.
     pub(crate) async fn deserted(&self, grace: Duration) {
         loop {
-            let since = self.state().deserted_since;
+            let (since, joinable) = {
+                let state = self.state();
+                (state.deserted_since, state.joinable)
+            };
             match since {
                 None => self.deserted.notified().await,
                 Some(since) => {
                     // No grace: no timer either (its tick would add a millisecond).
-                    if !grace.is_zero() {
-                        tokio::time::sleep_until(since + grace).await;
+                    if !grace.is_zero() && joinable {
+                        tokio::select! {
+                            () = tokio::time::sleep_until(since + grace) => {}
+                            // Closed to joiners meanwhile, maybe: look again.
+                            () = self.deserted.notified() => continue,
+                        }
                     }
                     let mut state = self.state();
                     // Nobody rejoined (or left again later) in the meantime.

@@ -591,6 +591,32 @@ async fn a_rejoin_within_cancel_grace_gets_the_full_replay() {
     gateway.assert_idle().await;
 }
 
+/// A flight past `max_replay_bytes` takes no joiners, so nobody could
+/// rejoin it within `cancel_grace`: deserted, it is cancelled at once
+/// rather than read for the grace with nobody to read it.
+#[tokio::test]
+async fn a_flight_no_one_could_rejoin_is_cancelled_without_the_grace() {
+    let route = "[routes.coalesce]\ncancel_grace = \"60s\"\nmax_replay_bytes = 1000";
+    let (upstream, gateway, url) = start(route).await;
+    let request = chat("unjoinable", json!({"tokens": 400, "interval_ms": 50}));
+    let first = send(&http1(), post(&url, request)).await;
+    // Well past 1,000 bytes of replay.
+    let (_, first) = read_events(first.into_body(), 12).await;
+    drop(first);
+    // Waited for up to PATIENCE (20 s), far short of the grace.
+    assert!(
+        upstream.wait_for(|s| s.disconnects() >= 1).await,
+        "not cancelled"
+    );
+    assert_eq!(
+        gateway
+            .metric(r#"chorus_upstream_cancelled_total{route="llm"}"#)
+            .await,
+        1.0
+    );
+    gateway.assert_idle().await;
+}
+
 #[tokio::test]
 async fn linger_answers_from_the_log_until_it_expires() {
     let (upstream, gateway, url) = start("[routes.coalesce]\nlinger = \"1s\"").await;
