@@ -100,7 +100,9 @@ pub fn coalesce_opted_out(headers: &HeaderMap) -> bool {
         .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"off"))
 }
 
-/// Turns a client request's headers into the upstream request's headers.
+/// Turns a client request's headers, their hop-by-hop headers already
+/// removed ([`remove_hop_by_hop`]: the proxy does it before the key is
+/// taken), into the upstream request's headers.
 ///
 /// `uri` is the request URI as received: its authority, where it has one
 /// (HTTP/2's `:authority`, an HTTP/1.1 absolute-form target), is the host
@@ -121,7 +123,6 @@ pub fn to_upstream(
         .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
         .or_else(|| headers.get(HOST).cloned());
 
-    remove_hop_by_hop(headers);
     remove_gateway_headers(headers);
     // The body was read in full, so the client's expectation was already met,
     // and its length is set by the client library from the buffered body.
@@ -232,6 +233,7 @@ mod tests {
     }
 
     fn upstream(headers: &mut HeaderMap, coalesced: bool) {
+        remove_hop_by_hop(headers);
         let client = ClientSide::new("10.0.0.7".parse().unwrap(), false);
         let uri: Uri = "/v1/chat".parse().unwrap();
         let authority = HeaderValue::from_static("backend:9000");

@@ -353,6 +353,8 @@ impl Proxy {
         let client_side = hyper::upgrade::on(&mut request);
         // A handshake has no body (RFC 6455 §4.1); one sent anyway is dropped.
         let (mut parts, _) = request.into_parts();
+        // The upgrade is asked for anew below, in the upstream's terms.
+        headers::remove_hop_by_hop(&mut parts.headers);
         // HTTP/2's handshake is sent on as HTTP/1.1's, with a key of our own.
         let (upgrade, nonce) = match handshake {
             Handshake::Upgrade(upgrade) => (upgrade, None),
