@@ -457,15 +457,14 @@ async fn sigterm_drains_streams_in_flight_then_exits_0() {
     }
 }
 
-#[tokio::test]
-async fn sigterm_cuts_streams_still_open_after_the_grace_and_says_how_many() {
+/// A gateway with `shutdown_grace = grace`, and a stream of about 20 s on
+/// it, its first event read.
+async fn streaming(grace: &str) -> (Upstream, Dir, Running, EventReader) {
     let upstream = Upstream::start().await;
     let dir = Dir::new();
-    let config = dir.file("cut.toml", &good_config(&upstream.url(), "1s"));
-    let (mut running, listen, _) = start_gateway(&config).await;
-
-    // A stream of about 20 s, far past the grace.
-    let body = chat("cut", json!({"tokens": 200, "interval_ms": 100}));
+    let config = dir.file("streaming.toml", &good_config(&upstream.url(), grace));
+    let (running, listen, _) = start_gateway(&config).await;
+    let body = chat("long", json!({"tokens": 200, "interval_ms": 100}));
     let response = send(
         &http1(),
         post(&format!("http://{listen}/v1/chat/completions"), body),
@@ -473,7 +472,13 @@ async fn sigterm_cuts_streams_still_open_after_the_grace_and_says_how_many() {
     .await;
     let mut stream = EventReader::new(response);
     stream.next().await.unwrap().expect("a first event");
+    (upstream, dir, running, stream)
+}
 
+#[tokio::test]
+async fn sigterm_cuts_streams_still_open_after_the_grace_and_says_how_many() {
+    // The stream is far longer than the grace.
+    let (upstream, _dir, mut running, mut stream) = streaming("1s").await;
     let signalled = Instant::now();
     running.terminate();
     let warning = running
@@ -502,19 +507,7 @@ async fn sigterm_cuts_streams_still_open_after_the_grace_and_says_how_many() {
 /// grace running out would.
 #[tokio::test]
 async fn a_second_sigterm_cuts_at_once_what_the_drain_would_wait_for() {
-    let upstream = Upstream::start().await;
-    let dir = Dir::new();
-    let config = dir.file("hurry.toml", &good_config(&upstream.url(), "60s"));
-    let (mut running, listen, _) = start_gateway(&config).await;
-    let body = chat("hurry", json!({"tokens": 200, "interval_ms": 100}));
-    let response = send(
-        &http1(),
-        post(&format!("http://{listen}/v1/chat/completions"), body),
-    )
-    .await;
-    let mut stream = EventReader::new(response);
-    stream.next().await.unwrap().expect("a first event");
-
+    let (_upstream, _dir, mut running, mut stream) = streaming("60s").await;
     let signalled = Instant::now();
     running.terminate();
     running
