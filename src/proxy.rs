@@ -138,27 +138,20 @@ impl Proxy {
             Answered::OnHead(waiting) => waiting.head(&mut log).await,
         };
         let (mut parts, mut source) = answer.into_parts();
-        if http1
-            && matches!(
-                parts.status,
-                StatusCode::BAD_REQUEST
-                    | StatusCode::URI_TOO_LONG
-                    | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-            )
-        {
-            // A malformed request may have been framed in a way we did not
-            // read, and a refused head was not read to its end: nothing
-            // more is read from its connection.
-            parts
-                .headers
-                .insert(CONNECTION, HeaderValue::from_static("close"));
-        }
-        if http1 && expects_continue && parts.status == StatusCode::PAYLOAD_TOO_LARGE {
-            // Refused before `100 Continue`: the body was never sent, so
-            // the connection cannot go on (where its next request would
-            // start is the client's guess), and hyper closes it; said
-            // aloud, so that a proxy in front does not wait for more (as
-            // nginx answers).
+        // A malformed request may have been framed in a way we did not
+        // read, and a refused head was not read to its end; a body refused
+        // before `100 Continue` was never sent, and where the next request
+        // would start is the client's guess. Nothing more is read from such
+        // a connection, and the answer says so, so that a proxy in front
+        // does not wait for more (as nginx answers).
+        let last_on_its_connection = match parts.status {
+            StatusCode::BAD_REQUEST
+            | StatusCode::URI_TOO_LONG
+            | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => true,
+            StatusCode::PAYLOAD_TOO_LARGE => expects_continue,
+            _ => false,
+        };
+        if http1 && last_on_its_connection {
             parts
                 .headers
                 .insert(CONNECTION, HeaderValue::from_static("close"));

@@ -6,8 +6,9 @@ use tokio_util::sync::CancellationToken;
 use chorus::tls::{ReloadError, ReloadHandle};
 
 /// The signals the process acts on: SIGTERM and SIGINT drain (a second one
-/// cuts what is left at once), SIGHUP reloads the server certificate. Registered before readiness is announced,
-/// since until a handler is registered a signal ends the process at once.
+/// cuts what is left at once), SIGHUP reloads the server certificate.
+/// Registered before readiness is announced, since until a handler is
+/// registered a signal ends the process at once.
 pub(crate) struct Signals {
     pub(crate) terminate: Option<Signal>,
     pub(crate) interrupt: Option<Signal>,
