@@ -52,7 +52,9 @@ impl ClientSide {
     }
 }
 
-/// Removes hop-by-hop headers, including every header named in `Connection`.
+/// Removes hop-by-hop headers, including every header named in `Connection`
+/// but `Host`, which every request needs (RFC 9112 §3.2) and names the host
+/// the client asked for (`X-Forwarded-Host`, a `host` key header).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none (and any `Connection` is one): a pass over
     // the names costs less than looking each hop-by-hop name up.
@@ -65,6 +67,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| *name != HOST)
         .collect();
     for name in listed.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
@@ -255,6 +258,11 @@ mod tests {
         remove_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert_eq!(headers["x-kept"], "yes");
+        // Never `Host`, named or not.
+        let mut headers = map(&[("connection", "host, x-a"), ("host", "a"), ("x-a", "1")]);
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers["host"], "a");
     }
 
     #[test]

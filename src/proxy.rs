@@ -211,14 +211,14 @@ impl Proxy {
                 return Answered::Now(refuse(error, Role::Bypass, log));
             }
         };
+        // Asked of chorus itself, the hop the opt-out is for.
+        let opted_out = headers::coalesce_opted_out(&parts.headers);
         // Before the key: a header named in `Connection` never reaches the
         // upstream, so it must not count in the key either; a request that
         // strips its credentials that way must not join one that sends them.
         headers::remove_hop_by_hop(&mut parts.headers);
 
-        let coalesce = route.coalesces(&parts.method)
-            && !headers::coalesce_opted_out(&parts.headers)
-            && self.has_buffer_room();
+        let coalesce = route.coalesces(&parts.method) && !opted_out && self.has_buffer_room();
         if coalesce {
             Answered::OnHead(self.join(route, parts, body, client, log))
         } else {

@@ -224,13 +224,15 @@ async fn other_responses_keep_their_length_and_are_not_marked() {
 
 /// A request written byte for byte, so that every hop-by-hop header really
 /// is on the wire (HTTP client libraries drop or rewrite some of them).
+/// `Connection` names `Host`, which still names the host asked for, and the
+/// opt-out, which is still chorus's to act on.
 fn request_with_hop_by_hop(path: &str, coalesce: &str, body: &str) -> Vec<u8> {
     format!(
         "POST {path} HTTP/1.1\r\n\
          Host: client.example:8443\r\n\
          Content-Type: application/json\r\n\
          Content-Length: {}\r\n\
-         Connection: close, x-secret-hop, Keep-Alive\r\n\
+         Connection: close, x-secret-hop, Keep-Alive, host, x-chorus-coalesce\r\n\
          X-Secret-Hop: do-not-forward\r\n\
          Keep-Alive: timeout=5\r\n\
          TE: trailers\r\n\
