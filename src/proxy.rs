@@ -172,9 +172,8 @@ impl Proxy {
         log: &mut AccessLog,
     ) -> Answered {
         let route = self.check_head(&request).and_then(|()| {
-            let path = target::routing_path(request.uri().path()).ok_or(
-                GatewayError::BadRequest("the path climbs above the root with \"..\""),
-            )?;
+            let path =
+                target::routing_path(request.uri().path()).map_err(GatewayError::BadRequest)?;
             self.routes.find(&path).ok_or(GatewayError::NoRoute)
         });
         let route = match route {

@@ -54,40 +54,44 @@ pub fn check<B>(request: &Request<B>) -> Result<(), GatewayError> {
     Ok(())
 }
 
-/// The path a request is routed by: `path` with its dot segments (`.` and
-/// `..`, RFC 3986 §5.2.4) resolved, as a backend that resolves them would
-/// read it, so that `/public/../admin` is routed as `/admin`, not by the
-/// route of `/public/` (with that route's `upstream_headers`). Dots and
-/// slashes count percent-encoded too (`%2E`, `%2F`), and `\` as a slash, as
-/// some servers take them. The request still goes on with its path as
-/// received. `None` when `..` climbs above the root, which would leave the
-/// path of an upstream URL (nginx answers 400 too).
-pub fn routing_path(path: &str) -> Option<Cow<'_, str>> {
-    // Most paths have no dot, escape or backslash: routed as they are.
+/// The path a request is routed by: `path` as a backend would read it, so
+/// that `/public/../admin` is routed as `/admin` and not by the route of
+/// `/public/` (with that route's `upstream_headers`). Its dot segments (`.`
+/// and `..`, RFC 3986 §5.2.4) are resolved, percent-encoded unreserved
+/// characters decoded (`%61` is `a`, `%2E` is `.`; RFC 3986 §6.2.2.2),
+/// `%2F`, `%5C` and `\` taken for `/` and repeated slashes for one, as some
+/// servers take them. The request still goes on with its path as received.
+///
+/// Refused (the reason) where backends would read it too differently to
+/// route it: `..` climbing above the root, which would leave the path of an
+/// upstream URL (nginx answers 400 too), and `..` in a path with an empty
+/// segment (`/a//../b` is `/a/b` by RFC 3986 and `/b` to nginx).
+pub fn routing_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
     let bytes = path.as_bytes();
-    if memchr::memchr3(b'.', b'%', b'\\', bytes).is_none() {
-        return Some(Cow::Borrowed(path));
+    // Most paths have none of it: routed as they are.
+    if memchr::memchr3(b'.', b'%', b'\\', bytes).is_none()
+        && memchr::memmem::find(bytes, b"//").is_none()
+    {
+        return Ok(Cow::Borrowed(path));
     }
     let mut segments: Vec<Vec<u8>> = Vec::new();
     let mut segment = Vec::new();
-    // A path that ends in a dot segment ends in `/` (`/a/b/..` is `/a/`).
-    let mut ends_in_dots;
-    let mut at = 0;
+    let (mut empty, mut climbs) = (false, false);
+    // A path that ends in `/` or a dot segment ends in `/` (`/a/b/..` is `/a/`).
+    let mut trailing_slash;
     // Past the leading `/` (an origin-form path always has one).
-    if bytes.first() == Some(&b'/') {
-        at = 1;
-    }
+    let mut at = usize::from(bytes.first() == Some(&b'/'));
     loop {
         let byte = match bytes.get(at) {
             None => None,
-            Some(b'%') => match bytes.get(at + 1..at + 3) {
-                Some([b'2', b'e' | b'E']) => {
-                    at += 2;
-                    Some(b'.')
-                }
-                Some([b'2', b'f' | b'F'] | [b'5', b'c' | b'C']) => {
+            Some(b'%') => match bytes.get(at + 1..at + 3).and_then(decode_hex) {
+                Some(b'/' | b'\\') => {
                     at += 2;
                     Some(b'/')
+                }
+                Some(decoded) if is_unreserved(decoded) => {
+                    at += 2;
+                    Some(decoded)
                 }
                 _ => Some(b'%'),
             },
@@ -95,34 +99,54 @@ pub fn routing_path(path: &str) -> Option<Cow<'_, str>> {
             Some(&byte) => Some(byte),
         };
         at += 1;
-        match byte {
-            Some(b'/') | None => {
-                ends_in_dots = matches!(segment.as_slice(), b"." | b"..");
-                match segment.as_slice() {
-                    b"." => {}
-                    b".." => {
-                        segments.pop()?;
-                    }
-                    _ => segments.push(std::mem::take(&mut segment)),
+        let Some(byte) = byte.filter(|&byte| byte != b'/') else {
+            let last = at > bytes.len();
+            trailing_slash = matches!(segment.as_slice(), b"" | b"." | b"..");
+            match segment.as_slice() {
+                b"" if !last => empty = true,
+                b"" | b"." => {}
+                b".." => {
+                    climbs = true;
+                    segments.pop().ok_or(ABOVE_THE_ROOT)?;
                 }
-                segment.clear();
-                if byte.is_none() {
-                    break;
-                }
+                _ => segments.push(std::mem::take(&mut segment)),
             }
-            Some(byte) => segment.push(byte),
-        }
+            segment.clear();
+            if last {
+                break;
+            }
+            continue;
+        };
+        segment.push(byte);
+    }
+    if empty && climbs {
+        return Err("the path has \"..\" and an empty segment, which servers read differently");
     }
     let mut resolved = Vec::with_capacity(path.len());
     for segment in &segments {
         resolved.push(b'/');
         resolved.extend_from_slice(segment);
     }
-    if ends_in_dots || resolved.is_empty() {
+    if trailing_slash || resolved.is_empty() {
         resolved.push(b'/');
     }
-    // Only ASCII bytes were replaced by ASCII bytes: still UTF-8.
-    String::from_utf8(resolved).ok().map(Cow::Owned)
+    // Only ASCII was decoded or dropped, between whole characters.
+    String::from_utf8(resolved)
+        .map(Cow::Owned)
+        .map_err(|_| "the path is not UTF-8")
+}
+
+const ABOVE_THE_ROOT: &str = "the path climbs above the root with \"..\"";
+
+/// The byte two hex digits stand for.
+fn decode_hex(digits: &[u8]) -> Option<u8> {
+    let text = std::str::from_utf8(digits).ok()?;
+    u8::from_str_radix(text, 16).ok()
+}
+
+/// RFC 3986 §2.3: what percent-encoding never changes the meaning of.
+fn is_unreserved(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
 }
 
 #[cfg(test)]
@@ -168,7 +192,7 @@ mod tests {
     }
 
     #[test]
-    fn paths_are_routed_with_their_dot_segments_resolved() {
+    fn paths_are_routed_as_a_backend_would_read_them() {
         for (path, routed) in [
             ("/v1/chat/completions", "/v1/chat/completions"),
             ("/v1/models/gpt-4.1", "/v1/models/gpt-4.1"),
@@ -181,17 +205,29 @@ mod tests {
             ("/public/..%5Cadmin", "/admin"),
             ("/public/..\\admin", "/admin"),
             ("/a%2Fb/./c/../d", "/a/b/d"),
+            ("/%61dmin/x", "/admin/x"),
+            ("//admin/x", "/admin/x"),
+            ("/admin//x/", "/admin/x/"),
             ("/public/a..b", "/public/a..b"),
             ("/public/.well-known/x", "/public/.well-known/x"),
             ("/public/...", "/public/..."),
-            ("/public/%41", "/public/%41"),
+            ("/public/%41%20", "/public/A%20"),
             ("/public/%", "/public/%"),
+            ("/public/%zz", "/public/%zz"),
             ("/", "/"),
         ] {
-            assert_eq!(routing_path(path).as_deref(), Some(routed), "{path}");
+            assert_eq!(routing_path(path).as_deref(), Ok(routed), "{path}");
         }
-        for path in ["/..", "/../x", "/a/../../x", "/%2e%2e/x", "/a/..%2f..%2fx"] {
-            assert_eq!(routing_path(path), None, "{path}");
+        for path in [
+            "/..",
+            "/../x",
+            "/a/../../x",
+            "/%2e%2e/x",
+            "/a/..%2f..%2fx",
+            "/x//../admin/x",
+            "/admin//../x",
+        ] {
+            assert!(routing_path(path).is_err(), "{path}");
         }
     }
 }

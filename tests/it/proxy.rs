@@ -541,11 +541,12 @@ async fn the_longest_prefix_wins_across_routes_and_upstreams() {
 }
 
 /// A backend that resolves dot segments would serve `/v1/../admin` as
-/// `/admin`: requests are routed by their path resolved, however its dots
-/// and slashes are written, and forwarded with the path as received; one
-/// that climbs above the root is a 400.
+/// `/admin`: requests are routed by their path as a backend reads it,
+/// however its dots and slashes are written, and forwarded with the path
+/// as received; one that climbs above the root, or mixes `..` with an
+/// empty segment, is a 400.
 #[tokio::test]
-async fn paths_are_routed_with_their_dot_segments_resolved_and_sent_as_received() {
+async fn paths_are_routed_as_a_backend_reads_them_and_sent_as_received() {
     let recorder = crate::attack::Recorder::start().await;
     let toml =
         one_route(&recorder.url(), "").replace("path_prefix = \"/\"", "path_prefix = \"/v1/\"");
@@ -555,6 +556,7 @@ async fn paths_are_routed_with_their_dot_segments_resolved_and_sent_as_received(
         ("/v1/%2e%2E/admin", 404),
         ("/v1/..%2fadmin", 404),
         ("/v1/../../v1/x", 400),
+        ("/v1//../x", 400),
     ];
     for client in [http1(), http2()] {
         for (path, status) in refused {
@@ -574,6 +576,8 @@ async fn paths_are_routed_with_their_dot_segments_resolved_and_sent_as_received(
         "/v1/a..b",
         "/v1/.well-known/x",
         "/v1/a%2Fb",
+        "/%76%31/x",
+        "//v1/x",
     ];
     for path in routed {
         let response = get(&gateway.url(path)).await;
