@@ -69,9 +69,10 @@ pub fn check<B>(request: &Request<B>) -> Result<(), GatewayError> {
 pub fn routing_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
     let bytes = path.as_bytes();
     // Most paths have none of it: routed as they are.
-    if memchr::memchr3(b'.', b'%', b'\\', bytes).is_none()
-        && memchr::memmem::find(bytes, b"//").is_none()
-    {
+    // (`memmem` would build a searcher for `//` on every call.)
+    let repeated_slash =
+        || memchr::memchr_iter(b'/', bytes).any(|at| bytes.get(at + 1) == Some(&b'/'));
+    if memchr::memchr3(b'.', b'%', b'\\', bytes).is_none() && !repeated_slash() {
         return Ok(Cow::Borrowed(path));
     }
     let mut segments: Vec<Vec<u8>> = Vec::new();
