@@ -59,13 +59,15 @@ pub fn check<B>(request: &Request<B>) -> Result<(), GatewayError> {
 /// `/public/` (with that route's `upstream_headers`). Its dot segments (`.`
 /// and `..`, RFC 3986 §5.2.4) are resolved, percent-encoded unreserved
 /// characters decoded (`%61` is `a`, `%2E` is `.`; RFC 3986 §6.2.2.2),
-/// `%2F`, `%5C` and `\` taken for `/` and repeated slashes for one, as some
-/// servers take them. The request still goes on with its path as received.
+/// `%2F` taken for `/` and repeated slashes for one, as nginx takes them.
+/// The request still goes on with its path as received.
 ///
 /// Refused (the reason) where backends would read it too differently to
 /// route it: `..` climbing above the root, which would leave the path of an
-/// upstream URL (nginx answers 400 too), and `..` in a path with an empty
-/// segment (`/a//../b` is `/a/b` by RFC 3986 and `/b` to nginx).
+/// upstream URL (nginx answers 400 too); `..` in a path with an empty
+/// segment (`/a//../b` is `/a/b` by RFC 3986 and `/b` to nginx); and a bare
+/// `\`, which no URI has (RFC 3986) and which some servers take for `/` and
+/// others, nginx among them, for a character of the name.
 pub fn routing_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
     let bytes = path.as_bytes();
     // Most paths have none of it: routed as they are.
@@ -86,7 +88,7 @@ pub fn routing_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
         let byte = match bytes.get(at) {
             None => None,
             Some(b'%') => match bytes.get(at + 1..at + 3).and_then(decode_hex) {
-                Some(b'/' | b'\\') => {
+                Some(b'/') => {
                     at += 2;
                     Some(b'/')
                 }
@@ -96,7 +98,7 @@ pub fn routing_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
                 }
                 _ => Some(b'%'),
             },
-            Some(b'\\') => Some(b'/'),
+            Some(b'\\') => return Err(BACKSLASH),
             Some(&byte) => Some(byte),
         };
         at += 1;
@@ -138,6 +140,7 @@ pub fn routing_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
 }
 
 const ABOVE_THE_ROOT: &str = "the path climbs above the root with \"..\"";
+const BACKSLASH: &str = "the path has a backslash, which servers read differently";
 
 /// The byte two hex digits stand for.
 fn decode_hex(digits: &[u8]) -> Option<u8> {
@@ -203,8 +206,7 @@ mod tests {
             ("/public/a/..", "/public/"),
             ("/public/%2e%2E/admin", "/admin"),
             ("/public/..%2fadmin", "/admin"),
-            ("/public/..%5Cadmin", "/admin"),
-            ("/public/..\\admin", "/admin"),
+            ("/public/..%5Cadmin", "/public/..%5Cadmin"),
             ("/a%2Fb/./c/../d", "/a/b/d"),
             ("/%61dmin/x", "/admin/x"),
             ("//admin/x", "/admin/x"),
@@ -227,6 +229,8 @@ mod tests {
             "/a/..%2f..%2fx",
             "/x//../admin/x",
             "/admin//../x",
+            "/public/..\\admin",
+            "/admin\\x",
         ] {
             assert!(routing_path(path).is_err(), "{path}");
         }

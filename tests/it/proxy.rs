@@ -557,6 +557,7 @@ async fn paths_are_routed_as_a_backend_reads_them_and_sent_as_received() {
         ("/v1/..%2fadmin", 404),
         ("/v1/../../v1/x", 400),
         ("/v1//../x", 400),
+        ("/v1\\x", 400),
     ];
     for client in [http1(), http2()] {
         for (path, status) in refused {
@@ -578,6 +579,7 @@ async fn paths_are_routed_as_a_backend_reads_them_and_sent_as_received() {
         "/v1/a%2Fb",
         "/%76%31/x",
         "//v1/x",
+        "/v1/..%5Cx",
     ];
     for path in routed {
         let response = get(&gateway.url(path)).await;
