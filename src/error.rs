@@ -152,6 +152,17 @@ pub enum BodyError {
     Stalled(Duration),
 }
 
+impl BodyError {
+    /// The upstream side ended the body: a break, which the client gets
+    /// only after every byte before it (see [`crate::flushes`]).
+    pub fn is_upstream_break(&self) -> bool {
+        matches!(
+            self,
+            Self::UpstreamBroke(_) | Self::UpstreamIdle(_) | Self::FlightAborted
+        )
+    }
+}
+
 /// An error and its causes, joined with ": ", skipping causes whose text the
 /// error already repeats.
 pub fn describe(err: &(dyn StdError + 'static)) -> String {

@@ -13,6 +13,8 @@
 //!   and closing connections that reset streams as they open them.
 //! - [`framing`]: a first reading of HTTP/1.1 request heads, refusing the
 //!   ambiguous framings requests are smuggled with, and what hyper would.
+//! - [`flushes`]: when a connection's writes have left: an upstream break
+//!   waits for the bytes before it.
 //! - [`proxy`]: the request handler: route, limits, body, coalesce or pass through.
 //! - [`route`]: the route table and its longest-prefix match.
 //! - [`target`]: what is checked of a request's target and host before it
@@ -31,6 +33,7 @@
 //!   and the registry of open flights.
 //! - [`response`]: the response body served to clients and its access log line.
 //! - [`admin`] and [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`logging`]: what dependencies may log (nothing of a request).
 //! - [`error`]: request-path errors and their one mapping to status and JSON.
 //! - [`tls`]: rustls for both sides; the server certificate and its reload;
 //!   the TLS file checks of `chorus check`.
@@ -56,9 +59,11 @@ pub mod admin;
 pub mod coalesce;
 pub mod config;
 pub mod error;
+pub mod flushes;
 pub mod framing;
 pub mod gather;
 pub mod headers;
+pub mod logging;
 pub mod metrics;
 pub mod mock;
 pub mod pool;

@@ -152,21 +152,30 @@ fn config_path(flag: Option<PathBuf>) -> PathBuf {
     .unwrap_or_else(|| PathBuf::from("config/chorus.toml"))
 }
 
-/// `RUST_LOG` if set and not empty (empty would log nothing), else `info`.
+/// `RUST_LOG` if set and not empty (empty would log nothing), else `info`;
+/// dependencies that print parts of requests held to `info` whatever it says.
 fn init_logging(format: LogFormat) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = std::env::var("RUST_LOG")
         .ok()
         .filter(|directives| !directives.trim().is_empty())
         .and_then(|directives| tracing_subscriber::EnvFilter::try_new(directives).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let lines = match format {
+        LogFormat::Text => lines.boxed(),
+        LogFormat::Json => lines.json().boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(chorus::logging::dependency_cap())
+        .with(lines)
+        .init();
 }
 
 /// A valid config whose TLS files are usable; else every problem with

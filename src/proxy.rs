@@ -21,7 +21,8 @@ use crate::coalesce::pump::Pump;
 use crate::coalesce::registry::{Joined, Registry};
 use crate::config::ServerConfig;
 use crate::error::GatewayError;
-use crate::framing::{self, Suspect};
+use crate::flushes::{Flushes, Written};
+use crate::framing::{self, Refused, Suspect};
 use crate::headers::{self, ClientSide, X_CHORUS_ROLE};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::response::{AccessLog, Requests, ResponseBody, Source};
@@ -81,6 +82,8 @@ pub struct ClientConnection {
     pub client: ClientSide,
     /// The WebSocket tunnels its requests open.
     pub tunnels: tunnel::Tunnels,
+    /// Its completed flushes, which a response's break waits for.
+    pub flushes: Arc<Flushes>,
 }
 
 impl Proxy {
@@ -162,7 +165,8 @@ impl Proxy {
             // its HTTP/2 server would send it.
             source = Source::Full(None);
         }
-        Response::from_parts(parts, ResponseBody::new(source, log))
+        let written = Written::new(&connection.flushes, http1);
+        Response::from_parts(parts, ResponseBody::new(source, log, written))
     }
 
     async fn answer(
@@ -232,8 +236,8 @@ impl Proxy {
         }
         target::check(request)?;
         let limit = self.limits.max_header_bytes;
-        if let Some(suspect) = request.extensions().get::<Suspect>() {
-            return Err(match *suspect {
+        if let Some(refused) = request.extensions().get::<Refused>() {
+            return Err(match refused.why {
                 Suspect::Malformed(why) => GatewayError::BadRequest(why),
                 Suspect::TooLarge => GatewayError::HeadersTooLarge { limit },
                 Suspect::TooManyFields => GatewayError::TooManyHeaders {

@@ -23,6 +23,8 @@ use tokio::time::Instant;
 use crate::coalesce::Role;
 use crate::coalesce::flight::Subscriber;
 use crate::error::BodyError;
+use crate::flushes::Written;
+use crate::framing::Refused;
 use crate::metrics::RouteMetrics;
 use crate::pool::Dispatch;
 use crate::upstream::UpstreamBody;
@@ -92,9 +94,11 @@ impl Requests {
 /// What is known about a request, logged once when its response ends.
 pub struct AccessLog {
     started: Instant,
-    method: Method,
-    /// The path without the query: queries may carry credentials.
-    path: Box<str>,
+    /// None for a refused head whose request line had no method.
+    method: Option<Method>,
+    /// The path without the query (queries may carry credentials); None
+    /// for a refused head whose request line had no path.
+    path: Option<Box<str>>,
     route: Option<RouteMetrics>,
     role: Role,
     status: Option<StatusCode>,
@@ -111,13 +115,22 @@ impl AccessLog {
     /// Starts the record of a request, counted among `requests` until it ends.
     pub fn start<B>(request: &Request<B>, requests: &Arc<Requests>) -> Self {
         requests.active.inc();
-        Self {
-            started: Instant::now(),
-            method: request.method().clone(),
+        // What hyper read of a refused head is a placeholder: the log shows
+        // the client's own request line, as far as it went.
+        let (method, path) = match request.extensions().get::<Refused>() {
+            Some(refused) => (refused.method.clone(), refused.path.clone()),
             // A copy: the request's own `Uri` shares the connection's read
             // buffer, and keeping it would pin that buffer (8 KiB) for as
             // long as the response streams.
-            path: request.uri().path().into(),
+            None => (
+                Some(request.method().clone()),
+                Some(request.uri().path().into()),
+            ),
+        };
+        Self {
+            started: Instant::now(),
+            method,
+            path,
             route: None,
             role: Role::Bypass,
             status: None,
@@ -208,8 +221,8 @@ impl Drop for AccessLog {
         };
         tracing::info!(
             route,
-            method = %self.method,
-            path = &*self.path,
+            method = self.method.as_ref().map(tracing::field::display),
+            path = self.path.as_deref(),
             status,
             role = self.role.as_str(),
             upstream_ms,
@@ -237,16 +250,25 @@ fn millis(duration: Duration) -> f64 {
 pub struct ResponseBody {
     source: Source,
     log: AccessLog,
+    written: Written,
+    /// An upstream break, held until the bytes before it are written.
+    held: Option<BodyError>,
 }
 
 impl ResponseBody {
-    /// A body from `source`, logged by `log` when it ends.
-    pub fn new(source: Source, mut log: AccessLog) -> Self {
+    /// A body from `source`, logged by `log` when it ends; `written` says
+    /// when what it gave has left.
+    pub fn new(source: Source, mut log: AccessLog, written: Written) -> Self {
         // An empty body may never be polled: it is complete as it stands.
         if source.is_end_stream() {
             log.end(Progress::Complete);
         }
-        Self { source, log }
+        Self {
+            source,
+            log,
+            written,
+            held: None,
+        }
     }
 }
 
@@ -259,15 +281,33 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        let polled = match &mut this.source {
-            Source::Full(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
-            Source::Upstream(body) => Pin::new(body).poll_frame(cx),
-            Source::Subscriber(subscriber) => Pin::new(subscriber).poll_frame(cx),
+        this.written.polled();
+        let polled = match this.held.take() {
+            Some(error) => Poll::Ready(Some(Err(error))),
+            None => match &mut this.source {
+                Source::Full(bytes) => {
+                    Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes))))
+                }
+                Source::Upstream(body) => Pin::new(body).poll_frame(cx),
+                Source::Subscriber(subscriber) => Pin::new(subscriber).poll_frame(cx),
+            },
+        };
+        // An upstream break waits for the bytes before it to be written:
+        // ending the response drops what the server holds unwritten.
+        let polled = match polled {
+            Poll::Ready(Some(Err(error)))
+                if error.is_upstream_break() && this.written.poll(cx).is_pending() =>
+            {
+                this.held = Some(error);
+                return Poll::Pending;
+            }
+            polled => polled,
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.log.bytes += data.len() as u64;
+                    this.written.gave();
                 }
                 // The server stops polling once the body says it is done.
                 if this.source.is_end_stream() {

@@ -54,6 +54,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::activity::{Activity, Tracked};
 use crate::config::ServerConfig;
+use crate::flushes::{self, Flushes};
 use crate::framing;
 use crate::headers::ClientSide;
 use crate::metrics::Metrics;
@@ -336,6 +337,8 @@ where
     // Requests whose HTTP/1.1 head breaks a framing rule are marked for the
     // handler to refuse (see `framing`).
     let verdicts = Arc::new(framing::Verdicts::default());
+    let flushes = Arc::new(Flushes::default());
+    let io = flushes::Counted::new(io, Arc::clone(&flushes));
     let io = framing::Watched::new(io, Arc::clone(&verdicts), shared.max_head);
     // Made once per connection, in the boxed hyper connection with the
     // service rather than in the connection's task; each request holds a
@@ -343,12 +346,13 @@ where
     let client = Arc::new(ClientConnection {
         client: ClientSide::new(peer, shared.tls.is_some()),
         tunnels: Tunnels::new(Arc::clone(&verdicts), Arc::clone(&activity)),
+        flushes,
     });
     let handed_over = Arc::clone(&client);
     let service = service_fn(move |mut request: hyper::Request<Incoming>| {
         let guard = requests.start();
-        if let Some(suspect) = verdicts.next_request() {
-            request.extensions_mut().insert(suspect);
+        if let Some(refused) = verdicts.next_request() {
+            request.extensions_mut().insert(refused);
         }
         let proxy = Arc::clone(&proxy);
         let client = Arc::clone(&client);

@@ -102,6 +102,33 @@ pub(super) fn read_head(head: &[u8]) -> Judged {
     }
 }
 
+/// The method and the path (without the query) of a head's request line,
+/// each where it reads as one: all the access log shows of a refused head.
+pub(super) fn request_line(head: &[u8]) -> (Option<http::Method>, Option<Box<str>>) {
+    let line = &head[..memchr::memchr(b'\n', head).unwrap_or(head.len())];
+    let mut words = line.split(|&byte| byte == b' ');
+    let method = words
+        .next()
+        .and_then(|word| http::Method::from_bytes(word).ok());
+    let path = words.next().and_then(|target| {
+        let path = match target.first() {
+            Some(b'/') => &target[..memchr::memchr2(b'?', b'#', target).unwrap_or(target.len())],
+            // An absolute-form target: its path, if it is a URI.
+            _ => {
+                return http::Uri::try_from(target)
+                    .ok()
+                    .map(|uri| uri.path().into());
+            }
+        };
+        let visible = path.iter().all(|byte| (b'!'..=b'~').contains(byte));
+        std::str::from_utf8(path)
+            .ok()
+            .filter(|_| visible && path.len() <= MAX_TARGET)
+            .map(Box::from)
+    });
+    (method, path)
+}
+
 /// Whether a target is an origin-form path (and query) of bytes that
 /// `http::Uri` always takes: letters, digits and RFC 3986's unreserved,
 /// sub-delimiter and path characters, `%`, `/` and `?`.
@@ -202,6 +229,35 @@ mod tests {
         ] {
             assert!(!is_host(other.as_bytes()), "{other}");
         }
+    }
+
+    #[test]
+    fn a_request_line_gives_what_reads_as_a_method_and_a_path() {
+        let line = |head: &[u8]| {
+            let (method, path) = request_line(head);
+            (
+                method.map(|method| method.to_string()),
+                path.as_deref().map(str::to_owned),
+            )
+        };
+        let both = |method: &str, path: &str| (Some(method.to_owned()), Some(path.to_owned()));
+        assert_eq!(
+            line(b"POST /v1/chat?key=secret HTTP/1.1\r\nBad Header: x\r\n\r\n"),
+            both("POST", "/v1/chat")
+        );
+        assert_eq!(line(b"GET /a#b HTTP/1.1\r\n"), both("GET", "/a"));
+        assert_eq!(line(b"GET http://h/b?q=1 HTTP/1.1\r\n"), both("GET", "/b"));
+        assert_eq!(line(b"BREW /pot"), both("BREW", "/pot"));
+        assert_eq!(
+            line(b"GET /a\x7fb HTTP/1.1\r\n"),
+            (Some("GET".to_owned()), None)
+        );
+        assert_eq!(
+            line(b"GET /caf\xc3\xa9 HTTP/1.1\r\n"),
+            (Some("GET".to_owned()), None)
+        );
+        assert_eq!(line(b"\x16\x03\x01\x02\x00\x01"), (None, None));
+        assert_eq!(line(b""), (None, None));
     }
 
     #[test]

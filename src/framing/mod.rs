@@ -78,6 +78,26 @@ pub enum Suspect {
     TargetTooLong,
 }
 
+/// A refused head as the handler gets it: why, and as much of its request
+/// line as reads as one, for the access log (hyper is handed a placeholder).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub why: Suspect,
+    /// The method, where the line starts with a valid one.
+    pub method: Option<http::Method>,
+    /// The target's path without its query, where it is one of visible
+    /// ASCII no longer than [`MAX_TARGET`].
+    pub path: Option<Box<str>>,
+}
+
+impl Refused {
+    /// `why` a head starting with `head`'s bytes (whole or not) is refused.
+    fn new(why: Suspect, head: &[u8]) -> Self {
+        let (method, path) = head::request_line(head);
+        Self { why, method, path }
+    }
+}
+
 /// Header fields per head, as in hyper's parser.
 pub const MAX_HEADERS: usize = 100;
 /// The longest request target hyper takes (`http::Uri`'s limit).
@@ -102,7 +122,7 @@ pub struct Verdicts {
     /// Index (0-based, in connection order) of the first suspect head.
     first_suspect: AtomicU64,
     /// Why it is suspect; set once, before `first_suspect`.
-    reason: std::sync::OnceLock<Suspect>,
+    reason: std::sync::OnceLock<Refused>,
     /// Requests handed to the handler so far.
     dispatched: AtomicU64,
     /// The connection became a tunnel (see [`crate::tunnel`]): what follows
@@ -133,16 +153,17 @@ impl Default for Verdicts {
 impl Verdicts {
     /// Called once per request, in the order the connection delivers them:
     /// whether this request's head broke a rule.
-    pub fn next_request(&self) -> Option<Suspect> {
+    pub fn next_request(&self) -> Option<Refused> {
         let index = self.dispatched.fetch_add(1, Ordering::Relaxed);
         let suspect = self.first_suspect.load(Ordering::Acquire);
         // Requests after a suspect one never come: the refusal closes the
         // connection. Should one come anyway, it is refused too.
         (index >= suspect).then(|| {
-            self.reason
-                .get()
-                .copied()
-                .unwrap_or(Suspect::Malformed("malformed"))
+            self.reason.get().cloned().unwrap_or(Refused {
+                why: Suspect::Malformed("malformed"),
+                method: None,
+                path: None,
+            })
         })
     }
 
@@ -167,7 +188,7 @@ impl Verdicts {
         }
     }
 
-    fn suspect(&self, index: u64, reason: Suspect) {
+    fn suspect(&self, index: u64, reason: Refused) {
         let _ = self.reason.set(reason);
         let _ =
             self.first_suspect

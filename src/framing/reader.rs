@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::head::{Judged, read_head};
-use super::{H2_PREFACE, MAX_HEADERS, NONE, NOT_HTTP1, Suspect, Verdicts};
+use super::{H2_PREFACE, MAX_HEADERS, NONE, NOT_HTTP1, Refused, Suspect, Verdicts};
 
 /// Where the reading is on the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,7 +147,8 @@ impl Reader {
                     self.head.extend_from_slice(bytes);
                     let Some(end) = head_end(&self.head, searched) else {
                         if let Some(why) = self.refusal_of_part() {
-                            return self.refuse(why, released, from, 0);
+                            let refused = Refused::new(why, &self.head);
+                            return self.refuse(refused, released, from, 0);
                         }
                         return edited(released, from, 0, false);
                     };
@@ -177,7 +178,8 @@ impl Reader {
                     match head_end(rest, 0) {
                         Some(end) if end > self.max_head => {
                             let why = too_large(&rest[..end], self.max_head);
-                            return self.refuse(why, released, from, at);
+                            let refused = Refused::new(why, &rest[..end]);
+                            return self.refuse(refused, released, from, at);
                         }
                         Some(end) => match self.judge(&rest[..end]) {
                             Verdict::Go => at += end,
@@ -186,7 +188,8 @@ impl Reader {
                         None => {
                             self.head.extend_from_slice(rest);
                             if let Some(why) = self.refusal_of_part() {
-                                return self.refuse(why, released, from, at);
+                                let refused = Refused::new(why, &self.head);
+                                return self.refuse(refused, released, from, at);
                             }
                             return edited(released, from, at, false);
                         }
@@ -248,10 +251,10 @@ impl Reader {
 
     /// Refuses the head starting at `to` in this read (or held, `to` 0):
     /// hyper gets what came before it, then the placeholder.
-    fn refuse(&mut self, why: Suspect, released: Vec<u8>, from: usize, to: usize) -> Fed {
+    fn refuse(&mut self, refused: Refused, released: Vec<u8>, from: usize, to: usize) -> Fed {
         let index = self.heads;
         self.heads += 1;
-        self.verdicts.suspect(index, why);
+        self.verdicts.suspect(index, refused);
         self.refuse_judged(released, from, to)
     }
 
@@ -268,7 +271,7 @@ impl Reader {
         match read_head(head) {
             Judged::Body(state) => self.state = state,
             Judged::Refused(why) => {
-                self.verdicts.suspect(index, why);
+                self.verdicts.suspect(index, Refused::new(why, head));
                 return Verdict::Refuse;
             }
             Judged::Upgrade => {

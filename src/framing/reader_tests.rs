@@ -32,7 +32,9 @@ fn read(wire: &[u8], step: usize, requests: usize) -> Outcome {
             }
         }
     }
-    let found = (0..requests).map(|_| verdicts.next_request()).collect();
+    let found = (0..requests)
+        .map(|_| verdicts.next_request().map(|refused| refused.why))
+        .collect();
     (found, reader.state, handed)
 }
 
@@ -188,7 +190,10 @@ fn heads_too_large_or_too_long_are_refused_with_their_status() {
     let target = "/a".repeat(MAX_TARGET / 2 + 1);
     let long = format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!(reader.feed(long.as_bytes()), edited(Vec::new(), 0, 0, true));
-    assert_eq!(verdicts.next_request(), Some(Suspect::TargetTooLong));
+    assert_eq!(
+        verdicts.next_request().map(|refused| refused.why),
+        Some(Suspect::TargetTooLong)
+    );
 }
 
 #[test]

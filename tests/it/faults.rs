@@ -40,6 +40,9 @@ enum Fault {
     GarbageHead,
     /// Sends the head and one chunk once released, then a bad chunk size.
     GarbageMidBody,
+    /// Sends the head, this many events and its close at once when
+    /// released: an upstream that dies just after writing.
+    CloseAfterEvents(usize),
     /// Answers the first request on each connection in full, keeping the
     /// connection alive, and closes it when the next request arrives on it.
     CloseOnReuse,
@@ -161,6 +164,7 @@ async fn held_until_closed(mut stream: TcpStream, closed: &AtomicUsize) {
 const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
     transfer-encoding: chunked\r\n\r\n";
 const FIRST_EVENT: &[u8] = b"15\r\ndata: first event!!\n\n\r\n";
+const FIRST_EVENT_DATA: &[u8] = b"data: first event!!\n\n";
 const ANSWER: &[u8] =
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
 
@@ -212,6 +216,15 @@ async fn serve(
                 let _ = stream.flush().await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 let _ = stream.write_all(b"zz\r\nnot a chunk\r\n").await;
+                return;
+            }
+            Fault::CloseAfterEvents(events) => {
+                released.await;
+                let mut wire = SSE_HEAD.to_vec();
+                for _ in 0..events {
+                    wire.extend_from_slice(FIRST_EVENT);
+                }
+                let _ = stream.write_all(&wire).await;
                 return;
             }
             Fault::CloseOnReuse if on_this_connection > 1 => {
@@ -274,6 +287,7 @@ async fn outcome(response: Response<Incoming>) -> (String, Outcome) {
 /// alternately), waits until all of them are subscribed to one flight,
 /// releases the upstream's fault, and returns each one's role and outcome.
 async fn herd(gateway: &Gateway, upstream: &Faulty) -> Vec<(String, Outcome)> {
+    let before = upstream.requests();
     let clients = [http1(), http2()];
     let requests: Vec<_> = (0..SUBSCRIBERS)
         .map(|index| {
@@ -288,6 +302,13 @@ async fn herd(gateway: &Gateway, upstream: &Faulty) -> Vec<(String, Outcome)> {
         })
         .await;
     assert_eq!(subscribed, SUBSCRIBERS as f64, "the herd never formed");
+    // Released once the upstream holds the flight's request (a release
+    // before that would be lost).
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while upstream.requests() == before {
+        assert!(tokio::time::Instant::now() < deadline, "not sent upstream");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     upstream.release();
     let mut outcomes = Vec::new();
     for request in requests {
@@ -403,10 +424,7 @@ async fn an_upstream_hanging_mid_body_ends_every_subscriber_abnormally() {
     let upstream = Faulty::start(Fault::HangMidBody).await;
     let gateway = Gateway::start(&route(&upstream.url())).await;
     let outcomes = herd(&gateway, &upstream).await;
-    all_got(
-        &outcomes,
-        &Outcome::Broken(200, b"data: first event!!\n\n".to_vec()),
-    );
+    all_got(&outcomes, &Outcome::Broken(200, FIRST_EVENT_DATA.to_vec()));
     upstream.wait_closed_by_gateway(1).await;
     no_flight_left(&gateway, &upstream).await;
 }
@@ -425,11 +443,37 @@ async fn a_malformed_response_body_ends_every_subscriber_abnormally() {
     let upstream = Faulty::start(Fault::GarbageMidBody).await;
     let gateway = Gateway::start(&route(&upstream.url())).await;
     let outcomes = herd(&gateway, &upstream).await;
-    all_got(
-        &outcomes,
-        &Outcome::Broken(200, b"data: first event!!\n\n".to_vec()),
-    );
+    all_got(&outcomes, &Outcome::Broken(200, FIRST_EVENT_DATA.to_vec()));
     no_flight_left(&gateway, &upstream).await;
+}
+
+/// The bytes an upstream sent just before it broke reach every client
+/// before the abnormal end, though they came in the read that found the
+/// break: the head and events the server still held unwritten are not
+/// dropped with the connection (HTTP/1.1) or the stream (HTTP/2). The
+/// gateway runs on two workers here, as it does in production: on one, the
+/// server's tasks take turns in an order that hides the loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_closing_just_after_its_last_bytes_loses_none_of_them() {
+    for events in [3, 0] {
+        let upstream = Faulty::start(Fault::CloseAfterEvents(events)).await;
+        let gateway = Gateway::start(&route(&upstream.url())).await;
+        let sent = FIRST_EVENT_DATA.repeat(events);
+        for _ in 0..3 {
+            let outcomes = herd(&gateway, &upstream).await;
+            all_got(&outcomes, &Outcome::Broken(200, sent.clone()));
+            for (version, client) in [("HTTP/1.1", http1()), ("HTTP/2", http2())] {
+                let mut request = post(&gateway.url(PATH), BODY);
+                request
+                    .headers_mut()
+                    .insert("x-chorus-coalesce", "off".parse().unwrap());
+                let response = send_released(&upstream, &client, request).await;
+                let (_, outcome) = outcome(response).await;
+                assert_eq!(outcome, Outcome::Broken(200, sent.clone()), "{version}");
+            }
+        }
+        no_flight_left(&gateway, &upstream).await;
+    }
 }
 
 /// A `101` to a request that did not ask to upgrade, a status outside

@@ -24,17 +24,17 @@ use crate::support::*;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
+pub const HEADERS: u8 = 0x1;
+pub const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
 const CONTINUATION: u8 = 0x9;
-const END_STREAM: u8 = 0x1;
+pub const END_STREAM: u8 = 0x1;
 const ACK: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
+pub const END_HEADERS: u8 = 0x4;
 
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let length = u32::try_from(payload.len()).unwrap();
     assert!(length < 1 << 24);
     let mut frame = length.to_be_bytes()[1..].to_vec();
@@ -71,21 +71,26 @@ fn literal(name: &str, value: &[u8], out: &mut Vec<u8>) {
 
 /// The header block of `GET path` on `http`, authority `a`.
 fn get_block(path: &str) -> Vec<u8> {
+    request_block(path.as_bytes(), b"a")
+}
+
+/// The header block of `GET path` on `http` at `authority`, whatever their bytes.
+pub fn request_block(path: &[u8], authority: &[u8]) -> Vec<u8> {
     // :method GET (static 2), :scheme http (static 6).
     let mut block = vec![0x82, 0x86];
     // :path, literal without indexing with static name 4.
     block.push(0x04);
     hpack_int(0, 7, path.len(), &mut block);
-    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(path);
     // :authority, literal without indexing with static name 1.
     block.push(0x01);
-    hpack_int(0, 7, 1, &mut block);
-    block.push(b'a');
+    hpack_int(0, 7, authority.len(), &mut block);
+    block.extend_from_slice(authority);
     block
 }
 
 /// A raw HTTP/2 connection: preface and an empty SETTINGS already sent.
-async fn raw_h2(gateway: &Gateway) -> TcpStream {
+pub async fn raw_h2(gateway: &Gateway) -> TcpStream {
     let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
     let mut hello = PREFACE.to_vec();
     hello.extend(frame(SETTINGS, 0, 0, &[]));
@@ -95,8 +100,8 @@ async fn raw_h2(gateway: &Gateway) -> TcpStream {
 
 /// What came back on a raw connection: frame types and GOAWAY codes seen.
 #[derive(Debug, Default)]
-struct Received {
-    frames: Vec<(u8, u32)>,
+pub struct Received {
+    pub frames: Vec<(u8, u32)>,
     goaway: Option<u32>,
     closed: bool,
 }
@@ -109,6 +114,15 @@ impl Received {
 
 /// Reads frames until the peer closes or `wait` passes, answering pings.
 async fn read_frames(stream: &mut TcpStream, wait: Duration) -> Received {
+    read_frames_until(stream, wait, |_| false).await
+}
+
+/// Reads frames as [`read_frames`] does, or until `enough` says so.
+pub async fn read_frames_until(
+    stream: &mut TcpStream,
+    wait: Duration,
+    enough: impl Fn(&Received) -> bool,
+) -> Received {
     let mut received = Received::default();
     let mut buf = Vec::new();
     let deadline = Instant::now() + wait;
@@ -129,6 +143,9 @@ async fn read_frames(stream: &mut TcpStream, wait: Duration) -> Received {
             }
             received.frames.push((kind, stream_id));
             buf.drain(..9 + length);
+        }
+        if enough(&received) {
+            return received;
         }
         let mut chunk = [0u8; 16384];
         match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {

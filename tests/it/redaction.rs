@@ -1,8 +1,10 @@
 //! Nothing that does not belong: the gateway's logs, at trace level for
 //! every target, and its metrics never carry request bodies, prompts,
 //! queries, or the values of `authorization`, `x-api-key`, `api-key` or
-//! `cookie`, whatever happens to the request; a flight's key is logged as a
-//! short hash prefix only; the admin listener defaults to loopback.
+//! `cookie`, whatever happens to the request (HTTP/2 heads that `h2`
+//! refuses included); a flight's key is logged as a short hash prefix only;
+//! a refused HTTP/1.1 head is logged as sent, not as the placeholder hyper
+//! read; the admin listener defaults to loopback.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -12,9 +14,12 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use serde_json::json;
+use tokio::io::AsyncWriteExt;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
 
 use crate::attack::*;
+use crate::h2_abuse;
 use crate::support::*;
 
 /// Markers that must never be logged or exported.
@@ -89,12 +94,15 @@ async fn exercise(client: &HttpClient, request: Request<Full<Bytes>>) -> u16 {
 async fn logs_at_trace_level_and_metrics_carry_no_secrets() {
     // A subscriber for this test's thread only: the gateway's tasks run on
     // it (a current-thread runtime), other tests' do not.
+    // Everything at trace level, but what the binary holds back too.
     let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(captured.clone())
-        .finish();
+    let subscriber = tracing_subscriber::registry()
+        .with(chorus::logging::dependency_cap())
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(captured.clone()),
+        );
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let upstream = Upstream::start().await;
@@ -166,6 +174,33 @@ async fn logs_at_trace_level_and_metrics_carry_no_secrets() {
         "POST {path} HTTP/1.1\r\nHost: a\r\nX-Api-Key: {X_API_KEY}\r\nBad Header: {PROMPT}\r\n\r\n"
     );
     exchange(gateway.addr, malformed.as_bytes(), PATIENCE).await;
+    // HTTP/2 heads refused before the gateway sees them, by `h2`, whose
+    // own lines would print a path's query and an authority's user
+    // information; then one it answers, which comes after both.
+    let mut raw = h2_abuse::raw_h2(&gateway).await;
+    let mut wire = Vec::new();
+    let bad_path = format!("{path}?key={QUERY}\x7f");
+    let bad_authority = format!("{X_API_KEY}@a\x7f");
+    for (stream, block) in [
+        (1, h2_abuse::request_block(bad_path.as_bytes(), b"a")),
+        (3, h2_abuse::request_block(b"/", bad_authority.as_bytes())),
+        (5, h2_abuse::request_block(b"/", b"a")),
+    ] {
+        let flags = h2_abuse::END_HEADERS | h2_abuse::END_STREAM;
+        wire.extend(h2_abuse::frame(h2_abuse::HEADERS, flags, stream, &block));
+    }
+    raw.write_all(&wire).await.unwrap();
+    let answered = h2_abuse::read_frames_until(&mut raw, PATIENCE, |received| {
+        received.frames.contains(&(h2_abuse::HEADERS, 5))
+    })
+    .await;
+    assert!(
+        answered.frames.contains(&(h2_abuse::RST_STREAM, 1))
+            && answered.frames.contains(&(h2_abuse::RST_STREAM, 3))
+            && answered.frames.contains(&(h2_abuse::HEADERS, 5)),
+        "{answered:?}"
+    );
+    drop(raw);
     let leaving = secret_request(&gateway, path, json!({"tokens": 50, "interval_ms": 50}));
     let response = send(&h1, leaving).await;
     drop(response);
@@ -180,6 +215,14 @@ async fn logs_at_trace_level_and_metrics_carry_no_secrets() {
     assert!(
         logs.lines().filter(|line| line.contains("request")).count() >= 10,
         "the capture saw too little:\n{logs}"
+    );
+    // A refused head is logged with its own method and path (hyper read a
+    // placeholder in its place), its query left out as always.
+    let refused = format!("route=\"\" method=POST path=\"{path}\" status=400");
+    assert_eq!(
+        logs.lines().filter(|line| line.contains(&refused)).count(),
+        2,
+        "the two refused heads, as sent:\n{logs}"
     );
     for marker in MARKERS {
         let leaked: Vec<&str> = logs.lines().filter(|line| line.contains(marker)).collect();
