@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{self, Metrics};
+use crate::server::AcceptErrors;
 
 /// What the admin endpoints report on.
 pub struct Admin {
@@ -28,13 +29,17 @@ pub struct Admin {
 
 /// Serves the admin endpoints until `stop`.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
+    let mut accept_errors = AcceptErrors::new("admin");
     loop {
         let stream = tokio::select! {
             () = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => {
+                    accept_errors.accepted();
+                    stream
+                }
                 Err(error) => {
-                    tracing::debug!(%error, "admin accept failed");
+                    accept_errors.failed(&error).await;
                     continue;
                 }
             },

@@ -62,6 +62,9 @@ enum Progress {
     Broken,
     /// The client took nothing for `send_timeout` and was counted out.
     Stalled,
+    /// The client was too far behind when the gateway ran short of buffer
+    /// space (`max_buffered_bytes`), and was cut.
+    Lagged,
     /// Still going when the drain ended (`shutdown_grace` ran out, or a
     /// second signal came), and cut.
     Cut,
@@ -217,6 +220,7 @@ impl Drop for AccessLog {
             Progress::Complete => "complete",
             Progress::Broken => "upstream broke mid-body",
             Progress::Stalled => "client took nothing for send_timeout",
+            Progress::Lagged => "client too far behind with buffers full",
             Progress::Cut => "cut at shutdown",
         };
         tracing::info!(
@@ -315,6 +319,7 @@ impl Body for ResponseBody {
                 }
             }
             Poll::Ready(Some(Err(BodyError::Stalled(_)))) => this.log.end(Progress::Stalled),
+            Poll::Ready(Some(Err(BodyError::Lagged))) => this.log.end(Progress::Lagged),
             Poll::Ready(Some(Err(BodyError::Shutdown))) => this.log.end(Progress::Cut),
             Poll::Ready(Some(Err(_))) => this.log.end(Progress::Broken),
             Poll::Ready(None) => this.log.end(Progress::Complete),

@@ -141,6 +141,7 @@ pub async fn serve(
     });
     let connections = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
+    let mut accept_errors = AcceptErrors::new("gateway");
 
     loop {
         let permit = tokio::select! {
@@ -153,9 +154,12 @@ pub async fn serve(
         let (stream, peer) = tokio::select! {
             () = drain.cancelled() => break,
             accepted = listener.tcp.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    accept_errors.accepted();
+                    accepted
+                }
                 Err(error) => {
-                    accept_failed(&error).await;
+                    accept_errors.failed(&error).await;
                     continue;
                 }
             },
@@ -516,16 +520,46 @@ where
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Handles an accept error: the peer's own failures are skipped, anything
-/// else (EMFILE, ENOBUFS) is logged and waited out.
-async fn accept_failed(error: &io::Error) {
-    match error.kind() {
-        io::ErrorKind::ConnectionAborted
-        | io::ErrorKind::ConnectionReset
-        | io::ErrorKind::ConnectionRefused => {}
-        _ => {
-            tracing::warn!(%error, "accept failed; pausing");
-            tokio::time::sleep(ACCEPT_BACKOFF).await;
+/// What a listener does when `accept` fails: the peer's own failures are
+/// skipped; anything else (EMFILE, ENOBUFS) is waited out, [`ACCEPT_BACKOFF`]
+/// at a time (retried at once, it would spin: the connection stays queued),
+/// and logged when it starts and when it ends, not at every retry.
+pub(crate) struct AcceptErrors {
+    listener: &'static str,
+    failing: bool,
+}
+
+impl AcceptErrors {
+    pub(crate) fn new(listener: &'static str) -> Self {
+        Self {
+            listener,
+            failing: false,
+        }
+    }
+
+    pub(crate) async fn failed(&mut self, error: &io::Error) {
+        match error.kind() {
+            io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused => {}
+            _ => {
+                if !self.failing {
+                    self.failing = true;
+                    tracing::warn!(
+                        listener = self.listener,
+                        %error,
+                        "accept failed; retrying every 50 ms until it works"
+                    );
+                }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+
+    pub(crate) fn accepted(&mut self) {
+        if self.failing {
+            self.failing = false;
+            tracing::info!(listener = self.listener, "accepting again");
         }
     }
 }

@@ -140,6 +140,8 @@ enum Place {
     Reading { next: usize, checked: usize },
     /// Counted out for taking nothing for a whole `send_timeout`.
     Stalled,
+    /// Counted out when the flight shed the chunks it had yet to read.
+    Cut,
 }
 
 impl Flight {
@@ -358,14 +360,38 @@ impl Flight {
     /// more joiners and keeps only what its subscribers have not read, and
     /// at most `max_replay_bytes` of that; a subscriber further behind is cut
     /// (its body ends abnormally with [`BodyError::Lagged`]).
+    ///
+    /// A cut subscriber is counted out at once, not when its body is next
+    /// polled: a client that reads nothing is never polled, and the
+    /// upstream would be read for it (and paid for) until `send_timeout`.
     pub(crate) fn shed(&self) {
         let mut state = self.state();
         state.joinable = false;
         let cut = state.log.cut(self.settings.max_replay_bytes);
         let released = cut + state.release();
+        let first = state.log.first();
+        let mut counted_out = 0;
+        for place in &mut state.places {
+            if matches!(place, Place::Reading { next, .. } if *next < first) {
+                *place = Place::Cut;
+                counted_out += 1;
+            }
+        }
+        state.subscribers -= counted_out;
+        let deserted = counted_out > 0 && state.subscribers == 0;
+        if deserted {
+            state.deserted_since = Some(Instant::now());
+        }
         // Cut subscribers waiting for a wake-up learn of it now.
         self.wake(state);
         self.settings.buffered.dec_by(released as i64);
+        self.settings
+            .metrics
+            .subscribers_active
+            .dec_by(counted_out as i64);
+        if deserted {
+            self.deserted.notify_one();
+        }
     }
 
     /// Takes no more joiners (the linger is over).
@@ -587,7 +613,7 @@ impl Drop for Subscriber {
                 .get_mut(self.slot)
                 .map(|place| std::mem::replace(place, Place::Free))
         };
-        if matches!(place, Some(Place::Stalled)) {
+        if matches!(place, Some(Place::Stalled | Place::Cut)) {
             // Counted out already.
             return;
         }

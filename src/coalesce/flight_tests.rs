@@ -320,10 +320,14 @@ async fn shedding_keeps_what_readers_need_up_to_max_replay_bytes_and_cuts_the_re
     );
 
     // Over the gateway's budget: the stalled reader is 30 bytes behind, more
-    // than the 10 kept; it is cut, and what the other read is released.
+    // than the 10 kept; it is cut (and counted out before it is polled
+    // again), and what the other read is released.
+    let active = metrics.route("test").subscribers_active.clone();
+    assert_eq!(active.get(), 2);
     flight.shed();
     assert!(flight.join().is_none());
     assert_eq!(metrics.buffered_bytes.get(), 0);
+    assert_eq!(active.get(), 1);
     assert!(matches!(
         stalled.frame().await,
         Some(Err(BodyError::Lagged))
@@ -338,6 +342,30 @@ async fn shedding_keeps_what_readers_need_up_to_max_replay_bytes_and_cuts_the_re
     drop((eager, stalled));
     drop(flight);
     assert_eq!(metrics.buffered_bytes.get(), 0);
+    assert_eq!(active.get(), 0);
+}
+
+/// A flight whose only subscriber was cut by shedding is deserted at once
+/// (it takes no joiners, so no grace): its upstream is not read on for a
+/// client that reads nothing and will never be polled again.
+#[tokio::test]
+async fn a_flight_whose_last_subscriber_was_cut_is_deserted_at_once() {
+    let metrics = Metrics::new();
+    let (flight, stalled) = Flight::lead(key(), settings(&metrics, 10, 10));
+    flight.set_head(ok_head());
+    for chunk in [&b"0123456789"[..], b"abcdefghij"] {
+        flight.append(Bytes::from_static(chunk), false);
+    }
+    flight.shed();
+    assert_eq!(metrics.route("test").subscribers_active.get(), 0);
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        flight.deserted(Duration::from_secs(60)),
+    )
+    .await
+    .expect("a flight with nobody left to read it was not deserted");
+    drop(stalled);
+    assert_eq!(metrics.route("test").subscribers_active.get(), 0);
 }
 
 /// Settings whose `send_timeout` is one second.

@@ -121,6 +121,11 @@ impl Log {
         Some(len)
     }
 
+    /// The index of the oldest chunk held: readers before it were cut.
+    pub(super) fn first(&self) -> usize {
+        self.first
+    }
+
     /// Whether a reader whose next chunk is `next` was cut by [`Log::cut`].
     pub(super) fn was_cut(&self, next: usize) -> bool {
         next < self.first

@@ -653,6 +653,90 @@ async fn the_open_files_limit_is_raised_to_the_hard_one() {
     }
 }
 
+/// CPU seconds a process has used, from /proc.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command's closing parenthesis; utime and stime are
+    // the 14th and 15th of the whole line, in clock ticks (100 a second).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+/// Out of file descriptors, each listener waits the spell out, 50 ms at a
+/// time, with one warning when it starts and a line when it ends: retried
+/// at once, `accept` fails at once (the connection stays queued), and the
+/// admin listener did just that, on a whole core, for as long as a probe
+/// waited. Both serve again once descriptors are free.
+#[tokio::test]
+async fn out_of_file_descriptors_the_listeners_wait_rather_than_spin() {
+    let nothing = closed_port().await;
+    let dir = Dir::new();
+    let config = dir.file("fds.toml", &good_config(&format!("http://{nothing}"), "1s"));
+    let script = "ulimit -n 64 && exec \"$0\" \"$@\"";
+    let mut running = Running::spawn(Command::new("sh").args([
+        "-c",
+        script,
+        CHORUS,
+        "--config",
+        config.to_str().unwrap(),
+        "--log-format",
+        "json",
+    ]));
+    let ready = running.wait_log("chorus is ready").await;
+    let (listen, admin) = (addr(&ready, "listen"), addr(&ready, "admin"));
+    let pid = running.child.id().unwrap().to_string();
+
+    // More connections than the process can take: the rest wait queued.
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        held.push(TcpStream::connect(listen).await.unwrap());
+    }
+    let failing = "accept failed; retrying every 50 ms until it works";
+    let mut probe = None;
+    for listener in ["gateway", "admin"] {
+        running
+            .wait_line(|line| {
+                let log: Value = serde_json::from_str(line).ok()?;
+                (log["fields"]["message"] == failing && log["fields"]["listener"] == listener)
+                    .then_some(())
+            })
+            .await;
+        // Out of descriptors now: the admin listener's turn.
+        probe.get_or_insert(TcpStream::connect(admin).await.unwrap());
+    }
+    let mut probe = probe.unwrap();
+    let before = cpu_seconds(&pid);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let spent = cpu_seconds(&pid) - before;
+    assert!(spent < 0.5, "{spent} CPU-s in 1 s out of descriptors");
+
+    drop(held);
+    probe
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (closed, answer) = read_to_close(&mut probe, Instant::now() + PATIENCE).await;
+    assert!(closed, "the admin listener never answered");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let response = get(&format!("http://{listen}/v1/models")).await;
+    assert_eq!(response.status(), 502);
+    let output = running.output();
+    assert_eq!(output.matches(failing).count(), 2, "{output}");
+    assert_eq!(output.matches("accepting again").count(), 2, "{output}");
+    running.terminate();
+    assert_eq!(running.exit().await.code(), Some(0));
+}
+
 /// jemalloc gives freed memory back from its background thread, so that an
 /// idle gateway does not keep what a burst took (README, Allocator).
 #[tokio::test]
