@@ -30,9 +30,10 @@
 //! hyper does. A head reaches hyper only once it is whole and judged: most
 //! arrive whole in one read and pass as read, unchanged and uncopied; one in
 //! parts is held back until it ends. A refused head never reaches hyper: a
-//! placeholder request takes its place, marked [`Suspect`] with the reason,
-//! which the handler answers (400, 414 or 431) before closing the
-//! connection; nothing after it is read. Where the reading meets something
+//! placeholder request takes its place, marked [`Refused`] with the reason
+//! (and the head's method and path, for the access log), which the handler
+//! answers (400, 414 or 431) before closing the connection; nothing after
+//! it is read. Where the reading meets something
 //! hyper handles itself (a bad chunk size: the handler sees a body error) or
 //! does not follow (HTTP/2's preface), it stops and leaves the rest to
 //! hyper: it never guesses. Requests are matched to heads by their order on
