@@ -5,18 +5,20 @@
 //! hyper closes an HTTP/1.1 connection without the last chunk, h2 resets an
 //! HTTP/2 stream. Either drops what the server still holds unwritten of the
 //! response: the bytes the body gave just before the break (often read from
-//! the upstream together with it), even the head. So a break waits until
-//! the connection has completed a flush since the body last gave bytes:
+//! the upstream together with it), even the head. So a break waits for the
+//! connection's flushes that complete after the body last gave bytes:
 //! - HTTP/1.1: one. hyper flushes its I/O only once its own buffer is
 //!   written out, and it took the bytes into that buffer as they were given.
-//! - HTTP/2: two. h2's connection task writes the frames queued when it
-//!   looked, then flushes; a flush that completes after the body's frames
-//!   were queued may be of a round that began before, but the next one is
-//!   of a round that found them. It comes only if there is more to write,
-//!   so after the first the wait is [`SETTLE`] at most.
+//! - HTTP/2: until the connection's writes settle, no flush completing for
+//!   [`SETTLE`] after at least one has. h2 writes a stream's queued frames
+//!   in rounds, as flow-control windows and the other streams allow,
+//!   flushing after each; the first flush may even be of a round begun
+//!   before the body's frames were queued.
 //!
-//! And [`HOLD`] at most in all: a client that reads nothing would never let
-//! the flush complete.
+//! And [`HOLD`] at most in all: a client that stops reading would never let
+//! the flush complete. (One that reads nothing at all is not even polled
+//! for its break: `send_timeout` drops it.)
+
 use std::future::Future;
 use std::io;
 use std::mem;
@@ -31,7 +33,8 @@ use tokio::time::Sleep;
 
 /// The longest a break waits for the bytes before it to be written.
 pub const HOLD: Duration = Duration::from_secs(5);
-/// The longest an HTTP/2 break waits for a second flush after the first.
+/// An HTTP/2 connection's writes have settled once no flush has completed
+/// for this long.
 pub const SETTLE: Duration = Duration::from_millis(50);
 
 /// The completed flushes of one client connection.
@@ -134,11 +137,13 @@ pub struct Written {
     /// The count of flushes when the body last gave bytes, or was first
     /// polled: the server has its head by then.
     since: Option<u64>,
-    /// Flushes a break waits for: 1 on HTTP/1.1, 2 on HTTP/2.
-    rounds: u64,
-    /// Started by the first wait: [`HOLD`], or [`SETTLE`] after a flush.
-    deadline: Option<Pin<Box<Sleep>>>,
-    settling: bool,
+    http1: bool,
+    /// HTTP/2: the count of flushes last seen while waiting.
+    seen: u64,
+    /// Started by the first wait: [`HOLD`].
+    hold: Option<Pin<Box<Sleep>>>,
+    /// HTTP/2: [`SETTLE`] after the last flush seen.
+    settle: Option<Pin<Box<Sleep>>>,
 }
 
 impl Written {
@@ -148,9 +153,10 @@ impl Written {
         Self {
             flushes: Arc::clone(flushes),
             since: None,
-            rounds: if http1 { 1 } else { 2 },
-            deadline: None,
-            settling: false,
+            http1,
+            seen: 0,
+            hold: None,
+            settle: None,
         }
     }
 
@@ -166,30 +172,38 @@ impl Written {
         self.since = Some(self.flushes.count());
     }
 
-    /// Ready once the flushes that write what the body gave have completed,
-    /// or the wait is over.
+    /// Ready once what the body gave is written (see the module's doc), or
+    /// [`HOLD`] after the first wait began.
     pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let since = *self.since.get_or_insert(self.flushes.count());
         loop {
-            let flushed = self.flushes.count().wrapping_sub(since);
-            if flushed >= self.rounds {
-                return Poll::Ready(());
-            }
-            let deadline = self
-                .deadline
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(HOLD)));
-            if flushed > 0 && !self.settling {
-                self.settling = true;
-                let settled = tokio::time::Instant::now() + SETTLE;
-                if settled < deadline.deadline() {
-                    deadline.as_mut().reset(settled);
+            let count = self.flushes.count();
+            if count != since {
+                if self.http1 {
+                    return Poll::Ready(());
+                }
+                if self.settle.is_none() || count != self.seen {
+                    self.seen = count;
+                    let settled = tokio::time::Instant::now() + SETTLE;
+                    match &mut self.settle {
+                        Some(settle) => settle.as_mut().reset(settled),
+                        None => self.settle = Some(Box::pin(tokio::time::sleep_until(settled))),
+                    }
                 }
             }
-            if deadline.as_mut().poll(cx).is_ready() {
+            let hold = self
+                .hold
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(HOLD)));
+            if hold.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            if let Some(settle) = &mut self.settle
+                && settle.as_mut().poll(cx).is_ready()
+            {
                 return Poll::Ready(());
             }
             self.flushes.wait(cx.waker());
-            if self.flushes.count().wrapping_sub(since) == flushed {
+            if self.flushes.count() == count {
                 return Poll::Pending;
             }
             // A flush completed meanwhile: look again.
@@ -207,7 +221,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_break_waits_for_one_flush_on_http1_and_two_or_a_settle_on_http2() {
+    async fn a_break_waits_for_one_flush_on_http1_and_for_writes_to_settle_on_http2() {
         let flushes = Arc::new(Flushes::default());
         let mut io = Counted::new(tokio::io::sink(), Arc::clone(&flushes));
         let (mut http1, mut http2) = (Written::new(&flushes, true), Written::new(&flushes, false));
@@ -222,15 +236,21 @@ mod tests {
         }
         io.flush().await.unwrap();
         assert!(poll(&mut http1).is_ready());
+        // HTTP/2: each flush within SETTLE of the last one keeps it waiting.
+        for _ in 0..5 {
+            assert!(poll(&mut http2).is_pending());
+            tokio::time::advance(SETTLE / 2).await;
+            io.flush().await.unwrap();
+        }
         assert!(poll(&mut http2).is_pending());
         tokio::time::advance(SETTLE).await;
         assert!(poll(&mut http2).is_ready());
 
-        let mut again = Written::new(&flushes, false);
-        again.polled();
-        io.flush().await.unwrap();
-        io.flush().await.unwrap();
-        assert!(poll(&mut again).is_ready());
+        // No flush at all: it waits.
+        let mut unflushed = Written::new(&flushes, false);
+        unflushed.polled();
+        tokio::time::advance(SETTLE * 2).await;
+        assert!(poll(&mut unflushed).is_pending());
     }
 
     #[tokio::test(start_paused = true)]

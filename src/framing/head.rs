@@ -36,8 +36,17 @@ pub(super) fn read_head(head: &[u8]) -> Judged {
     // hyper reads the target as an `http::Uri` (and a name as a `HeaderName`,
     // which is at most 64 KiB). Parsing one copies it: a plain path is
     // known good without.
-    if !is_plain_path(target.as_bytes()) && http::Uri::try_from(target).is_err() {
-        return Judged::Refused(Suspect::Malformed("the request target is not a valid URI"));
+    if !is_plain_path(target.as_bytes()) {
+        // httparse takes UTF-8 in a target, and hyper would pass it on raw;
+        // RFC 9112's request target is ASCII (as HTTP/2's is to chorus).
+        if !target.bytes().all(|byte| byte.is_ascii_graphic()) {
+            return Judged::Refused(Suspect::Malformed(
+                "the request target has bytes other than visible ASCII",
+            ));
+        }
+        if http::Uri::try_from(target).is_err() {
+            return Judged::Refused(Suspect::Malformed("the request target is not a valid URI"));
+        }
     }
     if memchr::memchr_iter(b'\n', head).any(|at| at == 0 || head[at - 1] != b'\r') {
         return Judged::Refused(Suspect::Malformed(

@@ -43,6 +43,9 @@ enum Fault {
     /// Sends the head, this many events and its close at once when
     /// released: an upstream that dies just after writing.
     CloseAfterEvents(usize),
+    /// As `CloseAfterEvents`, with three chunks of [`LARGE_CHUNK`] bytes:
+    /// more than an HTTP/2 stream's first window.
+    CloseAfterLargeChunks,
     /// Answers the first request on each connection in full, keeping the
     /// connection alive, and closes it when the next request arrives on it.
     CloseOnReuse,
@@ -165,6 +168,7 @@ const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n
     transfer-encoding: chunked\r\n\r\n";
 const FIRST_EVENT: &[u8] = b"15\r\ndata: first event!!\n\n\r\n";
 const FIRST_EVENT_DATA: &[u8] = b"data: first event!!\n\n";
+const LARGE_CHUNK: usize = 300_000;
 const ANSWER: &[u8] =
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
 
@@ -223,6 +227,17 @@ async fn serve(
                 let mut wire = SSE_HEAD.to_vec();
                 for _ in 0..events {
                     wire.extend_from_slice(FIRST_EVENT);
+                }
+                let _ = stream.write_all(&wire).await;
+                return;
+            }
+            Fault::CloseAfterLargeChunks => {
+                released.await;
+                let mut wire = SSE_HEAD.to_vec();
+                for _ in 0..3 {
+                    wire.extend_from_slice(format!("{LARGE_CHUNK:x}\r\n").as_bytes());
+                    wire.extend_from_slice(&[b'a'; LARGE_CHUNK]);
+                    wire.extend_from_slice(b"\r\n");
                 }
                 let _ = stream.write_all(&wire).await;
                 return;
@@ -455,10 +470,13 @@ async fn a_malformed_response_body_ends_every_subscriber_abnormally() {
 /// server's tasks take turns in an order that hides the loss.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_closing_just_after_its_last_bytes_loses_none_of_them() {
-    for events in [3, 0] {
-        let upstream = Faulty::start(Fault::CloseAfterEvents(events)).await;
+    for (fault, sent) in [
+        (Fault::CloseAfterEvents(3), FIRST_EVENT_DATA.repeat(3)),
+        (Fault::CloseAfterEvents(0), Vec::new()),
+        (Fault::CloseAfterLargeChunks, vec![b'a'; 3 * LARGE_CHUNK]),
+    ] {
+        let upstream = Faulty::start(fault).await;
         let gateway = Gateway::start(&route(&upstream.url())).await;
-        let sent = FIRST_EVENT_DATA.repeat(events);
         for _ in 0..3 {
             let outcomes = herd(&gateway, &upstream).await;
             all_got(&outcomes, &Outcome::Broken(200, sent.clone()));

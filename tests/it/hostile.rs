@@ -86,6 +86,7 @@ fn refused() -> Vec<(&'static str, Vec<u8>)> {
         ("HTTP/9.9", b"GET /a HTTP/9.9\r\nHost: a\r\n\r\n".to_vec()),
         ("space in the target", b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n".to_vec()),
         ("NUL in the target", b"GET /a\0b HTTP/1.1\r\nHost: a\r\n\r\n".to_vec()),
+        ("UTF-8 in the target", b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n".to_vec()),
         // Host: RFC 9112 section 3.2 asks for exactly one.
         ("two Host lines", b"GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec()),
         ("no Host", b"GET /a HTTP/1.1\r\nX: y\r\n\r\n".to_vec()),
