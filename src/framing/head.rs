@@ -126,6 +126,7 @@ pub(super) fn request_line(head: &[u8]) -> (Option<http::Method>, Option<Box<str
             _ => {
                 return http::Uri::try_from(target)
                     .ok()
+                    .filter(|uri| uri.scheme().is_some())
                     .map(|uri| uri.path().into());
             }
         };
@@ -257,6 +258,7 @@ mod tests {
         assert_eq!(line(b"GET /a#b HTTP/1.1\r\n"), both("GET", "/a"));
         assert_eq!(line(b"GET http://h/b?q=1 HTTP/1.1\r\n"), both("GET", "/b"));
         assert_eq!(line(b"BREW /pot"), both("BREW", "/pot"));
+        assert_eq!(line(b"HELLO SOME WORLD"), (Some("HELLO".to_owned()), None));
         assert_eq!(
             line(b"GET /a\x7fb HTTP/1.1\r\n"),
             (Some("GET".to_owned()), None)
