@@ -177,6 +177,13 @@ impl Written {
     pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let since = *self.since.get_or_insert(self.flushes.count());
         loop {
+            // Settled is settled: the resets that other streams' breaks
+            // then write must not make each wait for the one before.
+            if let Some(settle) = &self.settle
+                && settle.deadline() <= tokio::time::Instant::now()
+            {
+                return Poll::Ready(());
+            }
             let count = self.flushes.count();
             if count != since {
                 if self.http1 {
@@ -245,6 +252,19 @@ mod tests {
         assert!(poll(&mut http2).is_pending());
         tokio::time::advance(SETTLE).await;
         assert!(poll(&mut http2).is_ready());
+
+        // Two breaks on one connection settle together, though the first's
+        // reset is written (a flush) before the second is polled.
+        let (mut first, mut second) =
+            (Written::new(&flushes, false), Written::new(&flushes, false));
+        first.polled();
+        second.polled();
+        io.flush().await.unwrap();
+        assert!(poll(&mut first).is_pending() && poll(&mut second).is_pending());
+        tokio::time::advance(SETTLE).await;
+        assert!(poll(&mut first).is_ready());
+        io.flush().await.unwrap();
+        assert!(poll(&mut second).is_ready());
 
         // No flush at all: it waits.
         let mut unflushed = Written::new(&flushes, false);
