@@ -162,9 +162,37 @@ pub fn to_downstream(headers: &mut HeaderMap) {
         // Tell every proxy in front of us not to buffer, and let the stream
         // be delimited by the connection rather than a length.
         headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        add_no_cache(headers);
         headers.remove(CONTENT_LENGTH);
     }
+}
+
+/// Makes `Cache-Control` say `no-cache`, keeping what else the upstream
+/// asked for: `no-transform` keeps compressing proxies from holding the
+/// stream back, `no-store` and `private` keep shared caches from keeping it.
+fn add_no_cache(headers: &mut HeaderMap) {
+    let mut directives: Vec<&[u8]> = headers
+        .get_all(CACHE_CONTROL)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|directive| !directive.is_empty())
+        .collect();
+    if directives.is_empty() {
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        return;
+    }
+    if !directives
+        .iter()
+        .any(|directive| directive.eq_ignore_ascii_case(b"no-cache"))
+    {
+        directives.push(b"no-cache");
+    }
+    // Joined with ", " again, a quoted comma comes back as it was.
+    let joined = directives.join(&b", "[..]);
+    let value =
+        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| HeaderValue::from_static("no-cache"));
+    headers.insert(CACHE_CONTROL, value);
 }
 
 /// Whether the media type is `text/event-stream`.
@@ -341,9 +369,32 @@ mod tests {
         ]);
         to_downstream(&mut headers);
         assert_eq!(headers["x-accel-buffering"], "no");
-        assert_eq!(headers["cache-control"], "no-cache");
+        assert_eq!(headers["cache-control"], "private, no-cache");
         assert!(headers.get("content-length").is_none());
         assert!(headers.get("transfer-encoding").is_none());
+    }
+
+    #[test]
+    fn an_event_stream_keeps_its_cache_directives_beside_no_cache() {
+        for (upstream, sent) in [
+            (&[][..], "no-cache"),
+            (&["no-cache"][..], "no-cache"),
+            (&["No-Cache, no-transform"][..], "No-Cache, no-transform"),
+            (&["no-store"][..], "no-store, no-cache"),
+            (
+                &["private, no-store", "no-transform"][..],
+                "private, no-store, no-transform, no-cache",
+            ),
+            (&["no-cache=\"a, b\""][..], "no-cache=\"a, b\", no-cache"),
+        ] {
+            let mut headers = map(&[("content-type", "text/event-stream")]);
+            for value in upstream {
+                headers.append("cache-control", value.parse().unwrap());
+            }
+            to_downstream(&mut headers);
+            let values: Vec<_> = headers.get_all("cache-control").iter().collect();
+            assert_eq!(values, [sent], "{upstream:?}");
+        }
     }
 
     #[test]

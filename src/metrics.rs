@@ -50,6 +50,7 @@ pub struct Metrics {
     responses: Family<StatusLabels, Counter>,
     upstream_requests: Family<RouteLabel, Counter>,
     upstream_cancelled: Family<RouteLabel, Counter>,
+    upstream_broken: Family<RouteLabel, Counter>,
     flights_active: Family<RouteLabel, Gauge>,
     subscribers_active: Family<RouteLabel, Gauge>,
     replayed_bytes: Family<RouteLabel, Counter>,
@@ -82,6 +83,9 @@ pub struct RouteSeries {
     pub upstream_requests: Counter,
     /// Upstream requests closed because nobody was left to read them.
     pub upstream_cancelled: Counter,
+    /// Upstream response bodies that stopped short: their connection broke,
+    /// or they were silent past `idle_timeout`.
+    pub upstream_broken: Counter,
     /// Flights whose upstream request is still running.
     pub flights_active: Gauge,
     /// Clients subscribed to a flight now.
@@ -121,6 +125,7 @@ impl Metrics {
         let responses = Family::<StatusLabels, Counter>::default();
         let upstream_requests = Family::<RouteLabel, Counter>::default();
         let upstream_cancelled = Family::<RouteLabel, Counter>::default();
+        let upstream_broken = Family::<RouteLabel, Counter>::default();
         let flights_active = Family::<RouteLabel, Gauge>::default();
         let subscribers_active = Family::<RouteLabel, Gauge>::default();
         let replayed_bytes = Family::<RouteLabel, Counter>::default();
@@ -151,6 +156,11 @@ impl Metrics {
             "chorus_upstream_cancelled",
             "Upstream requests closed because no client was left",
             upstream_cancelled.clone(),
+        );
+        registry.register(
+            "chorus_upstream_broken",
+            "Upstream response bodies that stopped short (connection broke, or silent past idle_timeout)",
+            upstream_broken.clone(),
         );
         registry.register(
             "chorus_flights_active",
@@ -204,6 +214,7 @@ impl Metrics {
             responses,
             upstream_requests,
             upstream_cancelled,
+            upstream_broken,
             flights_active,
             subscribers_active,
             replayed_bytes,
@@ -242,6 +253,7 @@ impl Metrics {
             bypass: role(Role::Bypass),
             upstream_requests: self.upstream_requests.get_or_create_owned(&label),
             upstream_cancelled: self.upstream_cancelled.get_or_create_owned(&label),
+            upstream_broken: self.upstream_broken.get_or_create_owned(&label),
             flights_active: self.flights_active.get_or_create_owned(&label),
             subscribers_active: self.subscribers_active.get_or_create_owned(&label),
             replayed_bytes: self.replayed_bytes.get_or_create_owned(&label),
@@ -267,6 +279,7 @@ impl Metrics {
             }),
             upstream_requests: Counter::default(),
             upstream_cancelled: Counter::default(),
+            upstream_broken: Counter::default(),
             flights_active: Gauge::default(),
             subscribers_active: Gauge::default(),
             replayed_bytes: Counter::default(),

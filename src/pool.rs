@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::HOST;
 use http::uri::{Parts, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use http_body_util::Full;
@@ -67,6 +68,11 @@ pub const MAX_IDLE: usize = 1024;
 /// stream a queued request waits for it to end; RFC 9113 (§6.5.2) asks
 /// every peer to allow at least 100.
 pub const MAX_STREAMS: usize = 100;
+/// The largest response head an HTTP/2 upstream may send (h2's default is
+/// 16 KiB): about what hyper's HTTP/1.1 client reads (its largest read
+/// buffer, 408 KiB), so that a head does not pass over one and fail over
+/// the other.
+const MAX_RESPONSE_HEAD: u32 = 400 * 1024;
 /// How often unused connections are checked for age and for a close by the upstream.
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
 /// A kept connection unused for less than this is not closed by the
@@ -118,9 +124,9 @@ struct Idle {
 /// A connection ready to carry one request.
 enum Checkout {
     Http1(Http1),
-    /// A shared connection, whether it was already open, and the stream
-    /// taken on it.
-    Http2(http2::SendRequest<RequestBody>, bool, Stream),
+    /// A shared connection, the stream taken on it, and for one already
+    /// open, how long it had carried no stream (zero if it carried some).
+    Http2(http2::SendRequest<RequestBody>, Option<Duration>, Stream),
 }
 
 /// An HTTP/2 connection shared by requests.
@@ -264,16 +270,21 @@ impl Pool {
         dispatch: &Dispatch<'_>,
     ) -> Result<(Response<Incoming>, Held), GatewayError> {
         let mut fresh = false;
-        let mut refused_once = false;
+        let mut sent_again = false;
         loop {
             match self.checkout(fresh).await? {
-                Checkout::Http2(mut sender, reused, stream) => {
+                Checkout::Http2(mut sender, unused_for, stream) => {
                     // An HTTP/2 upstream may refuse a stream it did not
-                    // process; the request is kept to be sent again (beside
-                    // a remote TLS round trip, the copy costs nothing).
-                    let again = (!refused_once).then(|| copy(&request));
+                    // process, or close under it; the request is kept to be
+                    // sent again (beside a remote TLS round trip, the copy
+                    // costs nothing).
+                    let again = (!sent_again).then(|| copy(&request));
                     let origin = std::mem::take(request.uri_mut());
                     *request.uri_mut() = self.absolute(&origin);
+                    // `:authority` says it: nginx before 1.29 refuses a
+                    // request that also has `Host` (RFC 9113 §8.3.1).
+                    let host = request.headers_mut().remove(HOST);
+                    let sent_at = Instant::now();
                     dispatch.mark();
                     let mut error = match sender.try_send_request(request).await {
                         Ok(response) => return Ok((response, Held::Http2(stream))),
@@ -282,16 +293,34 @@ impl Pool {
                     match (error.take_message(), again) {
                         // The shared connection closed (a GOAWAY, say) before
                         // the request went out: it goes on a new one.
-                        (Some(mut unsent), _) if reused => {
+                        (Some(mut unsent), _) if unused_for.is_some() => {
                             *unsent.uri_mut() = origin;
+                            if let Some(host) = host {
+                                unsent.headers_mut().insert(HOST, host);
+                            }
                             request = unsent;
                         }
-                        // REFUSED_STREAM: by RFC 9113 (§8.7) the upstream did
-                        // nothing with the request, which goes once more.
-                        (None, Some(again)) if refused(&error) => {
-                            tracing::debug!("the upstream refused a stream; sending it again");
+                        // Refused, or past the last stream of a graceful
+                        // GOAWAY: by RFC 9113 (§8.7) the upstream did nothing
+                        // with the request, which goes once more.
+                        (None, Some(again)) if unprocessed(error.error()) => {
+                            tracing::debug!(error = %error.error(), "the upstream did not process a stream; sending it again");
                             request = again;
-                            refused_once = true;
+                            sent_again = true;
+                        }
+                        // Closed under it, as a kept HTTP/1.1 connection can
+                        // be (below), and sent again on the same terms.
+                        (None, Some(again))
+                            if closed_under(error.error())
+                                && sent_at.elapsed() < CLOSE_RACE
+                                && unused_for.is_some_and(|unused| {
+                                    unused >= CLOSE_AFTER || again.method().is_idempotent()
+                                }) =>
+                        {
+                            tracing::debug!(error = %error.error(), "a kept upstream connection was closed under a stream; sending it again");
+                            request = again;
+                            sent_again = true;
+                            fresh = true;
                         }
                         (_, _) => {
                             return Err(GatewayError::UpstreamFailed(Arc::new(error.into_error())));
@@ -424,9 +453,17 @@ impl Pool {
             .iter_mut()
             .find(|connection| connection.has_room());
         if let Some(connection) = spare {
+            let unused = match connection.streams.load(Ordering::Relaxed) {
+                0 => connection.used.elapsed(),
+                _ => Duration::ZERO,
+            };
             connection.used = Instant::now();
             let stream = Stream::take(&connection.streams);
-            return Some(Checkout::Http2(connection.sender.clone(), true, stream));
+            return Some(Checkout::Http2(
+                connection.sender.clone(),
+                Some(unused),
+                stream,
+            ));
         }
         while let Some((mut connection, since)) = idle.http1.pop_back() {
             let unused = since.elapsed();
@@ -486,6 +523,7 @@ impl Pool {
             // new connections would keep the pages of 6.4 KiB each.
             let handshake = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .max_header_list_size(MAX_RESPONSE_HEAD)
                 .handshake(io);
             let (sender, connection) = Box::pin(handshake).await.map_err(failed)?;
             tokio::spawn(async move {
@@ -506,7 +544,7 @@ impl Pool {
                 });
                 self.keep_swept(&mut idle);
             }
-            return Ok(Checkout::Http2(sender, false, stream));
+            return Ok(Checkout::Http2(sender, None, stream));
         }
         let (sender, connection) = Box::pin(http1::handshake(io)).await.map_err(failed)?;
         // Boxed: awaited in place, the connection took room twice in its
@@ -586,24 +624,39 @@ fn copy(request: &Request<RequestBody>) -> Request<RequestBody> {
 }
 
 /// Whether a request failed because its connection closed or was reset
-/// before any response came: an end of input (hyper's incomplete message)
-/// or a reset.
+/// before any response came: an end of input (hyper's incomplete message,
+/// or TLS's without `close_notify`) or a reset, of the connection or under
+/// an HTTP/2 stream.
 fn closed_under(error: &hyper::Error) -> bool {
-    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
-    let io =
-        std::error::Error::source(error).and_then(|source| source.downcast_ref::<std::io::Error>());
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    let source = std::error::Error::source(error);
+    let io = source
+        .and_then(|source| source.downcast_ref::<std::io::Error>())
+        .or_else(|| h2_error(error).and_then(h2::Error::get_io));
     error.is_incomplete_message()
-        || io
-            .is_some_and(|io| matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted))
+        || io.is_some_and(|io| {
+            matches!(
+                io.kind(),
+                ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof
+            )
+        })
 }
 
-/// Whether the upstream reset a stream with REFUSED_STREAM.
-fn refused(error: &hyper::client::conn::TrySendError<Request<RequestBody>>) -> bool {
-    let h2 = std::error::Error::source(error.error())
-        .and_then(|source| source.downcast_ref::<h2::Error>());
-    h2.is_some_and(|h2| {
-        h2.is_reset() && h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+/// Whether the upstream did not process an HTTP/2 stream: it reset it with
+/// `REFUSED_STREAM`, or its graceful GOAWAY (`NO_ERROR`) came before the
+/// stream was sent or named an earlier last stream. h2 gives the GOAWAY's
+/// error to those streams only; one it did process, cut by the close that
+/// follows, fails with a broken pipe instead.
+fn unprocessed(error: &hyper::Error) -> bool {
+    h2_error(error).is_some_and(|h2| {
+        let refused = h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        let gone_away = h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR);
+        h2.is_remote() && (refused || gone_away)
     })
+}
+
+fn h2_error(error: &hyper::Error) -> Option<&h2::Error> {
+    std::error::Error::source(error).and_then(|source| source.downcast_ref::<h2::Error>())
 }
 
 async fn sweep(pool: Weak<Pool>) {

@@ -107,6 +107,19 @@ impl Proxy {
         }
     }
 
+    /// Counts and logs a request answered before it could be read as HTTP:
+    /// plain HTTP on the TLS port, which [`crate::tls::accept`] refused.
+    pub fn refused_unread(
+        &self,
+        method: Option<Method>,
+        path: Option<Box<str>>,
+        status: StatusCode,
+    ) {
+        self.unrouted.request(Role::Bypass);
+        let mut log = AccessLog::unread(method, path, &self.requests, status);
+        log.route(self.unrouted.clone());
+    }
+
     /// The drain is over: what is still open is cut, and logged so.
     pub fn cut_what_is_left(&self) {
         self.requests.cut();
@@ -405,6 +418,7 @@ impl Proxy {
             client_side,
             upstream_side.on_upgrade,
             route.upstream.idle_timeout(),
+            self.shutdown.clone(),
             &self.metrics.requests_active,
         );
         if nonce.is_some() {
@@ -470,7 +484,7 @@ async fn send_alone(
     let mut response = Response::new(Source::Upstream(upstream_body));
     *response.status_mut() = upstream_parts.status;
     *response.headers_mut() = upstream_parts.headers;
-    headers::to_downstream(response.headers_mut());
+    route.upstream.to_downstream(response.headers_mut());
     set_role(response.headers_mut(), Role::Bypass);
     log.head(upstream_parts.status, Some(waited));
     Ok((response, switched))

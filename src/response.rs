@@ -117,7 +117,6 @@ pub struct AccessLog {
 impl AccessLog {
     /// Starts the record of a request, counted among `requests` until it ends.
     pub fn start<B>(request: &Request<B>, requests: &Arc<Requests>) -> Self {
-        requests.active.inc();
         // What hyper read of a refused head is a placeholder: the log shows
         // the client's own request line, as far as it went.
         let (method, path) = match request.extensions().get::<Refused>() {
@@ -130,6 +129,25 @@ impl AccessLog {
                 Some(request.uri().path().into()),
             ),
         };
+        Self::new(method, path, requests)
+    }
+
+    /// The record of a request the gateway answered before it could read it
+    /// as HTTP (plain HTTP on the TLS port), complete with `status`.
+    pub fn unread(
+        method: Option<Method>,
+        path: Option<Box<str>>,
+        requests: &Arc<Requests>,
+        status: StatusCode,
+    ) -> Self {
+        let mut log = Self::new(method, path, requests);
+        log.status = Some(status);
+        log.progress = Progress::Complete;
+        log
+    }
+
+    fn new(method: Option<Method>, path: Option<Box<str>>, requests: &Arc<Requests>) -> Self {
+        requests.active.inc();
         Self {
             started: Instant::now(),
             method,

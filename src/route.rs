@@ -50,7 +50,10 @@ impl Route {
         Ok(Self {
             name: Arc::from(config.name.as_str()),
             path_prefix: config.path_prefix.clone(),
-            upstream: Arc::new(Upstream::new(config)?),
+            upstream: Arc::new(Upstream::new(
+                config,
+                route_metrics.upstream_broken.clone(),
+            )?),
             websocket: config.websocket,
             coalesce: coalesce.enabled,
             methods: coalesce.methods.clone(),

@@ -307,14 +307,22 @@ async fn connection(shared: &Shared, stream: TcpStream, peer: IpAddr) {
 
 /// The TLS handshake, then HTTP.
 async fn tls_connection(shared: &Shared, acceptor: &TlsAcceptor, stream: TcpStream, peer: IpAddr) {
-    // A failed or slow handshake costs its own connection and a debug line.
-    match tokio::time::timeout(shared.handshake_timeout, tls::accept(acceptor, stream)).await {
+    // A failed or slow handshake costs its own connection and a debug line;
+    // one not done when the drain starts is dropped, as an idle connection is.
+    let handshake = tokio::time::timeout(shared.handshake_timeout, tls::accept(acceptor, stream));
+    let accepted = tokio::select! {
+        accepted = handshake => accepted,
+        () = shared.drain.cancelled() => return,
+    };
+    match accepted {
         Ok(Ok(Accepted::Tls(stream))) => {
             let protocol = Protocol::negotiated(stream.get_ref().1.alpn_protocol());
             http(shared, stream, peer, protocol).await;
         }
-        Ok(Ok(Accepted::PlainHttp)) => {
-            tracing::debug!(%peer, "plain HTTP on the TLS port: answered 400")
+        Ok(Ok(Accepted::PlainHttp(method, path))) => {
+            shared
+                .proxy
+                .refused_unread(method, path, StatusCode::BAD_REQUEST);
         }
         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

@@ -35,6 +35,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::error::GatewayError;
+use crate::framing;
 
 pub use check::{check, check_files};
 pub use reload::{ReloadError, ReloadHandle, ReloadRequests, Reloaded, ServerCert, reload_channel};
@@ -267,8 +268,9 @@ pub fn client_config(
 pub enum Accepted {
     /// A completed TLS handshake.
     Tls(Box<TlsStream<TcpStream>>),
-    /// A plain HTTP request, answered with a 400 that says to use https.
-    PlainHttp,
+    /// A plain HTTP request, answered with a 400 that says to use https:
+    /// its method and path, where its request line reads as one.
+    PlainHttp(Option<http::Method>, Option<Box<str>>),
 }
 
 /// The server side of a handshake. A client that speaks plain HTTP to the
@@ -287,7 +289,8 @@ pub async fn accept(acceptor: &TlsAcceptor, mut stream: TcpStream) -> io::Result
     // Read the request first, so that closing does not reset the connection
     // before the client has read the answer.
     let mut request = [0u8; 4096];
-    let _ = stream.read(&mut request).await?;
+    let read = stream.read(&mut request).await?;
+    let (method, path) = framing::request_line(&request[..read]);
     let body =
         GatewayError::BadRequest("this port speaks HTTPS: use an https:// URL").response_body();
     let head = format!(
@@ -298,5 +301,5 @@ pub async fn accept(acceptor: &TlsAcceptor, mut stream: TcpStream) -> io::Result
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(&body).await?;
     stream.shutdown().await?;
-    Ok(Accepted::PlainHttp)
+    Ok(Accepted::PlainHttp(method, path))
 }

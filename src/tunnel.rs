@@ -46,6 +46,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tokio_util::io::InspectReader;
+use tokio_util::sync::CancellationToken;
 
 use crate::activity::Activity;
 use crate::framing::Verdicts;
@@ -182,6 +183,8 @@ pub struct Tunnel {
     client: OnUpgrade,
     upstream: OnUpgrade,
     idle: Duration,
+    /// Cancelled when the shutdown grace runs out.
+    cut: CancellationToken,
     /// Counts the tunnel among the requests in progress while it is open
     /// (a shutdown names it among the streams it cuts), and among its
     /// route's open tunnels.
@@ -190,12 +193,14 @@ pub struct Tunnel {
 
 impl Tunnel {
     /// A tunnel of `route` between a client's and an upstream's connection,
-    /// closed after `idle` without a byte either way; counted in `requests`.
+    /// closed after `idle` without a byte either way or when `cut` is
+    /// cancelled; counted in `requests`.
     pub fn new(
         route: RouteMetrics,
         client: OnUpgrade,
         upstream: OnUpgrade,
         idle: Duration,
+        cut: CancellationToken,
         requests: &Gauge,
     ) -> Self {
         let active = [Counted::new(requests), Counted::new(&route.tunnels_active)];
@@ -204,6 +209,7 @@ impl Tunnel {
             client,
             upstream,
             idle,
+            cut,
             _active: active,
         }
     }
@@ -216,6 +222,7 @@ impl Tunnel {
             client,
             upstream,
             idle,
+            cut,
             _active,
         } = self;
         let (client, upstream) = match tokio::try_join!(client, upstream) {
@@ -229,7 +236,13 @@ impl Tunnel {
         // heard a byte (milliseconds from its start).
         let started = Instant::now();
         let heard = AtomicU64::new(0);
-        let (mut up, mut down) = (0u64, 0u64);
+        let mut record = Record {
+            route: &route,
+            started,
+            up: 0,
+            down: 0,
+            outcome: "cut at shutdown",
+        };
         let mark = |count: &mut u64, counter: &Counter, bytes: &[u8]| {
             *count += bytes.len() as u64;
             counter.inc_by(bytes.len() as u64);
@@ -239,10 +252,10 @@ impl Tunnel {
         let (client_reads, mut client_writes) = tokio::io::split(TokioIo::new(client));
         let (upstream_reads, mut upstream_writes) = tokio::io::split(TokioIo::new(upstream));
         let mut client_reads = InspectReader::new(client_reads, |bytes: &[u8]| {
-            mark(&mut up, &route.tunnel_bytes_up, bytes);
+            mark(&mut record.up, &route.tunnel_bytes_up, bytes);
         });
         let mut upstream_reads = InspectReader::new(upstream_reads, |bytes: &[u8]| {
-            mark(&mut down, &route.tunnel_bytes_down, bytes);
+            mark(&mut record.down, &route.tunnel_bytes_down, bytes);
         });
         let to_client = async {
             tokio::io::copy(&mut upstream_reads, &mut client_writes).await?;
@@ -263,12 +276,14 @@ impl Tunnel {
                 Err(error) = &mut to_upstream => Err(error),
             }
         });
-        let outcome = loop {
+        record.outcome = loop {
             let heard_at = heard.load(Ordering::Relaxed);
             let silent_until = started + Duration::from_millis(heard_at) + idle;
             tokio::select! {
                 copied = copying.as_mut() => break match copied {
                     Ok(()) => "closed",
+                    // Its connection was dropped by the cut.
+                    Err(_) if cut.is_cancelled() => "cut at shutdown",
                     Err(error) => {
                         tracing::debug!(%error, "WebSocket tunnel broke");
                         "broken"
@@ -281,13 +296,29 @@ impl Tunnel {
                 }
             }
         };
-        drop(copying);
+    }
+}
+
+/// A tunnel's log line, written when it ends: also when the gateway drops
+/// it mid-copy at the end of a drain, whose outcome it starts with.
+struct Record<'a> {
+    route: &'a RouteMetrics,
+    started: Instant,
+    /// Bytes from the client to the upstream so far.
+    up: u64,
+    /// Bytes from the upstream to the client so far.
+    down: u64,
+    outcome: &'static str,
+}
+
+impl Drop for Record<'_> {
+    fn drop(&mut self) {
         tracing::info!(
-            route = route.name(),
-            up,
-            down,
-            ms = started.elapsed().as_secs_f64() * 1e3,
-            outcome,
+            route = self.route.name(),
+            up = self.up,
+            down = self.down,
+            ms = self.started.elapsed().as_secs_f64() * 1e3,
+            outcome = self.outcome,
             "tunnel"
         );
     }

@@ -1,6 +1,6 @@
 //! A route's upstream: building the upstream request, sending it on the
-//! route's [`Pool`], and the three timeouts: connect (in the pool), first
-//! byte, and idle between body chunks.
+//! route's [`Pool`], the three timeouts (connect, in the pool; first byte;
+//! idle between body chunks), and the response head made the client's.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,12 +8,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, LOCATION, TRANSFER_ENCODING};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
 use tokio::time::{Instant, Sleep};
 
 use crate::config::RouteConfig;
@@ -27,16 +28,22 @@ pub struct Upstream {
     pool: Arc<Pool>,
     /// `Host` for upstream requests.
     host: HeaderValue,
+    /// `scheme://authority`, lowercased: how the upstream's redirects to
+    /// itself begin.
+    origin: String,
     /// The upstream URL's own path, without a trailing slash ("" for none).
     base_path: String,
     extra_headers: Vec<(HeaderName, HeaderValue)>,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
+    /// Counts the response bodies that stop short.
+    broken: Counter,
 }
 
 impl Upstream {
-    /// Builds the client for a route; fails only on unusable TLS files.
-    pub fn new(route: &RouteConfig) -> Result<Self, TlsError> {
+    /// Builds the client for a route, counting its response bodies that stop
+    /// short in `broken`; fails only on unusable TLS files.
+    pub fn new(route: &RouteConfig, broken: Counter) -> Result<Self, TlsError> {
         let client_cert = route
             .upstream_client_cert
             .as_deref()
@@ -53,6 +60,7 @@ impl Upstream {
             .unwrap_or_else(|| Authority::from_static("localhost"));
         let host = HeaderValue::from_str(authority.as_str())
             .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        let origin = format!("{scheme}://{authority}").to_ascii_lowercase();
         let target = Uri::builder()
             .scheme(scheme)
             .authority(authority)
@@ -62,10 +70,12 @@ impl Upstream {
         Ok(Self {
             pool: Arc::new(Pool::new(tls, target, route.connect_timeout)),
             host,
+            origin,
             base_path: upstream.path().trim_end_matches('/').to_owned(),
             extra_headers: route.upstream_headers.clone(),
             first_byte_timeout: route.first_byte_timeout,
             idle_timeout: route.idle_timeout,
+            broken,
         })
     }
 
@@ -92,6 +102,38 @@ impl Upstream {
         Ok(Request::from_parts(parts, Full::new(body)))
     }
 
+    /// Turns an upstream response's headers into the client response's
+    /// ([`headers::to_downstream`]); a redirect to the upstream itself
+    /// becomes one to the path the client would ask the gateway for, as
+    /// nginx's `proxy_redirect default` does, rather than send the client
+    /// around the gateway (and the headers it adds).
+    pub fn to_downstream(&self, headers: &mut HeaderMap) {
+        headers::to_downstream(headers);
+        let relative = headers
+            .get(LOCATION)
+            .and_then(|location| self.client_path(location.as_bytes()))
+            .and_then(|path| HeaderValue::from_bytes(path).ok());
+        if let Some(relative) = relative {
+            headers.insert(LOCATION, relative);
+        }
+    }
+
+    /// The client's path for a URL on the upstream (under its own path), if it is one.
+    fn client_path<'a>(&self, url: &'a [u8]) -> Option<&'a [u8]> {
+        let origin = self.origin.as_bytes();
+        let on_upstream = url
+            .get(..origin.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(origin));
+        let rest = url.get(origin.len()..).filter(|_| on_upstream)?;
+        let rest = rest.strip_prefix(self.base_path.as_bytes())?;
+        match rest.first() {
+            None => Some(b"/"),
+            Some(b'/' | b'?' | b'#') => Some(rest),
+            // Another port, or a longer path than the upstream's own.
+            Some(_) => None,
+        }
+    }
+
     /// The upstream's path for a client's target, in origin form.
     fn uri_for(&self, client_uri: &Uri) -> Result<Uri, GatewayError> {
         let path_and_query = match (client_uri.path_and_query(), self.base_path.is_empty()) {
@@ -110,7 +152,7 @@ impl Upstream {
 
     /// Sends a request; the response head must arrive within `first_byte_timeout`.
     pub async fn send(
-        &self,
+        self: &Arc<Self>,
         request: Request<Full<Bytes>>,
         dispatch: &Dispatch<'_>,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
@@ -131,7 +173,7 @@ impl Upstream {
     /// Sends a WebSocket handshake on a connection of its own (see
     /// [`crate::tunnel`]); the head must arrive within `first_byte_timeout`.
     pub async fn upgrade(
-        &self,
+        self: &Arc<Self>,
         request: Request<Full<Bytes>>,
         dispatch: &Dispatch<'_>,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
@@ -155,12 +197,13 @@ impl Upstream {
     }
 
     /// The body of a response, holding what it holds of its connection.
-    fn body(&self, inner: Incoming, held: Option<Held>) -> UpstreamBody {
+    fn body(self: &Arc<Self>, inner: Incoming, held: Option<Held>) -> UpstreamBody {
         UpstreamBody {
             inner,
             held,
-            pool: Arc::clone(&self.pool),
+            upstream: Arc::clone(self),
             ended: false,
+            broke: false,
             idle: self.idle_timeout,
             timer: None,
             waiting_since: None,
@@ -247,9 +290,12 @@ pub struct UpstreamBody {
     /// Its connection (HTTP/1.1), or its stream, counted on its connection
     /// while the body lives (HTTP/2); taken when the body is dropped.
     held: Option<Held>,
-    pool: Arc<Pool>,
+    /// Whose pool takes the connection back, and counts a break.
+    upstream: Arc<Upstream>,
     /// The body was read to its end.
     ended: bool,
+    /// The body stopped short (and was counted so).
+    broke: bool,
     idle: Duration,
     /// Made on the first wait: a body that never waits never needs one.
     timer: Option<Pin<Box<Sleep>>>,
@@ -262,7 +308,16 @@ impl Drop for UpstreamBody {
         if let Some(Held::Http1(connection)) = self.held.take()
             && (self.ended || self.inner.is_end_stream())
         {
-            self.pool.check_in(connection);
+            self.upstream.pool.check_in(connection);
+        }
+    }
+}
+
+impl UpstreamBody {
+    fn count_broken(&mut self) {
+        if !self.broke {
+            self.broke = true;
+            self.upstream.broken.inc();
         }
     }
 }
@@ -282,6 +337,7 @@ impl Body for UpstreamBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => {
+                this.count_broken();
                 Poll::Ready(Some(Err(BodyError::UpstreamBroke(Arc::new(error)))))
             }
             Poll::Ready(None) => {
@@ -302,6 +358,7 @@ impl Body for UpstreamBody {
                 if timer.as_mut().poll(cx).is_ready() {
                     timer.as_mut().reset(deadline);
                     if Instant::now() >= deadline || timer.as_mut().poll(cx).is_ready() {
+                        this.count_broken();
                         return Poll::Ready(Some(Err(BodyError::UpstreamIdle(this.idle))));
                     }
                 }
@@ -316,5 +373,68 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn upstream(url: &str) -> Upstream {
+        let toml = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[routes]]\nname = \"a\"\nupstream = \"{url}\"\n"
+        );
+        let config = Config::parse(&toml, "test.toml", |_| None).unwrap();
+        Upstream::new(&config.routes[0], Counter::default()).unwrap()
+    }
+
+    fn location_after(upstream: &Upstream, location: &str) -> String {
+        let mut headers = HeaderMap::new();
+        headers.insert(LOCATION, HeaderValue::from_str(location).unwrap());
+        upstream.to_downstream(&mut headers);
+        headers[LOCATION].to_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn redirects_to_the_upstream_itself_become_the_clients_paths() {
+        let plain = upstream("http://127.0.0.1:9000");
+        let based = upstream("http://Backend:9000/api/");
+        for (upstream, location, sent) in [
+            (&plain, "http://127.0.0.1:9000/v1/chat/", "/v1/chat/"),
+            (&plain, "HTTP://127.0.0.1:9000?page=2", "?page=2"),
+            (&plain, "http://127.0.0.1:9000", "/"),
+            (&based, "http://backend:9000/api/v1/x?y#z", "/v1/x?y#z"),
+            (&based, "http://backend:9000/api", "/"),
+            // Elsewhere: left as they are.
+            (
+                &based,
+                "http://backend:9000/apix/v1",
+                "http://backend:9000/apix/v1",
+            ),
+            (
+                &based,
+                "http://backend:9000/other",
+                "http://backend:9000/other",
+            ),
+            (
+                &plain,
+                "http://127.0.0.1:90001/v1",
+                "http://127.0.0.1:90001/v1",
+            ),
+            (
+                &plain,
+                "https://127.0.0.1:9000/v1",
+                "https://127.0.0.1:9000/v1",
+            ),
+            (
+                &plain,
+                "https://example.com/login",
+                "https://example.com/login",
+            ),
+            (&plain, "/already/relative", "/already/relative"),
+        ] {
+            assert_eq!(location_after(upstream, location), sent, "{location}");
+        }
     }
 }

@@ -23,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 use super::flight::{End, Flight, ResponseHead};
 use super::registry::Registry;
 use crate::error::{BodyError, GatewayError};
-use crate::headers;
 use crate::pool::Dispatch;
 use crate::quiet::Quiet;
 use crate::upstream::Upstream;
@@ -119,7 +118,7 @@ impl Pump {
 /// Sends the request and reads the response into the flight.
 async fn stream(
     flight: &Flight,
-    upstream: &Upstream,
+    upstream: &Arc<Upstream>,
     request: Result<Request<Full<Bytes>>, GatewayError>,
     shutdown: &CancellationToken,
     max_buffered: u64,
@@ -152,7 +151,7 @@ async fn stream(
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
     let mut headers = parts.headers;
-    headers::to_downstream(&mut headers);
+    upstream.to_downstream(&mut headers);
     own_values(&mut headers);
     flight.set_head(ResponseHead { status, headers });
 

@@ -113,7 +113,7 @@ pub(super) fn read_head(head: &[u8]) -> Judged {
 
 /// The method and the path (without the query) of a head's request line,
 /// each where it reads as one: all the access log shows of a refused head.
-pub(super) fn request_line(head: &[u8]) -> (Option<http::Method>, Option<Box<str>>) {
+pub fn request_line(head: &[u8]) -> (Option<http::Method>, Option<Box<str>>) {
     let line = &head[..memchr::memchr(b'\n', head).unwrap_or(head.len())];
     let mut words = line.split(|&byte| byte == b' ');
     let method = words

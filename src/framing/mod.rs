@@ -64,6 +64,8 @@ use reader::{Fed, Reader};
 mod head;
 mod reader;
 
+pub use head::request_line;
+
 pub(crate) use head::is_host;
 
 /// A request whose head breaks one of the rules: the handler refuses it.

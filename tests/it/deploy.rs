@@ -239,6 +239,7 @@ async fn the_dashboard_queries_metrics_that_exist() {
         "chorus_requests_total",
         "chorus_upstream_requests_total",
         "chorus_upstream_cancelled_total",
+        "chorus_upstream_broken_total",
         "chorus_flights_active",
         "chorus_subscribers_active",
         "chorus_upstream_first_byte_seconds_bucket",

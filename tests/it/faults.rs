@@ -26,6 +26,8 @@ use crate::support::*;
 const SUBSCRIBERS: usize = 4;
 const PATH: &str = "/v1/chat/completions";
 const BODY: &str = r#"{"model":"m","messages":[{"role":"user","content":"fault"}]}"#;
+/// The series counting upstream bodies that stopped short.
+const BROKEN: &str = r#"chorus_upstream_broken_total{route="llm"}"#;
 
 /// What the upstream does with each request it reads.
 #[derive(Clone, Copy, Debug)]
@@ -440,6 +442,7 @@ async fn an_upstream_hanging_mid_body_ends_every_subscriber_abnormally() {
     let gateway = Gateway::start(&route(&upstream.url())).await;
     let outcomes = herd(&gateway, &upstream).await;
     all_got(&outcomes, &Outcome::Broken(200, FIRST_EVENT_DATA.to_vec()));
+    assert_eq!(gateway.metric(BROKEN).await, 1.0, "one upstream body broke");
     upstream.wait_closed_by_gateway(1).await;
     no_flight_left(&gateway, &upstream).await;
 }
@@ -459,6 +462,7 @@ async fn a_malformed_response_body_ends_every_subscriber_abnormally() {
     let gateway = Gateway::start(&route(&upstream.url())).await;
     let outcomes = herd(&gateway, &upstream).await;
     all_got(&outcomes, &Outcome::Broken(200, FIRST_EVENT_DATA.to_vec()));
+    assert_eq!(gateway.metric(BROKEN).await, 1.0, "one upstream body broke");
     no_flight_left(&gateway, &upstream).await;
 }
 
@@ -490,6 +494,8 @@ async fn an_upstream_closing_just_after_its_last_bytes_loses_none_of_them() {
                 assert_eq!(outcome, Outcome::Broken(200, sent.clone()), "{version}");
             }
         }
+        // Each round broke one flight's upstream body and two bypassed ones.
+        assert_eq!(gateway.metric(BROKEN).await, 9.0);
         no_flight_left(&gateway, &upstream).await;
     }
 }
@@ -550,6 +556,11 @@ async fn a_length_given_twice_with_one_value_is_passed_on_once() {
             assert_eq!(alone, Outcome::Complete(200, b"{\"ok\":true}".to_vec()));
         }
         gateway.assert_idle().await;
+        assert_eq!(
+            gateway.metric(BROKEN).await,
+            0.0,
+            "a whole body is no break"
+        );
     }
 }
 

@@ -29,7 +29,7 @@ pub const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
-const CONTINUATION: u8 = 0x9;
+pub const CONTINUATION: u8 = 0x9;
 pub const END_STREAM: u8 = 0x1;
 const ACK: u8 = 0x1;
 pub const END_HEADERS: u8 = 0x4;
@@ -61,7 +61,7 @@ fn hpack_int(first: u8, prefix: u32, mut value: usize, out: &mut Vec<u8>) {
 }
 
 /// A literal header field without indexing, new name, no Huffman.
-fn literal(name: &str, value: &[u8], out: &mut Vec<u8>) {
+pub fn literal(name: &str, value: &[u8], out: &mut Vec<u8>) {
     out.push(0x00);
     hpack_int(0, 7, name.len(), out);
     out.extend_from_slice(name.as_bytes());

@@ -6,8 +6,6 @@
 //! a refused HTTP/1.1 head is logged as sent, not as the placeholder hyper
 //! read; the admin listener defaults to loopback.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,8 +13,6 @@ use http::Request;
 use http_body_util::Full;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
-use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::layer::SubscriberExt;
 
 use crate::attack::*;
 use crate::h2_abuse;
@@ -37,35 +33,6 @@ const MARKERS: [&str; 6] = [
     "PROMPT-e61f2a",
     "QUERY-0b5c93",
 ];
-
-/// Everything the subscriber writes, kept in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 fn with_secrets(request: &mut Request<Full<Bytes>>) {
     let headers = request.headers_mut();
@@ -92,18 +59,10 @@ async fn exercise(client: &HttpClient, request: Request<Full<Bytes>>) -> u16 {
 
 #[tokio::test]
 async fn logs_at_trace_level_and_metrics_carry_no_secrets() {
-    // A subscriber for this test's thread only: the gateway's tasks run on
-    // it (a current-thread runtime), other tests' do not.
-    // Everything at trace level, but what the binary holds back too.
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::registry()
-        .with(chorus::logging::dependency_cap())
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(false)
-                .with_writer(captured.clone()),
-        );
-    let _guard = tracing::subscriber::set_default(subscriber);
+    // This test's thread only: the gateway's tasks run on it (a
+    // current-thread runtime), other tests' do not. Everything at trace
+    // level, but what the binary holds back too.
+    let (captured, _guard) = Captured::this_thread();
 
     let upstream = Upstream::start().await;
     let dead = closed_port().await;

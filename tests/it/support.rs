@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+mod logs;
 mod upstreams;
 
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+pub use self::logs::Captured;
 pub use self::upstreams::{FixedUpstream, TestUpstream};
 
 use chorus::config::Config;

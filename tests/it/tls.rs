@@ -17,8 +17,8 @@ use hyper::body::Incoming;
 use rustls::ProtocolVersion;
 use rustls::version::{TLS12, TLS13};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
 
 use chorus::RunOptions;
 use chorus::tls::{ReloadError, Reloaded};
@@ -229,6 +229,14 @@ async fn plain_http_and_garbage_on_the_tls_port_disturb_nobody() {
     assert!(reply.starts_with("HTTP/1.1 400 "), "{reply}");
     assert!(reply.contains("https://"), "{reply}");
     assert!(reply.contains("x-chorus-role: bypass"), "{reply}");
+    // Counted as the gateway's other 400s are.
+    for series in [
+        r#"chorus_requests_total{route="",role="bypass"}"#,
+        r#"chorus_responses_total{route="",status="400"}"#,
+    ] {
+        let count = gateway.wait_metric(series, |count| count == 1.0).await;
+        assert_eq!(count, 1.0, "{series}");
+    }
     // A broken handshake record, and bytes that are no protocol at all.
     let broken = [0x16, 0x03, 0x01, 0x00, 0x05, 0xde, 0xad, 0xbe, 0xef, 0x00];
     assert!(closes_after(gateway.addr, &broken).await.0);
@@ -280,6 +288,36 @@ upstream = "{}"
     assert!(started.elapsed() >= Duration::from_millis(900));
     let mut client = TlsClient::connect(gateway.addr, pki.client_config(&[H2], &[&TLS13])).await;
     assert_eq!(client.send(client.post("/echo", "{}")).await.status(), 200);
+}
+
+/// A handshake not done when the drain begins does not hold the drain up
+/// for the handshake timeout (10 s): it is dropped, as an idle connection is.
+#[tokio::test]
+async fn a_handshake_not_done_does_not_hold_up_the_drain() {
+    let pki = Pki::new();
+    let leaf = pki.server("gateway", GATEWAY_NAMES);
+    let upstream = Upstream::start().await;
+    // A grace longer than the handshake timeout, which it would wait out.
+    let toml = one_route(&upstream.url(), "")
+        .replace(r#"shutdown_grace = "5s""#, r#"shutdown_grace = "60s""#);
+    let gateway = Gateway::start(&with_server_tls(&toml, &leaf)).await;
+    let mut silent = TcpStream::connect(gateway.addr).await.unwrap();
+    let mut stalled = TcpStream::connect(gateway.addr).await.unwrap();
+    stalled.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    let open = gateway
+        .wait_metric("chorus_connections_active", |count| count == 2.0)
+        .await;
+    assert_eq!(open, 2.0);
+
+    let started = Instant::now();
+    gateway.stop().await.unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "the drain took {took:?}");
+    for stream in [&mut silent, &mut stalled] {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(PATIENCE, stream.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0) | Err(_))), "left open: {read:?}");
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -430,6 +468,8 @@ async fn https_upstream_with_a_private_ca_speaks_h2_and_pools() {
     let (status, echo) = through(&gateway, "/echo", "{}".to_owned()).await;
     assert_eq!(status, 200, "{echo}");
     assert_eq!(json_of(&echo)["version"], "HTTP/2");
+    // `:authority` only: nginx before 1.29 refuses a request with `Host` too.
+    assert!(echoed(&json_of(&echo), "host").is_empty(), "{echo}");
     let (status, stream) = through(
         &gateway,
         "/v1/chat/completions",
@@ -492,6 +532,151 @@ async fn a_stream_the_h2_upstream_refuses_is_sent_again() {
     let (status, body) = through(&gateway, "/v1/chat/completions", "{}".to_owned()).await;
     assert_eq!((status, body.as_str()), (200, "answered"));
     assert_eq!(streams.load(Ordering::SeqCst), 2);
+}
+
+/// What [`raw_h2_backend`] does on its first connection.
+#[derive(Clone, Copy)]
+enum Quirk {
+    /// A graceful GOAWAY (`NO_ERROR`) naming no stream processed, in
+    /// answer to the first stream, then the close.
+    GoAwayFirst,
+    /// Answers the first stream, then closes when the second comes, with
+    /// no GOAWAY: an idle timeout meeting a request.
+    CloseOnSecond,
+    /// Answers with a head of 20,000 bytes, over h2's default limit.
+    LargeHead,
+}
+
+/// An HTTP/2 backend written frame by frame (put a [`TlsUpstream`] in
+/// front) whose first connection does as `quirk` says and which answers
+/// every other stream with a `200` "answered"; counts the streams it was
+/// sent.
+async fn raw_h2_backend(quirk: Quirk) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let streams = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&streams);
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((tcp, _)) = listener.accept().await {
+            let quirk = std::mem::take(&mut first).then_some(quirk);
+            tokio::spawn(raw_h2_connection(tcp, quirk, Arc::clone(&counted)));
+        }
+    });
+    (addr, streams)
+}
+
+async fn raw_h2_connection(mut tcp: TcpStream, quirk: Option<Quirk>, streams: Arc<AtomicUsize>) {
+    use crate::h2_abuse::{CONTINUATION, END_HEADERS, END_STREAM, HEADERS, frame, literal};
+    const DATA: u8 = 0x0;
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    let mut preface = [0u8; 24];
+    if tcp.read_exact(&mut preface).await.is_err() {
+        return;
+    }
+    let _ = tcp.write_all(&frame(SETTINGS, 0, 0, &[])).await;
+    let mut answered = 0;
+    loop {
+        let mut head = [0u8; 9];
+        if tcp.read_exact(&mut head).await.is_err() {
+            return;
+        }
+        let length = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let (kind, flags) = (head[3], head[4]);
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; length];
+        if tcp.read_exact(&mut payload).await.is_err() {
+            return;
+        }
+        match kind {
+            SETTINGS if flags & 0x1 == 0 => {
+                let _ = tcp.write_all(&frame(SETTINGS, 0x1, 0, &[])).await;
+            }
+            HEADERS => {
+                streams.fetch_add(1, Ordering::SeqCst);
+                match (quirk, answered) {
+                    (Some(Quirk::GoAwayFirst), 0) => {
+                        // Last stream 0, NO_ERROR.
+                        let _ = tcp.write_all(&frame(GOAWAY, 0, 0, &[0; 8])).await;
+                        return;
+                    }
+                    (Some(Quirk::CloseOnSecond), 1) => return,
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+        // Answered once the request has ended: `:status 200` (HPACK static 8).
+        if matches!(kind, HEADERS | DATA) && flags & END_STREAM != 0 {
+            let mut answer = if matches!(quirk, Some(Quirk::LargeHead)) {
+                let mut block = vec![0x88];
+                literal("x-large", &[b'a'; 20_000], &mut block);
+                // Frames of at most 16 KiB, the default SETTINGS_MAX_FRAME_SIZE.
+                let (first, rest) = block.split_at(16_000);
+                let mut frames = frame(HEADERS, 0, stream, first);
+                frames.extend(frame(CONTINUATION, END_HEADERS, stream, rest));
+                frames
+            } else {
+                frame(HEADERS, END_HEADERS, stream, &[0x88])
+            };
+            answer.extend(frame(DATA, END_STREAM, stream, b"answered"));
+            let _ = tcp.write_all(&answer).await;
+            answered += 1;
+        }
+    }
+}
+
+/// A graceful GOAWAY from an HTTP/2 upstream names the last stream it
+/// processed; those past it were not (RFC 9113 §6.8), and go again, POSTs
+/// included, on a new connection.
+#[tokio::test]
+async fn a_stream_past_an_h2_upstreams_goaway_is_sent_again() {
+    let pki = Pki::new();
+    let (backend, streams) = raw_h2_backend(Quirk::GoAwayFirst).await;
+    let leaf = pki.server("upstream", &["127.0.0.1"]);
+    let tls = TlsUpstream::start(backend, &leaf, &[H2], None).await;
+    let gateway = Gateway::start(&one_route(&tls.url(), &ca_file(&pki))).await;
+    let (status, body) = through(&gateway, "/v1/chat/completions", "{}".to_owned()).await;
+    assert_eq!((status, body.as_str()), (200, "answered"));
+    assert_eq!(streams.load(Ordering::SeqCst), 2);
+    assert_eq!(tls.handshakes(), 2);
+}
+
+/// An HTTP/2 upstream closing a connection that sat unused as a request
+/// reaches it (its idle timeout) has not acted on the request: it goes again
+/// on a new connection, as over HTTP/1.1 (`pool`).
+#[tokio::test]
+async fn a_stream_meeting_an_h2_upstreams_idle_close_is_sent_again() {
+    let pki = Pki::new();
+    let (backend, streams) = raw_h2_backend(Quirk::CloseOnSecond).await;
+    let leaf = pki.server("upstream", &["127.0.0.1"]);
+    let tls = TlsUpstream::start(backend, &leaf, &[H2], None).await;
+    let gateway = Gateway::start(&one_route(&tls.url(), &ca_file(&pki))).await;
+    let (status, body) = through(&gateway, "/v1/chat/completions", "{}".to_owned()).await;
+    assert_eq!((status, body.as_str()), (200, "answered"));
+    // Time is the subject: a POST goes again only from a connection unused
+    // for a while (`pool::CLOSE_AFTER`, 100 ms).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = through(&gateway, "/v1/chat/completions", "{}".to_owned()).await;
+    assert_eq!((status, body.as_str()), (200, "answered"));
+    assert_eq!(streams.load(Ordering::SeqCst), 3);
+    assert_eq!(tls.handshakes(), 2);
+}
+
+/// A response head over h2's default limit (16 KiB) passes, as it would
+/// over HTTP/1.1.
+#[tokio::test]
+async fn a_large_response_head_from_an_h2_upstream_passes() {
+    let pki = Pki::new();
+    let (backend, _) = raw_h2_backend(Quirk::LargeHead).await;
+    let leaf = pki.server("upstream", &["127.0.0.1"]);
+    let tls = TlsUpstream::start(backend, &leaf, &[H2], None).await;
+    let gateway = Gateway::start(&one_route(&tls.url(), &ca_file(&pki))).await;
+    let response = send(&http1(), post(&gateway.url("/v1/chat/completions"), "{}")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-large").len(), 20_000);
+    assert_eq!(text(response).await, "answered");
 }
 
 /// One HTTP/2 connection carries up to 100 streams (`pool::MAX_STREAMS`);

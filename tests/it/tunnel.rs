@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use crate::support::{Gateway, PATIENCE, metric_value, one_route, read_to_close};
+use crate::support::{Captured, Gateway, PATIENCE, metric_value, one_route, read_to_close};
 use crate::tls::fixtures::{H2, HTTP11, Pki, TlsUpstream};
 
 const HANDSHAKE: &str = "GET /v1/realtime?model=m HTTP/1.1\r\n\
@@ -194,6 +194,7 @@ pub(crate) async fn stop_with_open(
     gateway: Gateway,
     tunnel: &mut (impl AsyncRead + AsyncWrite + Unpin),
 ) {
+    let (logs, _guard) = Captured::this_thread();
     let stopping = tokio::spawn(gateway.stop());
     keep_talking(
         tunnel,
@@ -205,6 +206,14 @@ pub(crate) async fn stop_with_open(
     assert!(closed, "the tunnel outlived the shutdown grace");
     let stopped = tokio::time::timeout(PATIENCE, stopping).await;
     assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
+    // Its log line says so, with what it carried until then.
+    let logs = logs.text();
+    let cut: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains(" tunnel ") && line.contains(r#"outcome="cut at shutdown""#))
+        .collect();
+    assert_eq!(cut.len(), 1, "{logs}");
+    assert!(!cut[0].contains(" up=0 "), "{}", cut[0]);
 }
 
 /// The handshake the upstream saw, lowercased, checked for what every
