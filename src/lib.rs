@@ -198,7 +198,7 @@ pub async fn run_with(
         RouteTable::new(routes),
         Arc::clone(&metrics),
         Limits::from(&config.server),
-        cut.clone(),
+        cut.child_token(),
     ));
     let ready = Arc::new(AtomicBool::new(true));
     let admin = listeners.admin.map(|listener| {

@@ -20,7 +20,7 @@ use crate::coalesce::key::{Key, KeyInput};
 use crate::coalesce::pump::Pump;
 use crate::coalesce::registry::{Joined, Registry};
 use crate::config::ServerConfig;
-use crate::error::GatewayError;
+use crate::error::{BodyError, GatewayError};
 use crate::flushes::{Flushes, Written};
 use crate::framing::{self, Refused, Suspect};
 use crate::headers::{self, ClientSide, X_CHORUS_ROLE};
@@ -67,7 +67,8 @@ pub struct Proxy {
     /// Counts requests that match no route.
     unrouted: RouteMetrics,
     limits: Limits,
-    /// Cancelled when the shutdown grace runs out: pumps stop then.
+    /// Cancelled when the shutdown grace runs out ([`Self::cut_what_is_left`]):
+    /// pumps and tunnels stop then.
     shutdown: CancellationToken,
     /// What every request's access log shares.
     requests: Arc<Requests>,
@@ -120,9 +121,12 @@ impl Proxy {
         log.route(self.unrouted.clone());
     }
 
-    /// The drain is over: what is still open is cut, and logged so.
+    /// The drain is over: what is still open is cut, and logged so. Flights
+    /// end now: the requests waiting for their heads get a 503, their
+    /// streams end abnormally, and so do WebSocket tunnels.
     pub fn cut_what_is_left(&self) {
         self.requests.cut();
+        self.shutdown.cancel();
     }
 
     /// Whether any route allows WebSockets: HTTP/2 clients are then offered
@@ -525,6 +529,9 @@ impl Waiting {
 fn refuse(error: GatewayError, role: Role, log: &mut AccessLog) -> Answer {
     let status = error.status();
     log.role(role);
+    if matches!(error, GatewayError::Interrupted(BodyError::Shutdown)) {
+        log.cut_before_head();
+    }
     log.head(status, None);
     let body = error.response_body();
     // Set here rather than left to hyper, so that HEAD answers carry it too.

@@ -108,6 +108,8 @@ pub struct AccessLog {
     upstream_wait: Option<Duration>,
     bytes: u64,
     progress: Progress,
+    /// The answer is the gateway's 503 to a request cut before its head.
+    cut_before_head: bool,
     /// A bypass upstream request is open (it reached a connection: see
     /// [`crate::pool::Dispatch`]) and would be cancelled by a leave.
     upstream_open: AtomicBool,
@@ -158,6 +160,7 @@ impl AccessLog {
             upstream_wait: None,
             bytes: 0,
             progress: Progress::Waiting,
+            cut_before_head: false,
             upstream_open: AtomicBool::new(false),
             requests: Arc::clone(requests),
         }
@@ -199,6 +202,12 @@ impl AccessLog {
         self.progress = Progress::Complete;
     }
 
+    /// The answer is the gateway's 503 to a request the end of a drain cut
+    /// before its head came: logged as cut, however it is written.
+    pub fn cut_before_head(&mut self) {
+        self.cut_before_head = true;
+    }
+
     fn end(&mut self, progress: Progress) {
         self.progress = progress;
         *self.upstream_open.get_mut() = false;
@@ -209,8 +218,9 @@ impl Drop for AccessLog {
     fn drop(&mut self) {
         self.requests.active.dec();
         let mut progress = self.progress;
-        if matches!(progress, Progress::Waiting | Progress::Streaming)
-            && self.requests.cut.load(Ordering::Relaxed)
+        if self.cut_before_head
+            || matches!(progress, Progress::Waiting | Progress::Streaming)
+                && self.requests.cut.load(Ordering::Relaxed)
         {
             progress = Progress::Cut;
         }

@@ -80,6 +80,9 @@ const HEAD_SLACK: usize = 16 * 1024;
 /// `header_read_timeout`) may stay open with nothing in flight: a
 /// well-behaved HTTP/2 client closes within a round trip of the GOAWAY.
 const GOODBYE_GRACE: Duration = Duration::from_secs(1);
+/// How long, once the shutdown grace has run out, what the cut ended has to
+/// be written before the connections still open are dropped.
+const CUT_WRITES: Duration = Duration::from_millis(500);
 /// HTTP/2 pings find clients that vanished without a FIN.
 const H2_KEEPALIVE: Duration = Duration::from_secs(20);
 /// What every HTTP/2 connection sends first (RFC 9113 §3.4).
@@ -187,11 +190,11 @@ pub async fn serve(
         () = hurry.cancelled() => "told again to stop",
     };
     let streams = shared.metrics.requests_active.get();
-    let connections = shared.metrics.connections_active.get();
+    let open = shared.metrics.connections_active.get();
     if streams > 0 {
         tracing::warn!(
             streams,
-            connections,
+            connections = open,
             "{why}: cutting the streams still open"
         );
     } else {
@@ -199,11 +202,15 @@ pub async fn serve(
         // answers the GOAWAY's ping, say.
         tracing::warn!(
             streams,
-            connections,
+            connections = open,
             "{why}: closing the connections still open"
         );
     }
     shared.proxy.cut_what_is_left();
+    // What that ends takes a moment to be written (a 503 to a request that
+    // had no head yet, rather than a closed connection) before the
+    // connections still open are dropped.
+    let _ = tokio::time::timeout(CUT_WRITES, connections.wait()).await;
     shared.cut.cancel();
 }
 

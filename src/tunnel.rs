@@ -289,6 +289,7 @@ impl Tunnel {
                         "broken"
                     }
                 },
+                () = cut.cancelled() => break "cut at shutdown",
                 () = tokio::time::sleep_until(silent_until) => {
                     if heard.load(Ordering::Relaxed) == heard_at {
                         break "idle";

@@ -503,6 +503,46 @@ async fn sigterm_cuts_streams_still_open_after_the_grace_and_says_how_many() {
     assert_eq!(logged[0]["outcome"], "cut at shutdown");
 }
 
+/// Requests still waiting for their response heads when the grace runs out
+/// (a leader and a follower of one flight) are answered 503, not left with
+/// a closed connection they could not tell from a failure, and logged as cut.
+#[tokio::test]
+async fn requests_waiting_for_a_head_when_the_grace_runs_out_get_a_503() {
+    let upstream = Upstream::start().await;
+    let dir = Dir::new();
+    let config = dir.file("waiting.toml", &good_config(&upstream.url(), "1s"));
+    let (mut running, listen, _) = start_gateway(&config).await;
+    let body = chat("slow head", json!({"first_byte_delay_ms": 60_000}));
+    let url = format!("http://{listen}/v1/chat/completions");
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let request = post(&url, body.clone());
+            tokio::spawn(async move { send(&http1(), request).await })
+        })
+        .collect();
+    assert!(upstream.wait_for(|s| s.requests() == 1).await);
+
+    running.terminate();
+    for response in waiting {
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 503);
+        assert_eq!(error_type(response).await, "interrupted");
+    }
+    assert_eq!(running.exit().await.code(), Some(0));
+    let output = running.output();
+    let logged: Vec<Value> = output
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|log| log["fields"]["message"] == "request")
+        .map(|log| log["fields"].clone())
+        .collect();
+    assert_eq!(logged.len(), 2, "{output}");
+    for fields in logged {
+        assert_eq!(fields["status"], 503, "{output}");
+        assert_eq!(fields["outcome"], "cut at shutdown", "{output}");
+    }
+}
+
 /// A second SIGTERM (or Ctrl-C) during a drain ends it at once, as the
 /// grace running out would.
 #[tokio::test]
