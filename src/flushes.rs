@@ -34,8 +34,10 @@ use tokio::time::Sleep;
 /// The longest a break waits for the bytes before it to be written.
 pub const HOLD: Duration = Duration::from_secs(5);
 /// An HTTP/2 connection's writes have settled once no flush has completed
-/// for this long.
-pub const SETTLE: Duration = Duration::from_millis(50);
+/// for this long: longer than a distant client's round trip, since a
+/// stream stalled on its flow-control window writes nothing until the
+/// client's window update comes back (h2's default window is 64 KiB).
+pub const SETTLE: Duration = Duration::from_secs(1);
 
 /// The completed flushes of one client connection.
 #[derive(Default)]

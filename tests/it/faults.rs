@@ -500,6 +500,51 @@ async fn an_upstream_closing_just_after_its_last_bytes_loses_none_of_them() {
     }
 }
 
+/// An HTTP/2 client far away (its window updates come 200 ms after the
+/// data they answer, and its window is h2's default 64 KiB) still gets every
+/// byte before a break: writes stalled on its window are not mistaken for
+/// writes that have settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_distant_http2_client_gets_every_byte_before_a_break() {
+    let upstream = Faulty::start(Fault::CloseAfterLargeChunks).await;
+    let gateway = Gateway::start(&route(&upstream.url())).await;
+    let tcp = TcpStream::connect(gateway.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = Request::post(gateway.url(PATH)).body(()).unwrap();
+    let (response, mut sending) = client.send_request(request, false).unwrap();
+    sending
+        .send_data(Bytes::from_static(BODY.as_bytes()), true)
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while upstream.requests() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "not sent upstream");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    upstream.release();
+
+    let mut body = response.await.unwrap().into_body();
+    let mut received = 0;
+    let ended = loop {
+        match tokio::time::timeout(PATIENCE, body.data()).await {
+            Err(_) => panic!("the body neither went on nor ended"),
+            Ok(None) => break "cleanly",
+            Ok(Some(Err(_))) => break "abnormally",
+            Ok(Some(Ok(data))) => {
+                received += data.len();
+                // The window opens a round trip later.
+                let mut window = body.flow_control().clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let _ = window.release_capacity(data.len());
+                });
+            }
+        }
+    };
+    assert_eq!((received, ended), (3 * LARGE_CHUNK, "abnormally"));
+}
+
 /// A `101` to a request that did not ask to upgrade, a status outside
 /// 100-599, a body in a transfer coding other than chunked (the client
 /// would get it still coded, and without a word of it) and lengths that
