@@ -34,6 +34,7 @@ fn settings() -> Arc<Settings> {
         max_replay_bytes: 8 << 20,
         max_subscribers: 10_000,
         linger: Duration::ZERO,
+        key_headers: Vec::new(),
         cancel_grace: Duration::ZERO,
         send_timeout: Duration::from_secs(60),
         metrics: Metrics::new().route("bench"),

@@ -63,6 +63,7 @@ impl Route {
                 max_replay_bytes: coalesce.max_replay_bytes,
                 max_subscribers: coalesce.max_subscribers,
                 linger: coalesce.linger,
+                key_headers: coalesce.key_headers.clone(),
                 cancel_grace: coalesce.cancel_grace,
                 send_timeout,
                 metrics: route_metrics.clone(),

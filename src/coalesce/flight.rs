@@ -20,13 +20,14 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::header::{SET_COOKIE, VARY};
+use http::{HeaderMap, HeaderName, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::key::Key;
+use super::key::{self, Key};
 use super::log::Log;
 use crate::error::{BodyError, GatewayError};
 use crate::headers;
@@ -41,6 +42,8 @@ pub struct Settings {
     pub max_subscribers: usize,
     /// How long a flight that ended with a 2xx stays joinable.
     pub linger: Duration,
+    /// The route's `key_headers`: a lingering answer may vary by them.
+    pub key_headers: Vec<HeaderName>,
     /// How long the upstream survives with no subscriber.
     pub cancel_grace: Duration,
     /// `server.send_timeout`: a subscriber that takes nothing for this long,
@@ -71,14 +74,36 @@ pub struct ResponseHead {
 }
 
 impl ResponseHead {
-    /// Whether a clean end may answer later requests (`linger`): a 2xx, and
-    /// no `Set-Cookie`. Subscribers of the live flight asked at the same
-    /// moment and share the cookie, as they share everything; a request
-    /// after the end, maybe another browser's, must not get a session
-    /// someone else was given (a shared cache does not store these either).
-    fn lingers(&self) -> bool {
-        self.status.is_success() && !self.headers.contains_key(http::header::SET_COOKIE)
+    /// Whether a clean end may answer later requests (`linger`): a 2xx, no
+    /// `Set-Cookie`, and a `Vary` by nothing but what the key holds.
+    /// Subscribers of the live flight asked at the same moment and share the
+    /// cookie, as they share everything; a request after the end, maybe
+    /// another browser's, must not get a session someone else was given (a
+    /// shared cache does not store these either). An answer that varies by
+    /// a header the key leaves out (`Accept-Language`, say) is kept by a
+    /// cache for requests with the same value only, which the key cannot tell.
+    fn lingers(&self, key_headers: &[HeaderName]) -> bool {
+        self.status.is_success()
+            && !self.headers.contains_key(SET_COOKIE)
+            && self
+                .headers
+                .get_all(VARY)
+                .iter()
+                .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
+                .map(<[u8]>::trim_ascii)
+                .all(|name| name.is_empty() || in_the_key(name, key_headers))
     }
+}
+
+/// Whether requests that differ in the header `name` never share a key:
+/// it is a key header, one always in the key, or `Accept-Encoding` (a
+/// flight asks the upstream for identity whatever the client accepts).
+fn in_the_key(name: &[u8], key_headers: &[HeaderName]) -> bool {
+    let named = |header: &HeaderName| name.eq_ignore_ascii_case(header.as_str().as_bytes());
+    name.eq_ignore_ascii_case(b"accept-encoding")
+        || name.eq_ignore_ascii_case(b"content-type")
+        || key::CLIENT_BOUND_HEADERS.iter().any(named)
+        || key_headers.iter().any(named)
 }
 
 /// How a flight's stream ended.
@@ -338,7 +363,7 @@ impl Flight {
         }
         let lingers = matches!(end, End::Complete)
             && !self.settings.linger.is_zero()
-            && matches!(&state.head, Some(Head::Response(head)) if head.lingers());
+            && matches!(&state.head, Some(Head::Response(head)) if head.lingers(&self.settings.key_headers));
         state.joinable &= lingers;
         if state.head.is_none() {
             let error = match &end {

@@ -32,6 +32,7 @@ fn settings(metrics: &Metrics, max_replay_bytes: u64, max_subscribers: usize) ->
         max_replay_bytes,
         max_subscribers,
         linger: Duration::ZERO,
+        key_headers: Vec::new(),
         cancel_grace: Duration::ZERO,
         send_timeout: Duration::from_secs(60),
         metrics: metrics.route("test"),

@@ -305,6 +305,7 @@ mod tests {
             max_replay_bytes: 1 << 20,
             max_subscribers: 10,
             linger: Duration::from_secs(60),
+            key_headers: Vec::new(),
             cancel_grace: Duration::ZERO,
             send_timeout: Duration::from_secs(60),
             metrics: metrics.route("test"),

@@ -649,13 +649,22 @@ async fn linger_answers_from_the_log_until_it_expires() {
 
 /// A response that sets a cookie is shared by the requests of its live
 /// flight, but never lingered: a later request, maybe another browser's,
-/// must not be given someone else's session.
+/// must not be given someone else's session. Nor is one that varies by a
+/// header the key leaves out (a cache keeps it for that header's value
+/// only); one that varies by headers in the key is.
 #[tokio::test]
-async fn a_response_that_sets_a_cookie_is_never_lingered() {
+async fn responses_that_set_a_cookie_or_vary_by_more_than_the_key_are_never_lingered() {
     let upstream = TestUpstream::start(|request: Request<hyper::body::Incoming>| async move {
         let mut response = Response::builder();
-        if request.uri().path() == "/session" {
-            response = response.header("set-cookie", "sid=first; HttpOnly");
+        match request.uri().path() {
+            "/session" => response = response.header("set-cookie", "sid=first; HttpOnly"),
+            "/language" => response = response.header("vary", "Origin, Accept-Language"),
+            "/keyed" => {
+                response = response
+                    .header("vary", "Origin, Accept-Encoding")
+                    .header("vary", "authorization")
+            }
+            _ => {}
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         response.body(Full::new(Bytes::from_static(b"ok"))).unwrap()
@@ -687,6 +696,16 @@ async fn a_response_that_sets_a_cookie_is_never_lingered() {
         ["leader", "follower", "leader"]
     );
     assert_eq!(upstream.hits(), 3);
+    assert_eq!(
+        roles(gateway.url("/language")).await,
+        ["leader", "follower", "leader"]
+    );
+    assert_eq!(upstream.hits(), 5);
+    assert_eq!(
+        roles(gateway.url("/keyed")).await,
+        ["leader", "follower", "follower"]
+    );
+    assert_eq!(upstream.hits(), 6);
     gateway.assert_idle().await;
 }
 
