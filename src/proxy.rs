@@ -281,7 +281,8 @@ impl Proxy {
     /// Whether the flight logs together are under the global budget.
     fn has_buffer_room(&self) -> bool {
         let held = self.metrics.buffered_bytes.get().max(0) as u64;
-        held < self.limits.max_buffered_bytes
+        // Full only past the limit, as a flight sheds (`pump`).
+        held <= self.limits.max_buffered_bytes
     }
 
     /// Joins the flight for this request, or leads a new one.

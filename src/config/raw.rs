@@ -241,13 +241,14 @@ fn humanize_serde(message: &str) -> String {
         .replacen("unknown field", "unknown key", 1)
         .replacen("expected a map", "expected a table", 1)
         .replacen("expected a sequence", "expected an array", 1)
+        // Every integer key is a count or a size greater than 0.
         .replacen(
             "expected u32",
-            "expected an integer from 0 to 4294967295",
+            "expected an integer from 1 to 4294967295",
             1,
         )
-        .replacen("expected u64", "expected an integer >= 0", 1)
-        .replacen("expected usize", "expected an integer >= 0", 1);
+        .replacen("expected u64", "expected an integer greater than 0", 1)
+        .replacen("expected usize", "expected an integer greater than 0", 1);
     match message.find("expected struct Raw") {
         Some(at) => format!("{}expected a table", &message[..at]),
         None => message,

@@ -87,6 +87,20 @@ fn server_config(raw: RawServer, problems: &mut Problems) -> Option<ServerConfig
         )
         .and_then(|text| socket_addr(problems, "server.listen", &text));
     let tls = raw.tls.map(|tls| tls_config(tls, problems));
+    let mut max_connections = positive(
+        problems,
+        "server.max_connections",
+        raw.max_connections,
+        DEFAULT_MAX_CONNECTIONS,
+    );
+    // The connection slots are a semaphore's permits, which have a limit.
+    if max_connections > tokio::sync::Semaphore::MAX_PERMITS {
+        problems.push(
+            "server.max_connections",
+            format!("must be at most {}", tokio::sync::Semaphore::MAX_PERMITS),
+        );
+        max_connections = DEFAULT_MAX_CONNECTIONS;
+    }
     Some(ServerConfig {
         max_request_body_bytes: positive(
             problems,
@@ -100,12 +114,7 @@ fn server_config(raw: RawServer, problems: &mut Problems) -> Option<ServerConfig
             raw.max_header_bytes,
             DEFAULT_MAX_HEADER_BYTES,
         ),
-        max_connections: positive(
-            problems,
-            "server.max_connections",
-            raw.max_connections,
-            DEFAULT_MAX_CONNECTIONS,
-        ),
+        max_connections,
         header_read_timeout: duration(
             problems,
             "server.header_read_timeout",
@@ -252,6 +261,24 @@ fn route_config(i: usize, raw: RawRoute, problems: &mut Problems) -> Option<Rout
             at("path_prefix"),
             format!("must be a plain path (no '?', '#' or spaces), got {path_prefix:?}"),
         );
+    } else {
+        // Requests are routed by their path as a backend reads it: a prefix
+        // in another form would never match one.
+        match crate::target::routing_path(&path_prefix) {
+            Ok(routed) if routed != path_prefix => problems.push(
+                at("path_prefix"),
+                format!(
+                    "is never matched: requests are routed with dot segments resolved, \
+                     unreserved characters decoded and repeated slashes as one; \
+                     use {routed:?}, not {path_prefix:?}"
+                ),
+            ),
+            Ok(_) => {}
+            Err(why) => problems.push(
+                at("path_prefix"),
+                format!("is never matched: {why}, got {path_prefix:?}"),
+            ),
+        }
     }
 
     let upstream = problems

@@ -248,3 +248,59 @@ fn empty_file_reports_what_is_missing() {
     keys.sort_unstable();
     assert_eq!(keys, ["routes", "server"]);
 }
+
+#[test]
+fn max_connections_is_at_most_what_a_semaphore_holds() {
+    let most = tokio::sync::Semaphore::MAX_PERMITS;
+    let config = parse(&server_with(&format!("max_connections = {most}"))).unwrap();
+    assert_eq!(config.server.max_connections, most);
+    let line = rejects(
+        &server_with(&format!("max_connections = {}", most + 1)),
+        "server.max_connections",
+    );
+    assert!(line.contains(&format!("must be at most {most}")), "{line}");
+}
+
+#[test]
+fn sizes_and_counts_are_said_to_be_greater_than_0() {
+    for (line, key) in [
+        ("max_connections = -1", "server.max_connections"),
+        ("max_buffered_bytes = -1", "server.max_buffered_bytes"),
+        (
+            "http2_max_concurrent_streams = -1",
+            "server.http2_max_concurrent_streams",
+        ),
+    ] {
+        let message = rejects(&server_with(line), key);
+        assert!(
+            !message.contains(">= 0") && !message.contains("from 0"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn a_path_prefix_no_request_could_be_routed_by_is_refused() {
+    for (prefix, hint) in [
+        ("/a/../dd", "use \"/dd\""),
+        ("/p%31", "use \"/p1\""),
+        ("/v1//chat", "use \"/v1/chat\""),
+        ("/../v1", "is never matched"),
+    ] {
+        let toml = MINIMAL.replacen(
+            "name = \"llm\"",
+            &format!("name = \"llm\"\npath_prefix = {prefix:?}"),
+            1,
+        );
+        let line = rejects(&toml, "routes[0].path_prefix");
+        assert!(line.contains(hint), "{line}");
+    }
+    for prefix in ["/", "/v1", "/v1/", "/v1/chat-completions", "/%20x"] {
+        let toml = MINIMAL.replacen(
+            "name = \"llm\"",
+            &format!("name = \"llm\"\npath_prefix = {prefix:?}"),
+            1,
+        );
+        assert_eq!(parse(&toml).unwrap().routes[0].path_prefix, prefix);
+    }
+}

@@ -260,6 +260,35 @@ async fn drain(stream: &mut TcpStream) -> (usize, bool) {
     (letters(&all), clean)
 }
 
+/// `max_buffered_bytes` is a limit the flights may reach: with exactly
+/// that many bytes held, an identical request still joins (one byte more,
+/// and the flight would have shed them).
+#[tokio::test]
+async fn max_buffered_bytes_turns_requests_away_only_past_it() {
+    let (ending, end) = tokio::sync::watch::channel(false);
+    let upstream = streaming_held(Duration::ZERO, 1, Duration::ZERO, end).await;
+    let gateway = Gateway::start(&server_extra(
+        &one_route(&format!("http://{upstream}"), ""),
+        &format!("max_buffered_bytes = {CHUNK}"),
+    ))
+    .await;
+    let url = gateway.url("/v1/chat/completions");
+    let first = send(&http1(), post(&url, request_body(0))).await;
+    assert_eq!(header(&first, "x-chorus-role"), "leader");
+    let held = gateway
+        .wait_metric(GAUGE, |held| held == CHUNK as f64)
+        .await;
+    assert_eq!(held, CHUNK as f64);
+
+    let second = send(&http1(), post(&url, request_body(0))).await;
+    assert_eq!(header(&second, "x-chorus-role"), "follower");
+    ending.send(true).unwrap();
+    for response in [first, second] {
+        assert_eq!(body(response).await.unwrap().len(), CHUNK);
+    }
+    gateway.assert_idle().await;
+}
+
 #[tokio::test]
 async fn past_max_buffered_bytes_requests_are_bypass_and_still_served() {
     const CHUNKS: usize = 384; // 24 MiB: more than socket buffers hold
