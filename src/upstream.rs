@@ -10,7 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, LOCATION, TRANSFER_ENCODING};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -88,6 +90,7 @@ impl Upstream {
         coalesced: bool,
     ) -> Result<Request<Full<Bytes>>, GatewayError> {
         let uri = self.uri_for(&parts.uri)?;
+        let had_length = parts.headers.contains_key(CONTENT_LENGTH);
         headers::to_upstream(
             &mut parts.headers,
             &parts.uri,
@@ -97,6 +100,13 @@ impl Upstream {
             coalesced,
         );
         parts.uri = uri;
+        // hyper gives a body it can size its length, but says nothing of an
+        // empty one, and a backend may refuse a POST without a length (411).
+        if body.is_empty() && (had_length || has_content(&parts.method)) {
+            parts
+                .headers
+                .insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        }
         // The pool sends HTTP/2 instead where the upstream offers it.
         parts.version = Version::HTTP_11;
         Ok(Request::from_parts(parts, Full::new(body)))
@@ -249,6 +259,12 @@ fn check_status(status: StatusCode) -> Result<(), GatewayError> {
         _ => "the upstream answered with a status outside 100-599",
     };
     Err(GatewayError::upstream_failed(format!("{why} ({status})")))
+}
+
+/// Whether requests of `method` carry content, even when it is empty: they
+/// say how long it is (RFC 9110 §8.6), as clients and nginx do.
+fn has_content(method: &Method) -> bool {
+    [Method::POST, Method::PUT, Method::PATCH].contains(method)
 }
 
 /// Makes `Content-Length: 5, 5` (or the header twice) `Content-Length: 5`,

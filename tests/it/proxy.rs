@@ -790,3 +790,35 @@ async fn requests_are_served_when_their_first_bytes_arrive_alone() {
     assert_eq!(upstream.stats.requests(), 1);
     gateway.assert_idle().await;
 }
+
+/// An empty request body goes on with `Content-Length: 0` where the client
+/// framed one, or its method carries content, as nginx sends it: a backend
+/// may refuse a POST without a length (411). A GET gets none.
+#[tokio::test]
+async fn an_empty_body_keeps_its_length_upstream() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
+    for (head, length) in [
+        ("POST /echo HTTP/1.1\r\ncontent-length: 0\r\n", &["0"][..]),
+        ("POST /echo HTTP/1.1\r\n", &["0"][..]),
+        ("PATCH /echo HTTP/1.1\r\n", &["0"][..]),
+        ("DELETE /echo HTTP/1.1\r\ncontent-length: 0\r\n", &["0"][..]),
+        ("GET /echo HTTP/1.1\r\n", &[][..]),
+        ("POST /echo HTTP/1.1\r\ncontent-length: 2\r\n", &["2"][..]),
+    ] {
+        let body = if head.contains(": 2") { "{}" } else { "" };
+        let request = format!("{head}host: a\r\nconnection: close\r\n\r\n{body}");
+        let answer = raw(gateway.addr, request.as_bytes()).await;
+        let echo = &answer[answer.find('{').unwrap()..=answer.rfind('}').unwrap()];
+        let echo: serde_json::Value = serde_json::from_str(echo).unwrap();
+        assert_eq!(echoed(&echo, "content-length"), length, "{head}");
+    }
+    // An empty chunked body, of a PUT.
+    let request = "PUT /echo HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\
+                   connection: close\r\n\r\n0\r\n\r\n";
+    let answer = raw(gateway.addr, request.as_bytes()).await;
+    let echo = &answer[answer.find('{').unwrap()..=answer.rfind('}').unwrap()];
+    let echo: serde_json::Value = serde_json::from_str(echo).unwrap();
+    assert_eq!(echoed(&echo, "content-length"), ["0"]);
+    assert!(echoed(&echo, "transfer-encoding").is_empty());
+}
