@@ -433,11 +433,8 @@ async fn sigterm_drains_streams_in_flight_then_exits_0() {
     let output = running.output();
     assert!(!output.contains("cutting"), "{output}");
     // One line per request, and no secrets: bodies, key headers, queries.
-    let logged: Vec<Value> = output
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|log| log["fields"]["message"] == "request")
-        .map(|log| log["fields"].clone())
+    let logged: Vec<Value> = request_logs(&output)
+        .into_iter()
         .filter(|fields| fields["path"] == "/v1/chat/completions")
         .collect();
     assert_eq!(logged.len(), 2, "{output}");
@@ -455,6 +452,16 @@ async fn sigterm_drains_streams_in_flight_then_exits_0() {
     ] {
         assert!(!output.contains(secret), "{secret} logged:\n{output}");
     }
+}
+
+/// The fields of each request's log line in JSON log output.
+fn request_logs(output: &str) -> Vec<Value> {
+    output
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|log| log["fields"]["message"] == "request")
+        .map(|log| log["fields"].clone())
+        .collect()
 }
 
 /// A gateway with `shutdown_grace = grace`, and a stream of about 20 s on
@@ -492,12 +499,7 @@ async fn sigterm_cuts_streams_still_open_after_the_grace_and_says_how_many() {
     assert!(upstream.wait_for(|s| s.disconnects() >= 1).await);
     // Logged as the gateway's cut, not as a client that left (499).
     let output = running.output();
-    let logged: Vec<Value> = output
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|log| log["fields"]["message"] == "request")
-        .map(|log| log["fields"].clone())
-        .collect();
+    let logged = request_logs(&output);
     assert_eq!(logged.len(), 1, "{output}");
     assert_eq!(logged[0]["status"], 200, "{output}");
     assert_eq!(logged[0]["outcome"], "cut at shutdown");
@@ -530,12 +532,7 @@ async fn requests_waiting_for_a_head_when_the_grace_runs_out_get_a_503() {
     }
     assert_eq!(running.exit().await.code(), Some(0));
     let output = running.output();
-    let logged: Vec<Value> = output
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|log| log["fields"]["message"] == "request")
-        .map(|log| log["fields"].clone())
-        .collect();
+    let logged = request_logs(&output);
     assert_eq!(logged.len(), 2, "{output}");
     for fields in logged {
         assert_eq!(fields["status"], 503, "{output}");

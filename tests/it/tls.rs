@@ -566,6 +566,17 @@ async fn raw_h2_backend(quirk: Quirk) -> (std::net::SocketAddr, Arc<AtomicUsize>
     (addr, streams)
 }
 
+/// A gateway in front of a [`raw_h2_backend`] behind TLS (whose
+/// terminator counts handshakes), and the backend's count of streams.
+async fn behind_raw_h2(quirk: Quirk) -> (Gateway, TlsUpstream, Arc<AtomicUsize>, Pki) {
+    let pki = Pki::new();
+    let (backend, streams) = raw_h2_backend(quirk).await;
+    let leaf = pki.server("upstream", &["127.0.0.1"]);
+    let tls = TlsUpstream::start(backend, &leaf, &[H2], None).await;
+    let gateway = Gateway::start(&one_route(&tls.url(), &ca_file(&pki))).await;
+    (gateway, tls, streams, pki)
+}
+
 async fn raw_h2_connection(mut tcp: TcpStream, quirk: Option<Quirk>, streams: Arc<AtomicUsize>) {
     use crate::h2_abuse::{CONTINUATION, END_HEADERS, END_STREAM, HEADERS, frame, literal};
     const DATA: u8 = 0x0;
@@ -632,11 +643,7 @@ async fn raw_h2_connection(mut tcp: TcpStream, quirk: Option<Quirk>, streams: Ar
 /// included, on a new connection.
 #[tokio::test]
 async fn a_stream_past_an_h2_upstreams_goaway_is_sent_again() {
-    let pki = Pki::new();
-    let (backend, streams) = raw_h2_backend(Quirk::GoAwayFirst).await;
-    let leaf = pki.server("upstream", &["127.0.0.1"]);
-    let tls = TlsUpstream::start(backend, &leaf, &[H2], None).await;
-    let gateway = Gateway::start(&one_route(&tls.url(), &ca_file(&pki))).await;
+    let (gateway, tls, streams, _pki) = behind_raw_h2(Quirk::GoAwayFirst).await;
     let (status, body) = through(&gateway, "/v1/chat/completions", "{}".to_owned()).await;
     assert_eq!((status, body.as_str()), (200, "answered"));
     assert_eq!(streams.load(Ordering::SeqCst), 2);
@@ -648,11 +655,7 @@ async fn a_stream_past_an_h2_upstreams_goaway_is_sent_again() {
 /// on a new connection, as over HTTP/1.1 (`pool`).
 #[tokio::test]
 async fn a_stream_meeting_an_h2_upstreams_idle_close_is_sent_again() {
-    let pki = Pki::new();
-    let (backend, streams) = raw_h2_backend(Quirk::CloseOnSecond).await;
-    let leaf = pki.server("upstream", &["127.0.0.1"]);
-    let tls = TlsUpstream::start(backend, &leaf, &[H2], None).await;
-    let gateway = Gateway::start(&one_route(&tls.url(), &ca_file(&pki))).await;
+    let (gateway, tls, streams, _pki) = behind_raw_h2(Quirk::CloseOnSecond).await;
     let (status, body) = through(&gateway, "/v1/chat/completions", "{}".to_owned()).await;
     assert_eq!((status, body.as_str()), (200, "answered"));
     // Time is the subject: a POST goes again only from a connection unused
@@ -668,11 +671,7 @@ async fn a_stream_meeting_an_h2_upstreams_idle_close_is_sent_again() {
 /// over HTTP/1.1.
 #[tokio::test]
 async fn a_large_response_head_from_an_h2_upstream_passes() {
-    let pki = Pki::new();
-    let (backend, _) = raw_h2_backend(Quirk::LargeHead).await;
-    let leaf = pki.server("upstream", &["127.0.0.1"]);
-    let tls = TlsUpstream::start(backend, &leaf, &[H2], None).await;
-    let gateway = Gateway::start(&one_route(&tls.url(), &ca_file(&pki))).await;
+    let (gateway, _tls, _, _pki) = behind_raw_h2(Quirk::LargeHead).await;
     let response = send(&http1(), post(&gateway.url("/v1/chat/completions"), "{}")).await;
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "x-large").len(), 20_000);
