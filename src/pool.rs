@@ -281,7 +281,7 @@ impl Pool {
                     let again = (!sent_again).then(|| copy(&request));
                     let origin = std::mem::take(request.uri_mut());
                     *request.uri_mut() = self.absolute(&origin);
-                    // `:authority` says it: nginx before 1.29 refuses a
+                    // `:authority` says it: nginx 1.22 refuses a
                     // request that also has `Host` (RFC 9113 §8.3.1).
                     let host = request.headers_mut().remove(HOST);
                     let sent_at = Instant::now();

@@ -119,6 +119,7 @@ impl Proxy {
         self.unrouted.request(Role::Bypass);
         let mut log = AccessLog::unread(method, path, &self.requests, status);
         log.route(self.unrouted.clone());
+        // Dropped here: logged, and counted by status.
     }
 
     /// The drain is over: what is still open is cut, and logged so. Flights

@@ -96,8 +96,9 @@ impl ResponseHead {
 }
 
 /// Whether requests that differ in the header `name` never share a key:
-/// it is a key header, one always in the key, or `Accept-Encoding` (a
-/// flight asks the upstream for identity whatever the client accepts).
+/// it is a key header, one always in the key (`Content-Type` among them),
+/// or `Accept-Encoding` (a flight asks the upstream for identity whatever
+/// the client accepts).
 fn in_the_key(name: &[u8], key_headers: &[HeaderName]) -> bool {
     let named = |header: &HeaderName| name.eq_ignore_ascii_case(header.as_str().as_bytes());
     name.eq_ignore_ascii_case(b"accept-encoding")

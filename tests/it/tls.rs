@@ -468,7 +468,7 @@ async fn https_upstream_with_a_private_ca_speaks_h2_and_pools() {
     let (status, echo) = through(&gateway, "/echo", "{}".to_owned()).await;
     assert_eq!(status, 200, "{echo}");
     assert_eq!(json_of(&echo)["version"], "HTTP/2");
-    // `:authority` only: nginx before 1.29 refuses a request with `Host` too.
+    // `:authority` only: nginx 1.22 refuses a request with `Host` too.
     assert!(echoed(&json_of(&echo), "host").is_empty(), "{echo}");
     let (status, stream) = through(
         &gateway,
