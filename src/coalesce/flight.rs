@@ -332,16 +332,22 @@ impl Flight {
             stalled,
             "subscribers took nothing for send_timeout: counted out"
         );
-        state.subscribers -= stalled;
+        self.count_out(state, stalled, now)
+    }
+
+    /// Takes `count` subscribers the flight counted out off its count; true
+    /// when nobody is left, the flight deserted from `now`.
+    fn count_out(&self, state: &mut State, count: usize, now: Instant) -> bool {
+        state.subscribers -= count;
         self.settings
             .metrics
             .subscribers_active
-            .dec_by(stalled as i64);
-        if state.subscribers > 0 {
-            return false;
+            .dec_by(count as i64);
+        let deserted = count > 0 && state.subscribers == 0;
+        if deserted {
+            state.deserted_since = Some(now);
         }
-        state.deserted_since = Some(now);
-        true
+        deserted
     }
 
     /// Ends the stream. A clean end of a 2xx stays joinable when the route
@@ -403,18 +409,10 @@ impl Flight {
                 counted_out += 1;
             }
         }
-        state.subscribers -= counted_out;
-        let deserted = counted_out > 0 && state.subscribers == 0;
-        if deserted {
-            state.deserted_since = Some(Instant::now());
-        }
+        let deserted = self.count_out(&mut state, counted_out, Instant::now());
         // Cut subscribers waiting for a wake-up learn of it now.
         self.wake(state);
         self.settings.buffered.dec_by(released as i64);
-        self.settings
-            .metrics
-            .subscribers_active
-            .dec_by(counted_out as i64);
         if deserted {
             self.deserted.notify_one();
         }
