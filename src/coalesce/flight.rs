@@ -156,14 +156,25 @@ struct State {
 /// The stall check reads the clock once every this many appended chunks.
 const STALL_CHECK_CHUNKS: usize = 16;
 
+/// The largest frame a subscriber hands its connection at once. A connection
+/// asks for the next frame only when it has sent the last, so a chunk larger
+/// than this goes out in parts: a client that reads slowly shows progress
+/// at least every 16 KiB (HTTP/2's default frame), not once per chunk of up
+/// to hundreds of KiB, and is never taken for a stalled one.
+const MAX_FRAME: usize = 16 * 1024;
+
 /// One subscriber's place in the log, as the stall check sees it.
 #[derive(Clone, Copy)]
 enum Place {
     /// The slot is free.
     Free,
-    /// Reading: its next chunk, and that at the last check (`usize::MAX`
-    /// before its first).
-    Reading { next: usize, checked: usize },
+    /// Reading: its next chunk, how many frames it has taken, and that count
+    /// at the last check (`usize::MAX` before its first).
+    Reading {
+        next: usize,
+        taken: usize,
+        checked: usize,
+    },
     /// Counted out for taking nothing for a whole `send_timeout`.
     Stalled,
     /// Counted out when the flight shed the chunks it had yet to read.
@@ -214,6 +225,7 @@ impl Flight {
         let replay_until = state.log.len();
         let place = Place::Reading {
             next,
+            taken: 0,
             checked: usize::MAX,
         };
         let slot = match state.free.pop() {
@@ -232,6 +244,7 @@ impl Flight {
             flight: Arc::clone(self),
             slot,
             next,
+            offset: 0,
             replay_until,
             registered: None,
             at_clean_end: false,
@@ -312,13 +325,18 @@ impl Flight {
         let waiting = state.checked_len;
         let mut stalled = 0;
         for place in &mut state.places {
-            if let Place::Reading { next, checked } = place {
-                if *next == *checked && *next < waiting {
+            if let Place::Reading {
+                next,
+                taken,
+                checked,
+            } = place
+            {
+                if *taken == *checked && *next < waiting {
                     state.log.leave(*next);
                     *place = Place::Stalled;
                     stalled += 1;
                 } else {
-                    *checked = *next;
+                    *checked = *taken;
                 }
             }
         }
@@ -525,6 +543,8 @@ pub struct Subscriber {
     slot: usize,
     /// Absolute index of the next chunk to hand out.
     next: usize,
+    /// How much of that chunk was handed out already (see [`MAX_FRAME`]).
+    offset: usize,
     /// Chunks below this index were in the log when this subscriber joined.
     replay_until: usize,
     /// The change generation and waker last registered, to register once.
@@ -575,25 +595,42 @@ impl Body for Subscriber {
         let stalled = || Poll::Ready(Some(Err(BodyError::Stalled(flight.settings.send_timeout))));
         // A subscriber counted out was behind: it always finds a chunk here,
         // or was cut. Polls that wait for the next chunk never look.
-        if let Some(chunk) = state.log.get(this.next).cloned() {
-            let Some(Place::Reading { next: place, .. }) = state.places.get_mut(this.slot) else {
+        if let Some(chunk) = state.log.get(this.next) {
+            let Some(Place::Reading {
+                next: place, taken, ..
+            }) = state.places.get_mut(this.slot)
+            else {
                 return stalled();
             };
-            state.log.advance(this.next);
-            this.next += 1;
-            *place = this.next;
-            this.at_clean_end = state.read_to_clean_end(this.next);
-            let released = state.release();
+            *taken = taken.wrapping_add(1);
+            let index = this.next;
+            let end = chunk.len().min(this.offset + MAX_FRAME);
+            let (frame, whole) = if this.offset == 0 && end == chunk.len() {
+                (chunk.clone(), true)
+            } else {
+                (chunk.slice(this.offset..end), end == chunk.len())
+            };
+            let mut released = 0;
+            if whole {
+                this.offset = 0;
+                this.next += 1;
+                *place = this.next;
+                state.log.advance(index);
+                this.at_clean_end = state.read_to_clean_end(this.next);
+                released = state.release();
+            } else {
+                this.offset = end;
+            }
             drop(guard);
             flight.settings.buffered.dec_by(released as i64);
-            if this.next <= this.replay_until {
+            if index < this.replay_until {
                 flight
                     .settings
                     .metrics
                     .replayed_bytes
-                    .inc_by(chunk.len() as u64);
+                    .inc_by(frame.len() as u64);
             }
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            return Poll::Ready(Some(Ok(Frame::data(frame))));
         }
         if state.log.was_cut(this.next) {
             if let Some(Place::Stalled) = state.places.get(this.slot) {

@@ -137,8 +137,18 @@ async fn scenario(seed: u64, exact: bool) {
     ))];
 
     flight.set_head(ok_head());
+    // Mostly small chunks; a few larger than a frame, read in parts.
     let chunks: Vec<Bytes> = (0..rng.u64(..25))
-        .map(|i| Bytes::from(vec![b'a' + (i % 26) as u8; 1 + rng.u64(..300) as usize]))
+        .map(|i| {
+            let len = match rng.u8(..100) {
+                0..10 => 1 + rng.usize(..3 * MAX_FRAME),
+                _ => 1 + rng.usize(..300),
+            };
+            // Every byte tells its place, so a part out of order shows.
+            (0..len)
+                .map(|j| ((i as usize * 31 + j) % 251) as u8)
+                .collect()
+        })
         .collect();
     let broken = rng.u8(..100) < 30;
     let mut appended = 0u64;
@@ -457,4 +467,34 @@ async fn slow_readers_and_late_joiners_are_not_counted_out() {
     assert_eq!(active.get(), 2);
     assert!(slow.frame().await.unwrap().is_ok());
     assert!(late.unwrap().frame().await.unwrap().is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_large_chunk_goes_out_in_frames_and_its_slow_reader_is_not_counted_out() {
+    let metrics = Metrics::new();
+    let active = metrics.route("test").subscribers_active.clone();
+    let (flight, mut slow) = Flight::lead(key(), impatient(&metrics));
+    flight.set_head(ok_head());
+    let large: Bytes = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+    flight.append(large.clone(), false);
+    // `slow` takes a 16 KiB frame of the large chunk every 900 ms: it is at
+    // the same chunk for more than two checks, and never counted out.
+    let mut frames = Vec::new();
+    trickle(&flight, 40, async |index| {
+        if index % 9 == 0 && frames.len() < 4 {
+            frames.push(slow.frame().await.unwrap().unwrap().into_data().unwrap());
+        }
+    })
+    .await;
+    assert_eq!(active.get(), 1, "a slow reader was counted out");
+    assert_eq!(
+        frames.iter().map(Bytes::len).collect::<Vec<_>>(),
+        [MAX_FRAME; 4]
+    );
+    assert_eq!(frames.concat(), large);
+    // The chunks after it come whole.
+    assert_eq!(
+        slow.frame().await.unwrap().unwrap().into_data().unwrap(),
+        "x"
+    );
 }
