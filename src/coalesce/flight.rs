@@ -261,14 +261,21 @@ impl Flight {
         &self.settings
     }
 
-    /// Publishes the response head.
-    pub(crate) fn set_head(&self, head: ResponseHead) {
+    /// Publishes the response head; `ended` when its body has ended already
+    /// (none, or an empty one). Head and clean end are then published in one
+    /// step: hyper never polls the body of a 204 or a 304, only asks it
+    /// whether it ended when it drops it, and a subscriber that saw the head
+    /// without the end would count as a client that reset its stream early.
+    pub(crate) fn set_head(&self, head: ResponseHead, ended: bool) {
         let stream = headers::is_event_stream(&head.headers);
         let mut state = self.state();
         if stream {
             state.log.expect_stream();
         }
         state.head = Some(Head::Response(Arc::new(head)));
+        if ended {
+            self.end(&mut state, End::Complete);
+        }
         self.wake(state);
     }
 

@@ -136,7 +136,7 @@ async fn scenario(seed: u64, exact: bool) {
         writer_done.clone(),
     ))];
 
-    flight.set_head(ok_head());
+    flight.set_head(ok_head(), false);
     // Mostly small chunks; a few larger than a frame, read in parts.
     let chunks: Vec<Bytes> = (0..rng.u64(..25))
         .map(|i| {
@@ -251,7 +251,7 @@ async fn chunks_read_by_everyone_are_released_once_closed() {
     let metrics = Metrics::new();
     let (flight, mut first) = Flight::lead(key(), settings(&metrics, 10, 10));
     let mut second = flight.join().unwrap();
-    flight.set_head(ok_head());
+    flight.set_head(ok_head(), false);
     flight.append(Bytes::from_static(b"0123456789"), false);
     flight.append(Bytes::from_static(b"abcdefghij"), false);
     // Past max_replay_bytes: closed, but nobody has read anything yet.
@@ -319,7 +319,7 @@ async fn shedding_keeps_what_readers_need_up_to_max_replay_bytes_and_cuts_the_re
     let metrics = Metrics::new();
     let (flight, mut eager) = Flight::lead(key(), settings(&metrics, 10, 10));
     let mut stalled = flight.join().unwrap();
-    flight.set_head(ok_head());
+    flight.set_head(ok_head(), false);
     for chunk in [&b"0123456789"[..], b"abcdefghij", b"ABCDEFGHIJ"] {
         flight.append(Bytes::from_static(chunk), false);
         eager.frame().await.unwrap().unwrap();
@@ -363,7 +363,7 @@ async fn shedding_keeps_what_readers_need_up_to_max_replay_bytes_and_cuts_the_re
 async fn a_flight_whose_last_subscriber_was_cut_is_deserted_at_once() {
     let metrics = Metrics::new();
     let (flight, stalled) = Flight::lead(key(), settings(&metrics, 10, 10));
-    flight.set_head(ok_head());
+    flight.set_head(ok_head(), false);
     for chunk in [&b"0123456789"[..], b"abcdefghij"] {
         flight.append(Bytes::from_static(chunk), false);
     }
@@ -402,7 +402,7 @@ async fn a_subscriber_that_takes_nothing_for_send_timeout_is_counted_out() {
     let active = metrics.route("test").subscribers_active.clone();
     let (flight, mut stalled) = Flight::lead(key(), impatient(&metrics));
     let mut reader = flight.join().unwrap();
-    flight.set_head(ok_head());
+    flight.set_head(ok_head(), false);
     let deserted = flight.deserted(Duration::ZERO);
     tokio::pin!(deserted);
 
@@ -433,7 +433,7 @@ async fn a_subscriber_that_takes_nothing_for_send_timeout_is_counted_out() {
 async fn the_last_subscriber_counted_out_deserts_the_flight() {
     let metrics = Metrics::new();
     let (flight, _stalled) = Flight::lead(key(), impatient(&metrics));
-    flight.set_head(ok_head());
+    flight.set_head(ok_head(), false);
     trickle(&flight, 50, async |_| {}).await;
     tokio::time::timeout(Duration::ZERO, flight.deserted(Duration::ZERO))
         .await
@@ -445,7 +445,7 @@ async fn slow_readers_and_late_joiners_are_not_counted_out() {
     let metrics = Metrics::new();
     let active = metrics.route("test").subscribers_active.clone();
     let (flight, mut slow) = Flight::lead(key(), impatient(&metrics));
-    flight.set_head(ok_head());
+    flight.set_head(ok_head(), false);
     let mut late = None;
     // `slow` takes a chunk every 900 ms; `late` joins at 4 s with 40
     // chunks to replay and takes its first at 5.6 s, then one a second.
@@ -474,7 +474,7 @@ async fn a_large_chunk_goes_out_in_frames_and_its_slow_reader_is_not_counted_out
     let metrics = Metrics::new();
     let active = metrics.route("test").subscribers_active.clone();
     let (flight, mut slow) = Flight::lead(key(), impatient(&metrics));
-    flight.set_head(ok_head());
+    flight.set_head(ok_head(), false);
     let large: Bytes = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
     flight.append(large.clone(), false);
     // `slow` takes a 16 KiB frame of the large chunk every 900 ms: it is at
@@ -497,4 +497,15 @@ async fn a_large_chunk_goes_out_in_frames_and_its_slow_reader_is_not_counted_out
         slow.frame().await.unwrap().unwrap().into_data().unwrap(),
         "x"
     );
+}
+
+#[tokio::test]
+async fn a_head_with_no_body_is_published_with_its_clean_end() {
+    let metrics = Metrics::new();
+    let (flight, mut leader) = Flight::lead(key(), settings(&metrics, 1 << 20, 10));
+    flight.set_head(ok_head(), true);
+    assert!(matches!(leader.head().await, Head::Response(_)));
+    // hyper drops the body of a 204 or a 304 unpolled: it must say it ended.
+    assert!(leader.is_end_stream());
+    assert!(leader.frame().await.is_none());
 }

@@ -153,10 +153,9 @@ async fn stream(
     let mut headers = parts.headers;
     upstream.to_downstream(&mut headers);
     own_values(&mut headers);
-    flight.set_head(ResponseHead { status, headers });
-
-    if body.is_end_stream() {
-        flight.finish(End::Complete);
+    let ended = body.is_end_stream();
+    flight.set_head(ResponseHead { status, headers }, ended);
+    if ended {
         return Outcome::Complete(status);
     }
     loop {
@@ -381,10 +380,13 @@ mod tests {
         let (registry, metrics) = (Registry::default(), Metrics::new());
         let (flight, mut leader) = lead(&registry, &metrics);
         panic_with_guard(flight, registry.clone(), |flight| {
-            flight.set_head(ResponseHead {
-                status: StatusCode::OK,
-                headers: HeaderMap::new(),
-            });
+            flight.set_head(
+                ResponseHead {
+                    status: StatusCode::OK,
+                    headers: HeaderMap::new(),
+                },
+                false,
+            );
             flight.append(Bytes::from_static(b"data: 1\n\n"), false);
         })
         .await;
