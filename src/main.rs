@@ -45,11 +45,8 @@ const EXIT_USAGE: u8 = 2;
     about = "A streaming gateway that coalesces identical in-flight LLM requests"
 )]
 struct Cli {
-    /// The config file (default: $CHORUS_CONFIG, else config/chorus.toml).
-    // Read by `config_path`, not by clap: clap takes a set but empty
-    // variable for a missing value, where an unset one is meant.
-    #[arg(long, global = true)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: ConfigOption,
     /// Log format on stderr.
     #[arg(long, global = true, env = "CHORUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -57,12 +54,23 @@ struct Cli {
     command: Option<Command>,
 }
 
+/// `--config`, which only the commands that read a config take (given
+/// before the command, the others refuse it).
+#[derive(clap::Args)]
+struct ConfigOption {
+    /// The config file (default: $CHORUS_CONFIG, else config/chorus.toml).
+    // Read by `config_path`, not by clap: clap takes a set but empty
+    // variable for a missing value, where an unset one is meant.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Runs the gateway (the default).
-    Run,
+    Run(ConfigOption),
     /// Validates the config: exit 0, or every problem and exit 2.
-    Check,
+    Check(ConfigOption),
     /// Starts the mock upstream and the gateway in front of it, to try things.
     Demo {
         /// Where the gateway listens.
@@ -114,42 +122,47 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let command = cli.command.unwrap_or(Command::Run);
+    let command = cli
+        .command
+        .unwrap_or(Command::Run(ConfigOption { config: None }));
     let own_settings = match command {
         Command::Demo { .. } => Some("demo"),
         Command::MockUpstream(_) => Some("mock-upstream"),
         Command::Health { .. } => Some("health"),
-        Command::Run | Command::Check => None,
+        Command::Run(_) | Command::Check(_) => None,
     };
-    if let (Some(name), Some(_)) = (own_settings, &cli.config) {
+    if let (Some(name), Some(_)) = (own_settings, &cli.config.config) {
         // Ignored, it would look as if the file were in use.
         eprintln!("chorus: `{name}` reads no config file; drop --config");
         return ExitCode::from(EXIT_USAGE);
     }
     if matches!(
         command,
-        Command::Run | Command::Demo { .. } | Command::MockUpstream(_)
+        Command::Run(_) | Command::Demo { .. } | Command::MockUpstream(_)
     ) {
         raise_open_files_limit();
         return_memory_in_the_background();
     }
     match command {
-        Command::Run => runtime.block_on(run(config_path(cli.config))),
-        Command::Check => check(&config_path(cli.config)),
+        Command::Run(own) => runtime.block_on(run(config_path(own, cli.config))),
+        Command::Check(own) => check(&config_path(own, cli.config)),
         Command::Demo { listen, admin } => runtime.block_on(demo(listen, admin)),
         Command::MockUpstream(options) => runtime.block_on(mock_upstream(options)),
         Command::Health { url, timeout } => runtime.block_on(health(url, timeout)),
     }
 }
 
-/// `--config`, else `$CHORUS_CONFIG` unless empty, else `config/chorus.toml`.
-fn config_path(flag: Option<PathBuf>) -> PathBuf {
-    flag.or_else(|| {
-        std::env::var_os("CHORUS_CONFIG")
-            .filter(|value| !value.is_empty())
-            .map(PathBuf::from)
-    })
-    .unwrap_or_else(|| PathBuf::from("config/chorus.toml"))
+/// `--config` (the command's own, else the one before it), else
+/// `$CHORUS_CONFIG` unless empty, else `config/chorus.toml`.
+fn config_path(own: ConfigOption, before: ConfigOption) -> PathBuf {
+    own.config
+        .or(before.config)
+        .or_else(|| {
+            std::env::var_os("CHORUS_CONFIG")
+                .filter(|value| !value.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from("config/chorus.toml"))
 }
 
 /// `RUST_LOG` if set and not empty (empty would log nothing), else `info`;

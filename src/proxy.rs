@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, UPGRADE};
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -232,6 +232,13 @@ impl Proxy {
                 return Answered::Now(refuse(error, Role::Bypass, log));
             }
         };
+        // The body was read whole: an empty one the client framed with
+        // chunked coding goes on with its length, as one it sent a length for.
+        if body.is_empty() && parts.headers.contains_key(TRANSFER_ENCODING) {
+            parts
+                .headers
+                .insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        }
         // Asked of chorus itself, the hop the opt-out is for.
         let opted_out = headers::coalesce_opted_out(&parts.headers);
         // Before the key: a header named in `Connection` never reaches the

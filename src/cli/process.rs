@@ -37,7 +37,8 @@ pub(crate) fn raise_open_files_limit() {
 }
 
 /// Warns when the open-files limit cannot even hold `max_connections`
-/// clients: past it, connections are refused with "too many open files".
+/// clients: past it, accepting fails with "too many open files" and new
+/// connections wait in the backlog until descriptors are free again.
 pub(crate) fn warn_if_few_open_files(max_connections: usize) {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     // Room for the listeners, the log, and a few upstream connections.
@@ -48,8 +49,8 @@ pub(crate) fn warn_if_few_open_files(max_connections: usize) {
         tracing::warn!(
             open_files = current,
             max_connections,
-            "the open files limit is below server.max_connections: clients past it are refused \
-             (raise it with `ulimit -n`, systemd's LimitNOFILE or docker run --ulimit nofile)"
+            "the open files limit is below server.max_connections: clients past it wait in the \
+             accept backlog until others close (raise it with `ulimit -n`, systemd's LimitNOFILE or docker run --ulimit nofile)"
         );
     }
 }

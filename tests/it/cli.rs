@@ -184,9 +184,19 @@ async fn commands_that_read_no_config_refuse_one() {
     let good = dir.file("good.toml", &good_config("http://127.0.0.1:9000", "5s"));
     let good = good.to_str().unwrap();
     for command in ["demo", "mock-upstream", "health"] {
-        let (status, _, stderr) = chorus(&[command, "--config", good], &[]).await;
-        assert_eq!(status.code(), Some(2), "{command}: {stderr}");
-        assert!(stderr.contains("--config"), "{command}: {stderr}");
+        for args in [[command, "--config", good], ["--config", good, command]] {
+            let (status, _, stderr) = chorus(&args, &[]).await;
+            assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+            assert!(stderr.contains("--config"), "{args:?}: {stderr}");
+        }
+        // Nor does their help offer one.
+        let (status, help, _) = chorus(&[command, "--help"], &[]).await;
+        assert!(status.success());
+        assert!(!help.contains("--config"), "{command} --help: {help}");
+    }
+    for command in ["run", "check"] {
+        let (_, help, _) = chorus(&[command, "--help"], &[]).await;
+        assert!(help.contains("--config"), "{command} --help: {help}");
     }
 }
 

@@ -793,7 +793,7 @@ async fn requests_are_served_when_their_first_bytes_arrive_alone() {
 
 /// An empty request body goes on with `Content-Length: 0` where the client
 /// framed one, or its method carries content, as nginx sends it: a backend
-/// may refuse a POST without a length (411). A GET gets none.
+/// may refuse a POST without a length (411). A GET that framed none gets none.
 #[tokio::test]
 async fn an_empty_body_keeps_its_length_upstream() {
     let upstream = Upstream::start().await;
@@ -813,12 +813,20 @@ async fn an_empty_body_keeps_its_length_upstream() {
         let echo: serde_json::Value = serde_json::from_str(echo).unwrap();
         assert_eq!(echoed(&echo, "content-length"), length, "{head}");
     }
-    // An empty chunked body, of a PUT.
-    let request = "PUT /echo HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\
-                   connection: close\r\n\r\n0\r\n\r\n";
-    let answer = raw(gateway.addr, request.as_bytes()).await;
-    let echo = &answer[answer.find('{').unwrap()..=answer.rfind('}').unwrap()];
-    let echo: serde_json::Value = serde_json::from_str(echo).unwrap();
-    assert_eq!(echoed(&echo, "content-length"), ["0"]);
-    assert!(echoed(&echo, "transfer-encoding").is_empty());
+    // An empty chunked body, of a PUT and of a GET, coalesced or not.
+    for (method, extra) in [
+        ("PUT", ""),
+        ("GET", ""),
+        ("GET", "x-chorus-coalesce: off\r\n"),
+    ] {
+        let request = format!(
+            "{method} /echo HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\
+             {extra}connection: close\r\n\r\n0\r\n\r\n"
+        );
+        let answer = raw(gateway.addr, request.as_bytes()).await;
+        let echo = &answer[answer.find('{').unwrap()..=answer.rfind('}').unwrap()];
+        let echo: serde_json::Value = serde_json::from_str(echo).unwrap();
+        assert_eq!(echoed(&echo, "content-length"), ["0"], "{method} {extra}");
+        assert!(echoed(&echo, "transfer-encoding").is_empty());
+    }
 }
