@@ -164,6 +164,10 @@ pub fn to_downstream(headers: &mut HeaderMap) {
         headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
         add_no_cache(headers);
         headers.remove(CONTENT_LENGTH);
+    } else if has_media_type(headers, "application/x-ndjson") {
+        // Ollama streams its answers as lines of JSON: nginx in front must
+        // not buffer those either. Nothing else about them changes.
+        headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
     }
 }
 
@@ -197,11 +201,16 @@ fn add_no_cache(headers: &mut HeaderMap) {
 
 /// Whether the media type is `text/event-stream`.
 pub fn is_event_stream(headers: &HeaderMap) -> bool {
+    has_media_type(headers, "text/event-stream")
+}
+
+/// Whether `Content-Type` names `media` (parameters aside, any case).
+fn has_media_type(headers: &HeaderMap, media: &str) -> bool {
     headers
         .get(CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.split(';').next())
-        .is_some_and(|media| media.trim().eq_ignore_ascii_case("text/event-stream"))
+        .is_some_and(|named| named.trim().eq_ignore_ascii_case(media))
 }
 
 fn remove_gateway_headers(headers: &mut HeaderMap) {
@@ -372,6 +381,21 @@ mod tests {
         assert_eq!(headers["cache-control"], "private, no-cache");
         assert!(headers.get("content-length").is_none());
         assert!(headers.get("transfer-encoding").is_none());
+    }
+
+    #[test]
+    fn ndjson_streams_are_marked_unbuffered_and_keep_the_rest() {
+        let mut headers = map(&[
+            ("content-type", "application/x-ndjson"),
+            ("content-length", "100"),
+        ]);
+        to_downstream(&mut headers);
+        assert_eq!(headers["x-accel-buffering"], "no");
+        assert_eq!(headers["content-length"], "100");
+        assert!(headers.get("cache-control").is_none());
+        let mut json = map(&[("content-type", "application/json")]);
+        to_downstream(&mut json);
+        assert!(json.get("x-accel-buffering").is_none());
     }
 
     #[test]
