@@ -63,6 +63,7 @@ pub mod flushes;
 pub mod framing;
 pub mod gather;
 pub mod headers;
+pub mod heard;
 pub mod logging;
 pub mod metrics;
 pub mod mock;

@@ -53,6 +53,7 @@ use tower_service::Service;
 
 use crate::error::GatewayError;
 use crate::gather::Gathered;
+use crate::heard::{Heard, Listening};
 
 type RequestBody = Full<Bytes>;
 
@@ -177,6 +178,8 @@ pub struct Http1 {
     /// the upstream may have closed it just as the request was sent (then
     /// the request goes again). None for a new connection.
     unused_for: Option<Duration>,
+    /// Whether any byte of an answer came: then it never goes again.
+    heard: Heard,
 }
 
 impl Http1 {
@@ -186,6 +189,7 @@ impl Http1 {
     }
 
     async fn request(&mut self, request: Request<RequestBody>) -> Result<Response<Incoming>, Sent> {
+        self.heard.clear();
         self.sender
             .try_send_request(request)
             .await
@@ -356,10 +360,13 @@ impl Pool {
                         }
                         // The upstream closed or reset a kept connection just
                         // as the request reached it (its keep-alive timeout,
-                        // or a restart): so soon, it did not act on the
-                        // request, which goes once more, on a new connection.
+                        // or a restart): so soon, and with no byte of an
+                        // answer, it did not act on the request, which goes
+                        // once more, on a new connection.
                         (Err(Sent::Failed(error)), Some(again))
-                            if closed_under(&error) && sent_at.elapsed() < CLOSE_RACE =>
+                            if closed_under(&error)
+                                && sent_at.elapsed() < CLOSE_RACE
+                                && !connection.heard.anything() =>
                         {
                             tracing::debug!(%error, "a kept upstream connection was closed under a request; sending it again");
                             request = again;
@@ -546,6 +553,8 @@ impl Pool {
             }
             return Ok(Checkout::Http2(sender, None, stream));
         }
+        let heard = Heard::default();
+        let io = Listening::new(io, heard.clone());
         let (sender, connection) = Box::pin(http1::handshake(io)).await.map_err(failed)?;
         // Boxed: awaited in place, the connection took room twice in its
         // task (3.7 KiB a connection, DHAT), for as long as it stays open.
@@ -558,6 +567,7 @@ impl Pool {
         Ok(Checkout::Http1(Http1 {
             sender,
             unused_for: None,
+            heard,
         }))
     }
 

@@ -227,6 +227,8 @@ enum Ending {
     Reset(Duration),
     /// A plain close (FIN), at once.
     Close,
+    /// These bytes of an answer, then a plain close.
+    Partly(&'static [u8]),
 }
 
 /// A raw upstream: answers every request `hello` on kept-alive connections,
@@ -262,6 +264,9 @@ async fn closing_upstream(ending: Ending) -> (Uri, Arc<AtomicUsize>, Arc<AtomicU
                                 stream.set_zero_linger().unwrap();
                             }
                             Ending::Close => {}
+                            Ending::Partly(bytes) => {
+                                let _ = stream.write_all(bytes).await;
+                            }
                         }
                         return;
                     }
@@ -307,6 +312,24 @@ async fn a_request_whose_kept_connection_fails_late_is_not_sent_again() {
     assert_eq!(error.kind(), "upstream_failed");
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
     assert_eq!(heads.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_request_whose_kept_connection_closes_after_part_of_an_answer_is_not_sent_again() {
+    // A part of a head, or a `100 Continue`: the upstream read the request.
+    for part in [
+        &b"HTTP/1.1 200 OK\r\nx-par"[..],
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+    ] {
+        let (target, accepted, heads) = closing_upstream(Ending::Partly(part)).await;
+        let pool = pool(target);
+        assert_eq!(fetch(&pool, "/").await, "hello");
+        tokio::time::sleep(CLOSE_AFTER).await;
+        let error = pool.send(get("/"), &untracked()).await.err().unwrap();
+        assert_eq!(error.status(), 502);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "sent again");
+        assert_eq!(heads.load(Ordering::SeqCst), 2);
+    }
 }
 
 #[tokio::test]
