@@ -114,34 +114,40 @@ impl Upstream {
 
     /// Turns an upstream response's headers into the client response's
     /// ([`headers::to_downstream`]); a redirect to the upstream itself
-    /// becomes one to the path the client would ask the gateway for, as
-    /// nginx's `proxy_redirect default` does, rather than send the client
-    /// around the gateway (and the headers it adds).
+    /// becomes one to the path the client would ask the gateway for (nginx's
+    /// `proxy_redirect default` puts the client's `Host` before it; identical
+    /// requests from other hosts may share this answer), rather than send
+    /// the client around the gateway (and the headers it adds).
     pub fn to_downstream(&self, headers: &mut HeaderMap) {
         headers::to_downstream(headers);
         let relative = headers
             .get(LOCATION)
-            .and_then(|location| self.client_path(location.as_bytes()))
-            .and_then(|path| HeaderValue::from_bytes(path).ok());
+            .and_then(|location| self.client_path(location.as_bytes()));
         if let Some(relative) = relative {
             headers.insert(LOCATION, relative);
         }
     }
 
     /// The client's path for a URL on the upstream (under its own path), if it is one.
-    fn client_path<'a>(&self, url: &'a [u8]) -> Option<&'a [u8]> {
+    fn client_path(&self, url: &[u8]) -> Option<HeaderValue> {
         let origin = self.origin.as_bytes();
         let on_upstream = url
             .get(..origin.len())
             .is_some_and(|start| start.eq_ignore_ascii_case(origin));
         let rest = url.get(origin.len()..).filter(|_| on_upstream)?;
         let rest = rest.strip_prefix(self.base_path.as_bytes())?;
-        match rest.first() {
-            None => Some(b"/"),
-            Some(b'/' | b'?' | b'#') => Some(rest),
+        let path = match rest {
+            // `//` first would make it a URL of another host (`//evil.example/`
+            // is scheme-relative): `/.` before it keeps it this path, here.
+            [b'/', b'/', ..] => [b"/.", rest].concat(),
+            [b'/', ..] => rest.to_vec(),
+            // A query or a fragment alone is of the root; a reference made
+            // of it alone would keep the client's own path.
+            [] | [b'?' | b'#', ..] => [b"/", rest].concat(),
             // Another port, or a longer path than the upstream's own.
-            Some(_) => None,
-        }
+            _ => return None,
+        };
+        HeaderValue::from_bytes(&path).ok()
     }
 
     /// The upstream's path for a client's target, in origin form.
@@ -418,8 +424,21 @@ mod tests {
         let based = upstream("http://Backend:9000/api/");
         for (upstream, location, sent) in [
             (&plain, "http://127.0.0.1:9000/v1/chat/", "/v1/chat/"),
-            (&plain, "HTTP://127.0.0.1:9000?page=2", "?page=2"),
+            (&plain, "HTTP://127.0.0.1:9000?page=2", "/?page=2"),
             (&plain, "http://127.0.0.1:9000", "/"),
+            (&based, "http://backend:9000/api?page=2", "/?page=2"),
+            (&based, "http://backend:9000/api#top", "/#top"),
+            // Never a URL of another host.
+            (
+                &plain,
+                "http://127.0.0.1:9000//evil.example/x/",
+                "/.//evil.example/x/",
+            ),
+            (
+                &based,
+                "http://backend:9000/api//evil.example",
+                "/.//evil.example",
+            ),
             (&based, "http://backend:9000/api/v1/x?y#z", "/v1/x?y#z"),
             (&based, "http://backend:9000/api", "/"),
             // Elsewhere: left as they are.
