@@ -8,7 +8,7 @@ use http::header::{
     ACCEPT_ENCODING, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, EXPECT, HOST,
     TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
-use http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 
 /// Which of leader, follower or bypass answered a request.
 pub const X_CHORUS_ROLE: HeaderName = HeaderName::from_static("x-chorus-role");
@@ -149,11 +149,13 @@ pub fn to_upstream(
 }
 
 /// Turns an upstream response's headers into the client response's headers.
-pub fn to_downstream(headers: &mut HeaderMap) {
+pub fn to_downstream(status: StatusCode, headers: &mut HeaderMap) {
     // A body the upstream framed with `Transfer-Encoding` was read by it,
     // whatever its `Content-Length` said; passed on, the length would cut
-    // the body short or promise bytes that never come (RFC 9112 §6.3).
-    if headers.contains_key(TRANSFER_ENCODING) {
+    // the body short or promise bytes that never come (RFC 9112 §6.3). A
+    // 204 has no length at all (RFC 9110 §8.6): HTTP/2 clients take one
+    // for a protocol error.
+    if headers.contains_key(TRANSFER_ENCODING) || status == StatusCode::NO_CONTENT {
         headers.remove(CONTENT_LENGTH);
     }
     remove_hop_by_hop(headers);
@@ -376,11 +378,21 @@ mod tests {
             ("cache-control", "private"),
             ("transfer-encoding", "chunked"),
         ]);
-        to_downstream(&mut headers);
+        to_downstream(StatusCode::OK, &mut headers);
         assert_eq!(headers["x-accel-buffering"], "no");
         assert_eq!(headers["cache-control"], "private, no-cache");
         assert!(headers.get("content-length").is_none());
         assert!(headers.get("transfer-encoding").is_none());
+    }
+
+    #[test]
+    fn a_204_loses_its_length() {
+        let mut headers = map(&[("content-length", "5")]);
+        to_downstream(StatusCode::NO_CONTENT, &mut headers);
+        assert!(headers.get("content-length").is_none());
+        let mut headers = map(&[("content-length", "5")]);
+        to_downstream(StatusCode::NOT_MODIFIED, &mut headers);
+        assert_eq!(headers["content-length"], "5");
     }
 
     #[test]
@@ -389,12 +401,12 @@ mod tests {
             ("content-type", "application/x-ndjson"),
             ("content-length", "100"),
         ]);
-        to_downstream(&mut headers);
+        to_downstream(StatusCode::OK, &mut headers);
         assert_eq!(headers["x-accel-buffering"], "no");
         assert_eq!(headers["content-length"], "100");
         assert!(headers.get("cache-control").is_none());
         let mut json = map(&[("content-type", "application/json")]);
-        to_downstream(&mut json);
+        to_downstream(StatusCode::OK, &mut json);
         assert!(json.get("x-accel-buffering").is_none());
     }
 
@@ -415,7 +427,7 @@ mod tests {
             for value in upstream {
                 headers.append("cache-control", value.parse().unwrap());
             }
-            to_downstream(&mut headers);
+            to_downstream(StatusCode::OK, &mut headers);
             let values: Vec<_> = headers.get_all("cache-control").iter().collect();
             assert_eq!(values, [sent], "{upstream:?}");
         }
@@ -427,7 +439,7 @@ mod tests {
             ("content-type", "application/json"),
             ("content-length", "2"),
         ]);
-        to_downstream(&mut headers);
+        to_downstream(StatusCode::OK, &mut headers);
         assert_eq!(headers["content-length"], "2");
         assert!(headers.get("x-accel-buffering").is_none());
     }
@@ -439,7 +451,7 @@ mod tests {
             ("content-length", "2"),
             ("transfer-encoding", "chunked"),
         ]);
-        to_downstream(&mut headers);
+        to_downstream(StatusCode::OK, &mut headers);
         assert!(headers.get("content-length").is_none());
         assert!(headers.get("transfer-encoding").is_none());
     }

@@ -497,7 +497,9 @@ async fn send_alone(
     let mut response = Response::new(Source::Upstream(upstream_body));
     *response.status_mut() = upstream_parts.status;
     *response.headers_mut() = upstream_parts.headers;
-    route.upstream.to_downstream(response.headers_mut());
+    route
+        .upstream
+        .to_downstream(upstream_parts.status, response.headers_mut());
     set_role(response.headers_mut(), Role::Bypass);
     log.head(upstream_parts.status, Some(waited));
     Ok((response, switched))

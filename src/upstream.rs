@@ -118,8 +118,8 @@ impl Upstream {
     /// `proxy_redirect default` puts the client's `Host` before it; identical
     /// requests from other hosts may share this answer), rather than send
     /// the client around the gateway (and the headers it adds).
-    pub fn to_downstream(&self, headers: &mut HeaderMap) {
-        headers::to_downstream(headers);
+    pub fn to_downstream(&self, status: StatusCode, headers: &mut HeaderMap) {
+        headers::to_downstream(status, headers);
         let relative = headers
             .get(LOCATION)
             .and_then(|location| self.client_path(location.as_bytes()));
@@ -414,7 +414,7 @@ mod tests {
     fn location_after(upstream: &Upstream, location: &str) -> String {
         let mut headers = HeaderMap::new();
         headers.insert(LOCATION, HeaderValue::from_str(location).unwrap());
-        upstream.to_downstream(&mut headers);
+        upstream.to_downstream(StatusCode::FOUND, &mut headers);
         headers[LOCATION].to_str().unwrap().to_owned()
     }
 

@@ -151,7 +151,7 @@ async fn stream(
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
     let mut headers = parts.headers;
-    upstream.to_downstream(&mut headers);
+    upstream.to_downstream(status, &mut headers);
     own_values(&mut headers);
     let ended = body.is_end_stream();
     flight.set_head(ResponseHead { status, headers }, ended);

@@ -206,6 +206,27 @@ async fn body_of(response: http::Response<hyper::body::Incoming>) -> bytes::Byte
     body(response).await.unwrap()
 }
 
+/// An upstream 204 that names a length (RFC 9110 §8.6 forbids one) reaches
+/// clients without it, coalesced or not: an HTTP/2 client takes it for a
+/// protocol error.
+#[tokio::test]
+async fn a_204_with_a_length_reaches_every_client_without_it() {
+    let upstream =
+        FixedUpstream::start(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n").await;
+    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
+    for (client, coalesce) in [(http1(), "on"), (http2(), "on"), (http2(), "off")] {
+        let mut request = post(&gateway.url("/v1/chat/completions"), "{}");
+        request
+            .headers_mut()
+            .insert("x-chorus-coalesce", coalesce.parse().unwrap());
+        let response = send(&client, request).await;
+        assert_eq!(response.status(), 204, "coalesce {coalesce}");
+        assert!(response.headers().get("content-length").is_none());
+        assert!(body_of(response).await.is_empty());
+    }
+    gateway.assert_idle().await;
+}
+
 #[tokio::test]
 async fn other_responses_keep_their_length_and_are_not_marked() {
     let upstream = Upstream::start().await;
