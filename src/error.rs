@@ -23,6 +23,9 @@ pub enum GatewayError {
     /// A request the gateway cannot forward as it stands.
     #[error("{0}")]
     BadRequest(&'static str),
+    /// A method the gateway never forwards.
+    #[error("{0}")]
+    MethodNotAllowed(&'static str),
     /// The request head (request line and headers) is over `server.max_header_bytes`.
     #[error("request headers are larger than {limit} bytes")]
     HeadersTooLarge { limit: usize },
@@ -84,6 +87,7 @@ impl GatewayError {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::HeadersTooLarge { .. } | Self::TooManyHeaders { .. } => {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
@@ -107,6 +111,7 @@ impl GatewayError {
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::BodyTimeout(_) => "request_timeout",
             Self::BadRequest(_) | Self::BodyUnreadable(_) => "bad_request",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::Unreachable(_) => "upstream_unreachable",
             Self::UpstreamFailed(_) => "upstream_failed",
             Self::Interrupted(_) => "interrupted",

@@ -259,6 +259,13 @@ impl Proxy {
         if request.method() == Method::CONNECT && !tunnel::websocket_connect(request) {
             return Err(GatewayError::BadRequest("CONNECT is not supported"));
         }
+        if request.method() == Method::TRACE {
+            // A backend that echoes it, as TRACE asks, would hand the client
+            // what the gateway adds: a route's `upstream_headers` are keys.
+            return Err(GatewayError::MethodNotAllowed(
+                "TRACE is not forwarded: the upstream would echo the headers the gateway adds",
+            ));
+        }
         target::check(request)?;
         let limit = self.limits.max_header_bytes;
         if let Some(refused) = request.extensions().get::<Refused>() {

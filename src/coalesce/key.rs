@@ -18,7 +18,9 @@
 //!   the client already holds, so a plain request must never be answered with
 //!   another's 206 or 304, nor an event stream resumed at an event its client
 //!   has not seen; and a browser's `Origin`, because a CORS answer names the
-//!   one origin it allows, and a page of another origin may not read it;
+//!   one origin it allows, and a page of another origin may not read it (and
+//!   a preflight's `Access-Control-Request-Method` and `-Headers`, which its
+//!   answer allows or not);
 //! - the body. A JSON body (whatever its content type) is hashed in its
 //!   canonical form ([`super::canonical`]), so that clients which serialise
 //!   the same request differently still coalesce. A body with a duplicate
@@ -34,8 +36,8 @@ use std::cell::RefCell;
 use std::fmt;
 
 use http::header::{
-    CONTENT_TYPE, HOST, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE,
-    ORIGIN, RANGE,
+    ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, CONTENT_TYPE, HOST, IF_MATCH,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, ORIGIN, RANGE,
 };
 use http::{HeaderMap, HeaderName, Method};
 
@@ -47,7 +49,7 @@ const KEY_CONTEXT: &str = "chorus request coalescing key v1";
 /// Request headers whose answer fits only the client that sent them (what it
 /// already holds, or the origin its page is from): always part of the key,
 /// beside the configured `key_headers`.
-pub static CLIENT_BOUND_HEADERS: [HeaderName; 8] = [
+pub static CLIENT_BOUND_HEADERS: [HeaderName; 10] = [
     RANGE,
     IF_RANGE,
     IF_MATCH,
@@ -56,6 +58,8 @@ pub static CLIENT_BOUND_HEADERS: [HeaderName; 8] = [
     IF_UNMODIFIED_SINCE,
     HeaderName::from_static("last-event-id"),
     ORIGIN,
+    ACCESS_CONTROL_REQUEST_METHOD,
+    ACCESS_CONTROL_REQUEST_HEADERS,
 ];
 
 /// The fingerprint of a request: two requests share a flight only when their keys are equal.
@@ -241,7 +245,7 @@ impl Encoder<'_> {
     /// [`CLIENT_BOUND_HEADERS`], with all its values; nothing for absent
     /// ones, so that the usual request hashes no more bytes for them.
     fn client_bound(&mut self, headers: &HeaderMap) {
-        // One pass over the names the request has: eight lookups, each
+        // One pass over the names the request has: ten lookups, each
         // hashing a name, cost more, and most requests have none of them.
         if !headers
             .keys()

@@ -262,7 +262,7 @@ fn other_headers_do_not_matter() {
 }
 
 #[test]
-fn ranges_conditionals_last_event_id_and_origin_always_matter() {
+fn ranges_conditionals_last_event_id_origin_and_preflights_always_matter() {
     let plain = req("{}").key();
     for (name, value) in [
         ("range", "bytes=0-99"),
@@ -273,6 +273,8 @@ fn ranges_conditionals_last_event_id_and_origin_always_matter() {
         ("if-unmodified-since", "Tue, 24 Nov 2026 10:00:00 GMT"),
         ("last-event-id", "42"),
         ("origin", "https://chat.example"),
+        ("access-control-request-method", "PUT"),
+        ("access-control-request-headers", "authorization, x-api-key"),
     ] {
         let with = req("{}").header(name, value).key();
         assert_ne!(plain, with, "{name}");

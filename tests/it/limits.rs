@@ -358,6 +358,27 @@ async fn malformed_http1_is_400_or_closed_and_the_next_request_is_served() {
     gateway.assert_idle().await;
 }
 
+/// TRACE is answered 405 and never forwarded, as nginx answers it: a backend
+/// that echoes it would show the client a route's `upstream_headers`.
+#[tokio::test]
+async fn trace_is_refused_and_never_forwarded() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
+    let answer = raw(
+        gateway.addr,
+        b"TRACE /echo HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(
+        answer.contains("\"type\":\"method_not_allowed\""),
+        "{answer}"
+    );
+    assert!(answer.contains("x-chorus-role: bypass"), "{answer}");
+    assert_eq!(upstream.stats.requests(), 0);
+    gateway.assert_idle().await;
+}
+
 #[tokio::test]
 async fn malformed_http2_closes_the_connection_and_the_next_one_is_served() {
     let upstream = Upstream::start().await;
