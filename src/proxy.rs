@@ -10,6 +10,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, TRANSFER_EN
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::ext::ReasonPhrase;
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -504,6 +505,11 @@ async fn send_alone(
     let mut response = Response::new(Source::Upstream(upstream_body));
     *response.status_mut() = upstream_parts.status;
     *response.headers_mut() = upstream_parts.headers;
+    // A phrase of the upstream's own (`599 Model Overloaded`) goes on as it
+    // was; hyper writes `<none>` after a status it has no phrase for.
+    if let Some(reason) = upstream_parts.extensions.get::<ReasonPhrase>() {
+        response.extensions_mut().insert(reason.clone());
+    }
     route
         .upstream
         .to_downstream(upstream_parts.status, response.headers_mut());
@@ -535,6 +541,9 @@ impl Waiting {
                 let mut response = Response::new(Source::Subscriber(self.subscriber));
                 *response.status_mut() = head.status;
                 *response.headers_mut() = head.headers.clone();
+                if let Some(reason) = &head.reason {
+                    response.extensions_mut().insert(reason.clone());
+                }
                 set_role(response.headers_mut(), self.role);
                 response
             }

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use http::header::{SET_COOKIE, VARY};
 use http::{HeaderMap, HeaderName, StatusCode};
 use http_body::{Body, Frame, SizeHint};
+use hyper::ext::ReasonPhrase;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -69,6 +70,8 @@ pub enum Head {
 pub struct ResponseHead {
     /// The upstream's status.
     pub status: StatusCode,
+    /// The upstream's reason phrase, where it was not the status's own.
+    pub reason: Option<ReasonPhrase>,
     /// The upstream's headers after the downstream rewrite.
     pub headers: HeaderMap,
 }

@@ -43,6 +43,7 @@ fn settings(metrics: &Metrics, max_replay_bytes: u64, max_subscribers: usize) ->
 fn ok_head() -> ResponseHead {
     ResponseHead {
         status: StatusCode::OK,
+        reason: None,
         headers: HeaderMap::new(),
     }
 }

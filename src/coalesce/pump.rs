@@ -17,6 +17,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
+use hyper::ext::ReasonPhrase;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -154,7 +155,13 @@ async fn stream(
     upstream.to_downstream(status, &mut headers);
     own_values(&mut headers);
     let ended = body.is_end_stream();
-    flight.set_head(ResponseHead { status, headers }, ended);
+    let reason = parts.extensions.get::<ReasonPhrase>().cloned();
+    let head = ResponseHead {
+        status,
+        reason,
+        headers,
+    };
+    flight.set_head(head, ended);
     if ended {
         return Outcome::Complete(status);
     }
@@ -383,6 +390,7 @@ mod tests {
             flight.set_head(
                 ResponseHead {
                     status: StatusCode::OK,
+                    reason: None,
                     headers: HeaderMap::new(),
                 },
                 false,

@@ -227,6 +227,29 @@ async fn a_204_with_a_length_reaches_every_client_without_it() {
     gateway.assert_idle().await;
 }
 
+/// The upstream's own reason phrase reaches HTTP/1.1 clients, coalesced or
+/// not, as nginx passes it: not `<none>` after a status hyper has no phrase for.
+#[tokio::test]
+async fn an_upstream_reason_phrase_is_passed_on() {
+    let upstream = FixedUpstream::start(
+        b"HTTP/1.1 599 Model Overloaded\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    )
+    .await;
+    let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
+    for coalesce in ["on", "off"] {
+        let request = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: a\r\ncontent-type: application/json\r\n\
+             content-length: 2\r\nx-chorus-coalesce: {coalesce}\r\nconnection: close\r\n\r\n{{}}"
+        );
+        let answer = raw(gateway.addr, request.as_bytes()).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 599 Model Overloaded\r\n"),
+            "coalesce {coalesce}: {answer}"
+        );
+    }
+    gateway.assert_idle().await;
+}
+
 #[tokio::test]
 async fn other_responses_keep_their_length_and_are_not_marked() {
     let upstream = Upstream::start().await;
