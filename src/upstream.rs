@@ -138,8 +138,9 @@ impl Upstream {
         let rest = rest.strip_prefix(self.base_path.as_bytes())?;
         let path = match rest {
             // `//` first would make it a URL of another host (`//evil.example/`
-            // is scheme-relative): `/.` before it keeps it this path, here.
-            [b'/', b'/', ..] => [b"/.", rest].concat(),
+            // is scheme-relative), and so would `/\` to a browser, which also
+            // drops tabs and line ends: `/.` before it keeps it this path, here.
+            [b'/', after @ ..] if reads_as_authority(after) => [b"/.", rest].concat(),
             [b'/', ..] => rest.to_vec(),
             // A query or a fragment alone is of the root; a reference made
             // of it alone would keep the client's own path.
@@ -398,6 +399,16 @@ impl Body for UpstreamBody {
     }
 }
 
+/// Whether what follows a path's first `/` makes a browser read the path as
+/// a host (`//host`, `/\\host`): a second slash or backslash, past the tabs
+/// and line ends that URL parsers drop.
+fn reads_as_authority(after_slash: &[u8]) -> bool {
+    after_slash
+        .iter()
+        .find(|&&byte| !matches!(byte, b'\t' | b'\n' | b'\r'))
+        .is_some_and(|&byte| matches!(byte, b'/' | b'\\'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,6 +450,17 @@ mod tests {
                 "http://backend:9000/api//evil.example",
                 "/.//evil.example",
             ),
+            (
+                &plain,
+                "http://127.0.0.1:9000/\\evil.example/x",
+                "/./\\evil.example/x",
+            ),
+            (
+                &plain,
+                "http://127.0.0.1:9000/\t/evil.example/",
+                "/./\t/evil.example/",
+            ),
+            (&plain, "http://127.0.0.1:9000/a//b", "/a//b"),
             (&based, "http://backend:9000/api/v1/x?y#z", "/v1/x?y#z"),
             (&based, "http://backend:9000/api", "/"),
             // Elsewhere: left as they are.
