@@ -56,7 +56,7 @@ struct Cli {
 
 /// `--config`, which only the commands that read a config take (given
 /// before the command, the others refuse it).
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 struct ConfigOption {
     /// The config file (default: $CHORUS_CONFIG, else config/chorus.toml).
     // Read by `config_path`, not by clap: clap takes a set but empty
@@ -122,9 +122,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let command = cli
-        .command
-        .unwrap_or(Command::Run(ConfigOption { config: None }));
+    let command = cli.command.unwrap_or(Command::Run(ConfigOption::default()));
     let own_settings = match command {
         Command::Demo { .. } => Some("demo"),
         Command::MockUpstream(_) => Some("mock-upstream"),
