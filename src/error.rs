@@ -135,6 +135,10 @@ pub enum BodyError {
     /// The upstream connection broke mid-body.
     #[error("upstream stream broke: {0}")]
     UpstreamBroke(Arc<hyper::Error>),
+    /// The upstream ended the body this many bytes short of its
+    /// `Content-Length`.
+    #[error("upstream stream ended {0} bytes short of its Content-Length")]
+    UpstreamShort(u64),
     /// The upstream sent nothing for longer than `idle_timeout`.
     #[error("upstream was silent for longer than {0:?}")]
     UpstreamIdle(Duration),
@@ -163,7 +167,10 @@ impl BodyError {
     pub fn is_upstream_break(&self) -> bool {
         matches!(
             self,
-            Self::UpstreamBroke(_) | Self::UpstreamIdle(_) | Self::FlightAborted
+            Self::UpstreamBroke(_)
+                | Self::UpstreamShort(_)
+                | Self::UpstreamIdle(_)
+                | Self::FlightAborted
         )
     }
 }

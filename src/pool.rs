@@ -22,6 +22,9 @@
 //! a time, and so is the first to an `https` upstream (which may turn out to
 //! speak HTTP/2): the requests that find none wait for it and share it, where
 //! each would otherwise make one, a handshake each, and the pool keep one.
+//! Its window is as large as all its streams' together, so that no stream
+//! left unread holds up the others; one whose stream times out takes no
+//! new streams.
 //!
 //! Each connection runs in a task of its own. Driving an HTTP/1.1
 //! connection from the task that reads its body saves that hand-off, but
@@ -69,6 +72,16 @@ pub const MAX_IDLE: usize = 1024;
 /// stream a queued request waits for it to end; RFC 9113 (§6.5.2) asks
 /// every peer to allow at least 100.
 pub const MAX_STREAMS: usize = 100;
+/// The receive window of each HTTP/2 stream. The connection's is this for
+/// every stream it may carry: a stream whose client stops reading (one to
+/// one, its body read at the client's pace) fills its own window and no
+/// more, never the connection's, which every other stream on it needs.
+/// (hyper's defaults, 2 MiB a stream and 5 MiB a connection, let three such
+/// streams stall every other.)
+const STREAM_WINDOW: u32 = 1 << 20;
+/// Set in an HTTP/2 connection's count of streams once a stream on it
+/// timed out: it takes no new ones (see [`Stream::retire`]).
+const RETIRED: usize = 1 << (usize::BITS - 1);
 /// The largest response head an HTTP/2 upstream may send (h2's default is
 /// 16 KiB): about what hyper's HTTP/1.1 client reads (its largest read
 /// buffer, 408 KiB), so that a head does not pass over one and fail over
@@ -133,7 +146,8 @@ enum Checkout {
 /// An HTTP/2 connection shared by requests.
 struct Http2 {
     sender: http2::SendRequest<RequestBody>,
-    /// Streams open on it (responses still being read).
+    /// Streams open on it (responses still being read), with [`RETIRED`]
+    /// set once it takes no more.
     streams: Arc<AtomicUsize>,
     /// When a request last took it.
     used: Instant,
@@ -143,6 +157,11 @@ impl Http2 {
     /// Whether it is open and can take another stream.
     fn has_room(&self) -> bool {
         self.sender.is_ready() && self.streams.load(Ordering::Relaxed) < MAX_STREAMS
+    }
+
+    /// Whether it may take streams again once some end: open, not retired.
+    fn is_kept(&self) -> bool {
+        self.sender.is_ready() && self.streams.load(Ordering::Relaxed) & RETIRED == 0
     }
 }
 
@@ -154,6 +173,15 @@ impl Stream {
     fn take(streams: &Arc<AtomicUsize>) -> Self {
         streams.fetch_add(1, Ordering::Relaxed);
         Self(Arc::clone(streams))
+    }
+
+    /// Gives no new stream to this one's connection, which stays open for
+    /// the streams it carries. Called when a stream times out: the upstream
+    /// may have stopped reading the connection (a wedged or black-holed
+    /// one), and every stream sent on it would time out the same way, where
+    /// a new connection may be answered at once.
+    pub fn retire(&self) {
+        self.0.fetch_or(RETIRED, Ordering::Relaxed);
     }
 }
 
@@ -206,6 +234,37 @@ enum Sent {
     Not(Box<Request<RequestBody>>, hyper::Error),
     /// After.
     Failed(hyper::Error),
+}
+
+/// When a response head must have come: `first_byte_timeout` after the
+/// request was handed to the pool.
+#[derive(Clone, Copy)]
+pub struct FirstByte {
+    timeout: Duration,
+    deadline: Instant,
+}
+
+impl FirstByte {
+    pub fn from_now(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            deadline: Instant::now() + timeout,
+        }
+    }
+
+    /// What `waiting` gets, if it comes in time.
+    pub async fn within<T>(
+        self,
+        waiting: impl Future<Output = Result<T, GatewayError>>,
+    ) -> Result<T, GatewayError> {
+        tokio::time::timeout_at(self.deadline, waiting)
+            .await
+            .unwrap_or(Err(self.expired()))
+    }
+
+    fn expired(self) -> GatewayError {
+        GatewayError::FirstByteTimeout(self.timeout)
+    }
 }
 
 /// Marks the moment a request is handed to an upstream connection (or
@@ -267,11 +326,14 @@ impl Pool {
 
     /// Sends a request whose URI is in origin form (`/path?query`), marking
     /// `dispatch` when it is handed to a connection. Returns the response
-    /// and what its body holds of the connection.
+    /// and what its body holds of the connection. The caller bounds the
+    /// whole by `first_byte` ([`FirstByte::within`]); a shared connection
+    /// that lets the time pass is retired here.
     pub async fn send(
         self: &Arc<Self>,
         mut request: Request<RequestBody>,
         dispatch: &Dispatch<'_>,
+        first_byte: FirstByte,
     ) -> Result<(Response<Incoming>, Held), GatewayError> {
         let mut fresh = false;
         let mut sent_again = false;
@@ -290,9 +352,17 @@ impl Pool {
                     let host = request.headers_mut().remove(HOST);
                     let sent_at = Instant::now();
                     dispatch.mark();
-                    let mut error = match sender.try_send_request(request).await {
-                        Ok(response) => return Ok((response, Held::Http2(stream))),
-                        Err(error) => error,
+                    let answer = tokio::time::timeout_at(
+                        first_byte.deadline,
+                        sender.try_send_request(request),
+                    );
+                    let mut error = match answer.await {
+                        Ok(Ok(response)) => return Ok((response, Held::Http2(stream))),
+                        Ok(Err(error)) => error,
+                        Err(_) => {
+                            stream.retire();
+                            return Err(first_byte.expired());
+                        }
                     };
                     match (error.take_message(), again) {
                         // The shared connection closed (a GOAWAY, say) before
@@ -454,7 +524,7 @@ impl Pool {
     /// unused HTTP/1.1 one that is still open.
     fn kept(&self) -> Option<Checkout> {
         let mut idle = self.lock();
-        idle.http2.retain(|connection| connection.sender.is_ready());
+        idle.http2.retain(Http2::is_kept);
         let spare = idle
             .http2
             .iter_mut()
@@ -531,6 +601,8 @@ impl Pool {
             let handshake = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_header_list_size(MAX_RESPONSE_HEAD)
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(STREAM_WINDOW * MAX_STREAMS as u32)
                 .handshake(io);
             let (sender, connection) = Box::pin(handshake).await.map_err(failed)?;
             tokio::spawn(async move {

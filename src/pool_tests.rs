@@ -19,6 +19,11 @@ fn untracked() -> Dispatch<'static> {
     Dispatch::new(Box::leak(Box::default()), Box::leak(Box::default()))
 }
 
+/// No first-byte deadline to speak of: these tests bound their own waits.
+fn unbounded() -> FirstByte {
+    FirstByte::from_now(Duration::from_secs(3600))
+}
+
 /// Connections accepted and closed by the test upstream.
 #[derive(Default)]
 struct Counts {
@@ -117,7 +122,10 @@ fn get(path: &str) -> Request<RequestBody> {
 /// Sends a request and reads its body to the end, as a flight does, then
 /// gives the connection back.
 async fn fetch(pool: &Arc<Pool>, path: &str) -> Bytes {
-    let (response, connection) = pool.send(get(path), &untracked()).await.unwrap();
+    let (response, connection) = pool
+        .send(get(path), &untracked(), unbounded())
+        .await
+        .unwrap();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     pool.check_in(http1_of(connection));
     body
@@ -153,7 +161,10 @@ async fn a_connection_is_reused_once_its_body_has_ended() {
 async fn a_body_dropped_before_its_end_closes_its_connection() {
     let (target, counts) = upstream().await;
     let pool = pool(target);
-    let (response, connection) = pool.send(get("/stream"), &untracked()).await.unwrap();
+    let (response, connection) = pool
+        .send(get("/stream"), &untracked(), unbounded())
+        .await
+        .unwrap();
     let mut body = response.into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(first, "data: 1\n\n");
@@ -212,7 +223,7 @@ async fn an_unreachable_upstream_is_a_502_naming_the_connect() {
     let (listener, target) = listen().await;
     drop(listener);
     let error = pool(target)
-        .send(get("/"), &untracked())
+        .send(get("/"), &untracked(), unbounded())
         .await
         .err()
         .unwrap();
@@ -307,7 +318,11 @@ async fn a_request_whose_kept_connection_fails_late_is_not_sent_again() {
     let pool = pool(target);
     assert_eq!(fetch(&pool, "/").await, "hello");
     tokio::time::sleep(CLOSE_AFTER).await;
-    let error = pool.send(get("/"), &untracked()).await.err().unwrap();
+    let error = pool
+        .send(get("/"), &untracked(), unbounded())
+        .await
+        .err()
+        .unwrap();
     assert_eq!(error.status(), 502);
     assert_eq!(error.kind(), "upstream_failed");
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
@@ -325,7 +340,11 @@ async fn a_request_whose_kept_connection_closes_after_part_of_an_answer_is_not_s
         let pool = pool(target);
         assert_eq!(fetch(&pool, "/").await, "hello");
         tokio::time::sleep(CLOSE_AFTER).await;
-        let error = pool.send(get("/"), &untracked()).await.err().unwrap();
+        let error = pool
+            .send(get("/"), &untracked(), unbounded())
+            .await
+            .err()
+            .unwrap();
         assert_eq!(error.status(), 502);
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "sent again");
         assert_eq!(heads.load(Ordering::SeqCst), 2);
@@ -348,7 +367,7 @@ async fn a_request_on_a_new_connection_is_never_sent_again() {
         }
     });
     let error = pool(target)
-        .send(get("/"), &untracked())
+        .send(get("/"), &untracked(), unbounded())
         .await
         .err()
         .unwrap();
@@ -362,8 +381,10 @@ async fn at_most_max_idle_connections_are_kept() {
     let pool = pool(target);
     // All in flight at once: one connection each.
     let dispatch = untracked();
-    let sent =
-        futures::future::join_all((0..=MAX_IDLE).map(|_| pool.send(get("/"), &dispatch))).await;
+    let sent = futures::future::join_all(
+        (0..=MAX_IDLE).map(|_| pool.send(get("/"), &dispatch, unbounded())),
+    )
+    .await;
     assert_eq!(counts.accepted(), MAX_IDLE + 1);
     for result in sent {
         let (response, connection) = result.unwrap();

@@ -22,7 +22,7 @@ use tokio::time::{Instant, Sleep};
 use crate::config::RouteConfig;
 use crate::error::{BodyError, GatewayError};
 use crate::headers::{self, ClientSide};
-use crate::pool::{Dispatch, Held, Pool};
+use crate::pool::{Dispatch, FirstByte, Held, Pool};
 use crate::tls::{self, TlsError};
 
 /// The upstream of one route.
@@ -176,15 +176,22 @@ impl Upstream {
         // Boxed: the wait for a head (checkout, sending, retrying) is over
         // once the head arrives, and a flight streams for far longer; inline,
         // its room would stay in every flight's pump for the whole stream.
-        let sending = Box::pin(self.pool.send(request, dispatch));
+        let first_byte = FirstByte::from_now(self.first_byte_timeout);
+        let head_only = request.method() == Method::HEAD;
+        let sending = Box::pin(self.pool.send(request, dispatch, first_byte));
         // A request that failed counts as sent, wherever it failed.
-        let (mut response, held) = self
-            .first_byte(sending)
+        let (mut response, held) = first_byte
+            .within(sending)
             .await
             .inspect_err(|_| dispatch.mark())?;
         // Dropped with the response, the connection is closed, not reused.
         check_head(&mut response)?;
-        Ok(response.map(|body| self.body(body, Some(held))))
+        let sized = !head_only
+            && !matches!(
+                response.status(),
+                StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+            );
+        Ok(response.map(|body| self.body(body, Some(held), sized)))
     }
 
     /// Sends a WebSocket handshake on a connection of its own (see
@@ -194,31 +201,21 @@ impl Upstream {
         request: Request<Full<Bytes>>,
         dispatch: &Dispatch<'_>,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
-        let response = self
-            .first_byte(Box::pin(self.pool.upgrade(request, dispatch)))
+        let response = FirstByte::from_now(self.first_byte_timeout)
+            .within(Box::pin(self.pool.upgrade(request, dispatch)))
             .await
             .inspect_err(|_| dispatch.mark())?;
-        Ok(response.map(|body| self.body(body, None)))
+        Ok(response.map(|body| self.body(body, None, false)))
     }
 
-    /// What `sending` gets, if the response head arrives within
-    /// `first_byte_timeout`.
-    async fn first_byte<T>(
-        &self,
-        sending: impl Future<Output = Result<T, GatewayError>>,
-    ) -> Result<T, GatewayError> {
-        let timeout = self.first_byte_timeout;
-        tokio::time::timeout(timeout, sending)
-            .await
-            .unwrap_or(Err(GatewayError::FirstByteTimeout(timeout)))
-    }
-
-    /// The body of a response, holding what it holds of its connection.
-    fn body(self: &Arc<Self>, inner: Incoming, held: Option<Held>) -> UpstreamBody {
+    /// The body of a response, holding what it holds of its connection;
+    /// `sized` when a `Content-Length` it came with says how long it is.
+    fn body(self: &Arc<Self>, inner: Incoming, held: Option<Held>, sized: bool) -> UpstreamBody {
         UpstreamBody {
             inner,
             held,
             upstream: Arc::clone(self),
+            sized,
             ended: false,
             broke: false,
             idle: self.idle_timeout,
@@ -315,6 +312,9 @@ pub struct UpstreamBody {
     held: Option<Held>,
     /// Whose pool takes the connection back, and counts a break.
     upstream: Arc<Upstream>,
+    /// A `Content-Length` it came with is its length (not a `HEAD`'s, a
+    /// `204`'s or a `304`'s).
+    sized: bool,
     /// The body was read to its end.
     ended: bool,
     /// The body stopped short (and was counted so).
@@ -363,10 +363,20 @@ impl Body for UpstreamBody {
                 this.count_broken();
                 Poll::Ready(Some(Err(BodyError::UpstreamBroke(Arc::new(error)))))
             }
-            Poll::Ready(None) => {
-                this.ended = true;
-                Poll::Ready(None)
-            }
+            // hyper ends an HTTP/2 body cleanly at a RST_STREAM(NO_ERROR),
+            // which only ends a complete answer early (RFC 9113 §8.1); one
+            // short of its `Content-Length` broke. (Without one, such a cut
+            // cannot be told from the end: README, Proxying.)
+            Poll::Ready(None) => match this.inner.size_hint().exact() {
+                Some(missing @ 1..) if this.sized => {
+                    this.count_broken();
+                    Poll::Ready(Some(Err(BodyError::UpstreamShort(missing))))
+                }
+                _ => {
+                    this.ended = true;
+                    Poll::Ready(None)
+                }
+            },
             Poll::Pending => {
                 // Silence is measured from when we started waiting, so a slow
                 // client that polls late is not mistaken for a silent upstream.
@@ -382,6 +392,9 @@ impl Body for UpstreamBody {
                     timer.as_mut().reset(deadline);
                     if Instant::now() >= deadline || timer.as_mut().poll(cx).is_ready() {
                         this.count_broken();
+                        if let Some(Held::Http2(stream)) = &this.held {
+                            stream.retire();
+                        }
                         return Poll::Ready(Some(Err(BodyError::UpstreamIdle(this.idle))));
                     }
                 }

@@ -545,6 +545,11 @@ enum Quirk {
     CloseOnSecond,
     /// Answers with a head of 20,000 bytes, over h2's default limit.
     LargeHead,
+    /// Answers no stream: a connection the upstream stopped serving.
+    Silent,
+    /// Answers with `content-length: 100`, 7 bytes, then RST_STREAM
+    /// (NO_ERROR), the reset that may only end a complete answer early.
+    ShortThenNoError,
 }
 
 /// An HTTP/2 backend written frame by frame (put a [`TlsUpstream`] in
@@ -569,16 +574,27 @@ async fn raw_h2_backend(quirk: Quirk) -> (std::net::SocketAddr, Arc<AtomicUsize>
 /// A gateway in front of a [`raw_h2_backend`] behind TLS (whose
 /// terminator counts handshakes), and the backend's count of streams.
 async fn behind_raw_h2(quirk: Quirk) -> (Gateway, TlsUpstream, Arc<AtomicUsize>, Pki) {
+    behind_raw_h2_with(quirk, "").await
+}
+
+/// [`behind_raw_h2`], with `route_extra` in the route.
+async fn behind_raw_h2_with(
+    quirk: Quirk,
+    route_extra: &str,
+) -> (Gateway, TlsUpstream, Arc<AtomicUsize>, Pki) {
     let pki = Pki::new();
     let (backend, streams) = raw_h2_backend(quirk).await;
     let leaf = pki.server("upstream", &["127.0.0.1"]);
     let tls = TlsUpstream::start(backend, &leaf, &[H2], None).await;
-    let gateway = Gateway::start(&one_route(&tls.url(), &ca_file(&pki))).await;
+    let route = format!("{}\n{route_extra}", ca_file(&pki));
+    let gateway = Gateway::start(&one_route(&tls.url(), &route)).await;
     (gateway, tls, streams, pki)
 }
 
 async fn raw_h2_connection(mut tcp: TcpStream, quirk: Option<Quirk>, streams: Arc<AtomicUsize>) {
-    use crate::h2_abuse::{CONTINUATION, END_HEADERS, END_STREAM, HEADERS, frame, literal};
+    use crate::h2_abuse::{
+        CONTINUATION, END_HEADERS, END_STREAM, HEADERS, RST_STREAM, frame, literal,
+    };
     const DATA: u8 = 0x0;
     const SETTINGS: u8 = 0x4;
     const GOAWAY: u8 = 0x7;
@@ -620,6 +636,18 @@ async fn raw_h2_connection(mut tcp: TcpStream, quirk: Option<Quirk>, streams: Ar
         }
         // Answered once the request has ended: `:status 200` (HPACK static 8).
         if matches!(kind, HEADERS | DATA) && flags & END_STREAM != 0 {
+            if matches!(quirk, Some(Quirk::Silent)) {
+                continue;
+            }
+            if matches!(quirk, Some(Quirk::ShortThenNoError)) {
+                let mut block = vec![0x88];
+                literal("content-length", b"100", &mut block);
+                let mut answer = frame(HEADERS, END_HEADERS, stream, &block);
+                answer.extend(frame(DATA, 0, stream, b"partial"));
+                answer.extend(frame(RST_STREAM, 0, stream, &[0; 4]));
+                let _ = tcp.write_all(&answer).await;
+                continue;
+            }
             let mut answer = if matches!(quirk, Some(Quirk::LargeHead)) {
                 let mut block = vec![0x88];
                 literal("x-large", &[b'a'; 20_000], &mut block);
@@ -676,6 +704,97 @@ async fn a_large_response_head_from_an_h2_upstream_passes() {
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "x-large").len(), 20_000);
     assert_eq!(text(response).await, "answered");
+}
+
+/// A stream left unanswered past `first_byte_timeout` (a 504) retires its
+/// shared HTTP/2 connection, which the upstream may have stopped serving:
+/// the next request goes on a new one, instead of every request timing out
+/// on the old one.
+#[tokio::test]
+async fn an_h2_connection_whose_stream_timed_out_takes_no_new_streams() {
+    let (gateway, tls, streams, _pki) =
+        behind_raw_h2_with(Quirk::Silent, r#"first_byte_timeout = "1s""#).await;
+    let (status, body) = through(&gateway, "/v1/chat/completions", "{}".to_owned()).await;
+    assert_eq!(status, 504, "{body}");
+    let (status, body) = through(&gateway, "/v1/chat/completions", "{}".to_owned()).await;
+    assert_eq!((status, body.as_str()), (200, "answered"));
+    assert_eq!(streams.load(Ordering::SeqCst), 2);
+    assert_eq!(tls.handshakes(), 2);
+}
+
+/// hyper ends an HTTP/2 body cleanly at RST_STREAM(NO_ERROR), which may
+/// only end a complete answer; one short of its `Content-Length` is a
+/// break: the client's body ends abnormally, and the answer is not kept
+/// for `linger` (the next identical request goes upstream again).
+#[tokio::test]
+async fn an_h2_body_reset_short_of_its_length_is_a_break() {
+    let (gateway, _tls, streams, _pki) =
+        behind_raw_h2_with(Quirk::ShortThenNoError, r#"coalesce.linger = "30s""#).await;
+    for sent in 1..=2 {
+        let response = send(&http1(), post(&gateway.url("/v1/chat/completions"), "{}")).await;
+        assert_eq!(response.status(), 200);
+        assert!(body(response).await.is_err(), "a clean end of a cut body");
+        assert_eq!(streams.load(Ordering::SeqCst), sent);
+    }
+}
+
+/// Clients that stop reading their one-to-one streams hold only those
+/// streams' windows of the shared HTTP/2 upstream connection
+/// (`pool::STREAM_WINDOW`), never the whole connection's: another request
+/// on it still gets its whole answer.
+#[tokio::test]
+async fn stalled_streams_leave_a_shared_h2_connection_to_the_others() {
+    let pki = Pki::new();
+    let (mock, tls) = tls_upstream(&pki, &["127.0.0.1"], &[H2], None).await;
+    let route = format!("{}\nidle_timeout = \"5s\"", ca_file(&pki));
+    let gateway = Gateway::start(&one_route(&tls.url(), &route)).await;
+    let mut stalled = Vec::new();
+    for n in 0..4 {
+        let body = chat(
+            &format!("large {n}"),
+            json!({"tokens": 100_000, "interval_ms": 0}),
+        );
+        stalled.push(stalled_client(&gateway, &body).await);
+    }
+    // No signal says the windows are full but the upstream's count of events
+    // staying the same while four streams of 100,000 are unfinished.
+    let mut sent = mock.stats.events_sent();
+    let mut same = 0;
+    while same < 10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = mock.stats.events_sent();
+        same = if now == sent { same + 1 } else { 0 };
+        sent = now;
+    }
+    assert!(sent < 400_000, "the stalled streams were read to their end");
+    let small = chat("small", json!({"tokens": 3, "interval_ms": 0}));
+    let (status, answer) = through(&gateway, "/v1/chat/completions", small).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        events(answer.as_bytes()).last().map(String::as_str),
+        Some("[DONE]")
+    );
+    assert_eq!(
+        tls.handshakes(),
+        1,
+        "the streams did not share a connection"
+    );
+    drop(stalled);
+}
+
+/// A client that asks for `body` one to one, then reads nothing, with a
+/// small receive buffer.
+async fn stalled_client(gateway: &Gateway, body: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = socket.connect(gateway.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: chorus\r\nx-chorus-coalesce: off\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp
 }
 
 /// One HTTP/2 connection carries up to 100 streams (`pool::MAX_STREAMS`);
