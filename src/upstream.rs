@@ -355,9 +355,16 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
+            Poll::Ready(Some(Ok(frame))) if frame.is_data() => {
                 this.waiting_since = None;
                 Poll::Ready(Some(Ok(frame)))
+            }
+            // Trailers, the last frame of a body, end it here: they are not
+            // relayed (a flight has no room for them), and hyper's server
+            // writes trailers as the end and polls no further.
+            Poll::Ready(Some(Ok(_trailers))) => {
+                this.ended = true;
+                Poll::Ready(None)
             }
             Poll::Ready(Some(Err(error))) => {
                 this.count_broken();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use http::Request;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -874,3 +874,72 @@ async fn an_empty_body_keeps_its_length_upstream() {
         assert!(echoed(&echo, "transfer-encoding").is_empty());
     }
 }
+
+/// An upstream on a raw socket that answers every GET on a kept connection
+/// with a chunked body and a trailer field; counts its connections.
+async fn trailing_upstream() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let connections = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&connections);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                    while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        head.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                            5\r\nhello\r\n0\r\nx-checksum: 1\r\n\r\n";
+                        if tcp.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (url, connections)
+}
+
+/// Trailer fields end an upstream body: they are relayed to no client, over
+/// either version, coalesced or not; the response counts as complete (not
+/// as a client that left, nor a cancelled upstream request), and its
+/// upstream connection is kept for the next request.
+#[tokio::test]
+async fn an_upstream_body_with_trailers_ends_complete_and_keeps_its_connection() {
+    let (url, connections) = trailing_upstream().await;
+    let gateway = Gateway::start(&one_route(&url, "")).await;
+    for (client, bypass) in [(http1(), true), (http2(), true), (http2(), false)] {
+        let mut request = Request::get(gateway.url("/t")).body(Full::default()).unwrap();
+        if bypass {
+            request
+                .headers_mut()
+                .insert("x-chorus-coalesce", "off".parse().unwrap());
+        }
+        let response = send(&client, request).await;
+        assert_eq!(response.status(), 200);
+        let collected = tokio::time::timeout(PATIENCE, response.into_body().collect())
+            .await
+            .expect("body did not end in time")
+            .expect("body ended abnormally");
+        assert_eq!(collected.trailers(), None, "trailers relayed");
+        assert_eq!(collected.to_bytes(), "hello");
+    }
+    let left = gateway
+        .metric(r#"chorus_responses_total{route="llm",status="499"}"#)
+        .await;
+    let cancelled = gateway
+        .metric(r#"chorus_upstream_cancelled_total{route="llm"}"#)
+        .await;
+    assert_eq!((left, cancelled), (0.0, 0.0));
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
