@@ -185,7 +185,8 @@ impl Proxy {
             source = Source::Full(None);
         }
         let written = Written::new(&connection.flushes, http1);
-        Response::from_parts(parts, ResponseBody::new(source, log, written))
+        let open_ended = !head_only && headers::is_event_stream(&parts.headers);
+        Response::from_parts(parts, ResponseBody::new(source, log, written, open_ended))
     }
 
     async fn answer(

@@ -285,12 +285,18 @@ pub struct ResponseBody {
     written: Written,
     /// An upstream break, held until the bytes before it are written.
     held: Option<BodyError>,
+    /// An event stream that has given nothing yet: not said to be empty
+    /// before it is polled, or hyper would frame it with `Content-Length:
+    /// 0`, which event streams never carry (they reach HTTP/1.1 clients
+    /// chunked). Once it has given a chunk the framing is settled, and its
+    /// end may come with its last chunk.
+    open_ended: bool,
 }
 
 impl ResponseBody {
     /// A body from `source`, logged by `log` when it ends; `written` says
-    /// when what it gave has left.
-    pub fn new(source: Source, mut log: AccessLog, written: Written) -> Self {
+    /// when what it gave has left; `open_ended` for an event stream.
+    pub fn new(source: Source, mut log: AccessLog, written: Written, open_ended: bool) -> Self {
         // An empty body may never be polled: it is complete as it stands.
         if source.is_end_stream() {
             log.end(Progress::Complete);
@@ -300,6 +306,7 @@ impl ResponseBody {
             log,
             written,
             held: None,
+            open_ended,
         }
     }
 }
@@ -340,6 +347,7 @@ impl Body for ResponseBody {
                 if let Some(data) = frame.data_ref() {
                     this.log.bytes += data.len() as u64;
                     this.written.gave();
+                    this.open_ended = false;
                 }
                 // The server stops polling once the body says it is done.
                 if this.source.is_end_stream() {
@@ -357,7 +365,7 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.source.is_end_stream()
+        !self.open_ended && self.source.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

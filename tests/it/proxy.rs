@@ -918,7 +918,9 @@ async fn an_upstream_body_with_trailers_ends_complete_and_keeps_its_connection()
     let (url, connections) = trailing_upstream().await;
     let gateway = Gateway::start(&one_route(&url, "")).await;
     for (client, bypass) in [(http1(), true), (http2(), true), (http2(), false)] {
-        let mut request = Request::get(gateway.url("/t")).body(Full::default()).unwrap();
+        let mut request = Request::get(gateway.url("/t"))
+            .body(Full::default())
+            .unwrap();
         if bypass {
             request
                 .headers_mut()
@@ -943,3 +945,33 @@ async fn an_upstream_body_with_trailers_ends_complete_and_keeps_its_connection()
     assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
+/// An empty event stream reaches HTTP/1.1 clients chunked, with no
+/// `Content-Length` (not even `0`), whether the upstream sent it chunked or
+/// with a length, coalesced or not.
+#[tokio::test]
+async fn an_empty_event_stream_gets_no_content_length() {
+    const CHUNKED: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+        transfer-encoding: chunked\r\n\r\n0\r\n\r\n";
+    const SIZED: &[u8] =
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 0\r\n\r\n";
+    for answer in [CHUNKED, SIZED] {
+        let upstream = FixedUpstream::start(answer).await;
+        let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
+        for bypass in [false, true] {
+            let mut request = Request::get(gateway.url("/events"))
+                .body(Full::default())
+                .unwrap();
+            if bypass {
+                request
+                    .headers_mut()
+                    .insert("x-chorus-coalesce", "off".parse().unwrap());
+            }
+            let response = send(&http1(), request).await;
+            assert_eq!(response.status(), 200);
+            let length = response.headers().get("content-length");
+            assert_eq!(length, None, "bypass: {bypass}");
+            assert_eq!(header(&response, "transfer-encoding"), "chunked");
+            assert_eq!(text(response).await, "");
+        }
+    }
+}
