@@ -13,6 +13,13 @@
 //! reading without leaving, which over HTTP/2 only the stream itself shows.
 //! Once a flight is closed to joiners (too many bytes, lingering over,
 //! ended), chunks that every remaining subscriber has read are released.
+//!
+//! The pump reads ahead of the subscribers, but not without end: once even
+//! the furthest subscriber is more than `max_replay_bytes` behind the log's
+//! tail, the pump waits for one to catch up (a download larger than memory
+//! streams at its fastest client's pace, as through nginx). No subscriber
+//! waits for another; one behind the others is cut only when the gateway
+//! runs short of buffer space (`shed`).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -129,6 +136,8 @@ pub struct Flight {
     /// Wakes the pump when the last subscriber leaves; `notify_one` keeps a
     /// permit, so a leave just before the pump starts waiting is not lost.
     deserted: Notify,
+    /// Wakes the pump waiting for a subscriber to catch up (see `paced`).
+    caught_up: Notify,
 }
 
 struct State {
@@ -154,7 +163,16 @@ struct State {
     check_due: Option<Instant>,
     /// The log's length at the last stall check.
     checked_len: usize,
+    /// Bytes taken by the subscriber furthest ahead (its departure leaves
+    /// this as it was: a lead the others still have to read).
+    front: u64,
+    /// The pump waits for a subscriber to catch up.
+    paced: bool,
 }
+
+/// Unread bytes at the end from which a flight watches its subscribers
+/// for stalls until they have read it ([`Flight::watch_stalls`]).
+const WATCHED_BYTES: u64 = 1 << 20;
 
 /// The stall check reads the clock once every this many appended chunks.
 const STALL_CHECK_CHUNKS: usize = 16;
@@ -204,8 +222,11 @@ impl Flight {
                 free: Vec::new(),
                 check_due: None,
                 checked_len: 0,
+                front: 0,
+                paced: false,
             }),
             deserted: Notify::new(),
+            caught_up: Notify::new(),
         });
         let leader = flight.subscribe(flight.state());
         (flight, leader)
@@ -251,6 +272,7 @@ impl Flight {
             replay_until,
             registered: None,
             at_clean_end: false,
+            taken_bytes: 0,
         }
     }
 
@@ -294,11 +316,14 @@ impl Flight {
     }
 
     /// Appends a chunk; `last` ends the stream cleanly in the same step, so
-    /// no request can join between the last byte and the end.
+    /// no request can join between the last byte and the end. Returns
+    /// whether the pump is to wait for a subscriber before reading on
+    /// ([`Flight::caught_up`]): even the furthest is more than
+    /// `max_replay_bytes` behind.
     ///
     /// Only the flight's pump appends; public so that benchmarks can drive a
     /// flight without an upstream.
-    pub fn append(&self, chunk: Bytes, last: bool) {
+    pub fn append(&self, chunk: Bytes, last: bool) -> bool {
         let len = chunk.len() as u64;
         let mut state = self.state();
         state.log.append(chunk);
@@ -311,6 +336,8 @@ impl Flight {
         if last {
             self.end(&mut state, End::Complete);
         }
+        let paced = !last && state.log.bytes - state.front > self.settings.max_replay_bytes;
+        state.paced = paced;
         self.settings.buffered.inc_by(len as i64);
         // The clock is read every few chunks only (23 ns here, a fifth of a
         // lone subscriber's whole cost per chunk): a stall is counted a
@@ -324,6 +351,61 @@ impl Flight {
         self.settings.buffered.dec_by(released as i64);
         if deserted || closed {
             self.deserted.notify_one();
+        }
+        paced
+    }
+
+    /// Waits, for the pump, until a subscriber has come within half of
+    /// `max_replay_bytes` of the tail (true), or for `send_timeout` (false),
+    /// after which subscribers that took nothing meanwhile are counted out:
+    /// with the pump waiting, no append runs the stall check.
+    pub(crate) async fn caught_up(&self) -> bool {
+        let send_timeout = self.settings.send_timeout;
+        if tokio::time::timeout(send_timeout, self.caught_up.notified())
+            .await
+            .is_ok()
+        {
+            return !self.state().paced;
+        }
+        self.check_stalled();
+        false
+    }
+
+    /// Runs the stall check now; true while some subscriber still has
+    /// chunks to read.
+    pub(crate) fn check_stalled(&self) -> bool {
+        let mut state = self.state();
+        let deserted = self.count_out_stalled(&mut state, Instant::now());
+        let released = state.release();
+        let behind = state
+            .places
+            .iter()
+            .any(|place| matches!(place, Place::Reading { next, .. } if *next < state.log.len()));
+        // Those counted out had chunks to read: none waits for a wake-up.
+        drop(state);
+        self.settings.buffered.dec_by(released as i64);
+        if deserted {
+            self.deserted.notify_one();
+        }
+        behind
+    }
+
+    /// Whether the flight, ended, is to be watched for stalls
+    /// ([`Flight::watch_stalls`]): [`WATCHED_BYTES`] or more are left to
+    /// read. Most answers end with a chunk or two on their way out, and a
+    /// timer each would cost more than they hold.
+    pub(crate) fn watched(&self) -> bool {
+        self.state().log.held >= WATCHED_BYTES
+    }
+
+    /// After the end of a large answer, while subscribers still read it:
+    /// counts out those that take nothing for a `send_timeout` (no append
+    /// runs the stall check any more), so that a stream whose client keeps
+    /// its window shut does not hold the answer for as long as its
+    /// connection lasts.
+    pub(crate) async fn watch_stalls(&self) {
+        while self.check_stalled() {
+            tokio::time::sleep(self.settings.send_timeout).await;
         }
     }
 
@@ -563,6 +645,8 @@ pub struct Subscriber {
     /// here so that `is_end_stream`, asked after every frame, takes no lock;
     /// a stale `false` only costs one more poll.
     at_clean_end: bool,
+    /// Bytes handed out so far.
+    taken_bytes: u64,
 }
 
 impl Subscriber {
@@ -620,6 +704,18 @@ impl Body for Subscriber {
             } else {
                 (chunk.slice(this.offset..end), end == chunk.len())
             };
+            this.taken_bytes += frame.len() as u64;
+            let mut caught_up = false;
+            if this.taken_bytes > state.front {
+                state.front = this.taken_bytes;
+                // Half way back, so that the pump reads a stretch at a time
+                // rather than a chunk per chunk read.
+                caught_up = state.paced
+                    && state.log.bytes - state.front <= flight.settings.max_replay_bytes / 2;
+                if caught_up {
+                    state.paced = false;
+                }
+            }
             let mut released = 0;
             if whole {
                 this.offset = 0;
@@ -633,6 +729,9 @@ impl Body for Subscriber {
             }
             drop(guard);
             flight.settings.buffered.dec_by(released as i64);
+            if caught_up {
+                flight.caught_up.notify_one();
+            }
             if index < this.replay_until {
                 flight
                     .settings

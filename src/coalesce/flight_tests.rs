@@ -510,3 +510,29 @@ async fn a_head_with_no_body_is_published_with_its_clean_end() {
     assert!(leader.is_end_stream());
     assert!(leader.frame().await.is_none());
 }
+
+/// The pump waits once even the furthest subscriber is more than
+/// `max_replay_bytes` behind, not because of a slower one, and goes on once
+/// one has come within half of it.
+#[tokio::test]
+async fn the_pump_waits_for_the_furthest_subscriber_only() {
+    let metrics = Metrics::new();
+    let (flight, mut fast) = Flight::lead(key(), settings(&metrics, 100, 10));
+    let slow = flight.join().expect("joinable");
+    flight.set_head(ok_head(), false);
+    let chunk = || Bytes::from_static(&[b'x'; 40]);
+    // 120 bytes: both are more than 100 behind.
+    assert!(!flight.append(chunk(), false));
+    assert!(!flight.append(chunk(), false));
+    assert!(flight.append(chunk(), false));
+    // The fast one reads 40: 80 behind, more than half of 100.
+    fast.frame().await.unwrap().unwrap();
+    assert!(flight.state().paced);
+    // 40 more: 40 behind; the pump is told.
+    fast.frame().await.unwrap().unwrap();
+    assert!(!flight.state().paced);
+    assert!(flight.caught_up().await);
+    // The slow one, 120 behind, does not hold the pump back.
+    assert!(!flight.append(chunk(), false));
+    drop(slow);
+}

@@ -3,7 +3,9 @@
 //!
 //! The fetch belongs to the flight, not to the client that started it: the
 //! leader leaving changes nothing while anyone else is subscribed. The pump
-//! never waits for a client. It stops early in two cases only: nobody has been
+//! waits for no client in particular, only, once every subscriber is more
+//! than `max_replay_bytes` behind, for any one of them to catch up
+//! ([`Flight::caught_up`]). It stops early in two cases only: nobody has been
 //! subscribed for `cancel_grace` (the upstream request is dropped, closing its
 //! connection so the backend stops generating), or the gateway's shutdown
 //! grace ran out. Whatever ends it, a panic included, a drop guard ends the
@@ -112,7 +114,14 @@ impl Pump {
             }
             flight.close();
         }
-        // `guard` removes the flight from the registry here.
+        // Out of the registry; its subscribers may still be reading.
+        drop(guard);
+        if flight.watched() {
+            tokio::select! {
+                () = flight.watch_stalls() => {}
+                () = shutdown.cancelled() => {}
+            }
+        }
     }
 }
 
@@ -195,9 +204,19 @@ async fn stream(
                     // buffer: kept in the log, it would pin that whole buffer
                     // (and make the library allocate a fresh one per read).
                     // One right-sized copy per chunk, shared by every reader.
-                    flight.append(Bytes::copy_from_slice(&data), last);
+                    let paced = flight.append(Bytes::copy_from_slice(&data), last);
                     if settings.buffered.get().max(0) as u64 > max_buffered {
                         flight.shed();
+                    }
+                    if paced {
+                        loop {
+                            tokio::select! {
+                                biased;
+                                () = &mut deserted => return cancelled(flight, true),
+                                () = &mut shut_down => return interrupted(flight),
+                                caught_up = flight.caught_up() => if caught_up { break },
+                            }
+                        }
                     }
                 } else if last {
                     flight.finish(End::Complete);

@@ -379,3 +379,103 @@ async fn past_max_buffered_bytes_a_client_far_behind_is_cut() {
     assert_eq!(gateway.wait_metric(GAUGE, |held| held == 0.0).await, 0.0);
     gateway.assert_idle().await;
 }
+
+/// A coalesced answer far larger than the gateway's buffers reaches a
+/// client slower than its upstream whole: once the client is
+/// `max_replay_bytes` behind, the flight reads the upstream at the client's
+/// pace instead of holding more (and, past `max_buffered_bytes`, cutting
+/// it).
+#[tokio::test]
+async fn a_large_answer_streams_at_its_clients_pace() {
+    const CHUNKS: usize = 256; // 16 MiB
+    const CAP: u64 = 4 * MIB;
+    let upstream = streaming(CHUNKS, Duration::ZERO).await;
+    let gateway = Gateway::start(&server_extra(
+        &one_route(
+            &format!("http://{upstream}"),
+            "[routes.coalesce]\nmax_replay_bytes = 1048576",
+        ),
+        &format!("max_buffered_bytes = {CAP}"),
+    ))
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = sample_peak(&gateway, Arc::clone(&stop));
+    let mut client = small_window_post(gateway.addr, &request_body(0)).await;
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 32 * 1024];
+    // 8 KiB a millisecond at most: far slower than the upstream on loopback.
+    let mut since_pause = 0;
+    while !all.ends_with(b"\r\n0\r\n\r\n") {
+        let read = tokio::time::timeout(PATIENCE, client.read(&mut buf))
+            .await
+            .expect("the stream stopped")
+            .unwrap();
+        assert_ne!(read, 0, "the stream was cut");
+        all.extend_from_slice(&buf[..read]);
+        since_pause += read;
+        if since_pause >= 8 * 1024 {
+            since_pause = 0;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let peak = peak.await.unwrap();
+    assert_eq!(dechunked(&all).len(), CHUNKS * CHUNK);
+    // The lead it may keep, a chunk past it, and chunks on their way out.
+    let bound = (MIB as usize + 4 * CHUNK) as f64;
+    assert!(peak <= bound, "held {:.1} MiB", peak / MIB as f64);
+    assert_eq!(gateway.wait_metric(GAUGE, |held| held == 0.0).await, 0.0);
+    gateway.assert_idle().await;
+}
+
+/// The body of a raw HTTP/1.1 answer in chunked coding.
+fn dechunked(answer: &[u8]) -> Vec<u8> {
+    let start = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let mut rest = &answer[start..];
+    let mut body = Vec::new();
+    loop {
+        let line = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..line]).unwrap(), 16).unwrap();
+        if size == 0 {
+            return body;
+        }
+        body.extend_from_slice(&rest[line + 2..line + 2 + size]);
+        rest = &rest[line + 2 + size + 2..];
+    }
+}
+
+/// An HTTP/2 client that keeps its stream's window shut is not polled by
+/// the server: once the flight has ended, it is still counted out after a
+/// `send_timeout` or two (no chunk arrives to run the stall check), and
+/// the answer it held is released while its connection stays open.
+#[tokio::test]
+async fn a_shut_h2_stream_lets_go_of_an_ended_answer() {
+    const CHUNKS: usize = 48; // 3 MiB: read whole before the client stalls
+    let upstream = streaming(CHUNKS, Duration::ZERO).await;
+    let gateway = Gateway::start(&server_extra(
+        &one_route(&format!("http://{upstream}"), ""),
+        r#"send_timeout = "1s""#,
+    ))
+    .await;
+    let tcp = TcpStream::connect(gateway.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::post(gateway.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap();
+    let mut client = client.ready().await.unwrap();
+    let (response, mut sending) = client.send_request(request, false).unwrap();
+    sending.send_data(request_body(0).into(), true).unwrap();
+    let response = tokio::time::timeout(PATIENCE, response)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // The body is never read: its window (64 KiB) stays shut.
+    let subscribers = r#"chorus_subscribers_active{route="llm"}"#;
+    assert_eq!(gateway.wait_metric(subscribers, |n| n == 0.0).await, 0.0);
+    assert_eq!(gateway.wait_metric(GAUGE, |held| held == 0.0).await, 0.0);
+    assert!(!connection.is_finished(), "the connection was closed");
+    drop(response);
+}
