@@ -499,9 +499,12 @@ impl Flight {
     }
 
     /// The gateway holds more than `max_buffered_bytes`: the flight takes no
-    /// more joiners and keeps only what its subscribers have not read, and
-    /// at most `max_replay_bytes` of that; a subscriber further behind is cut
-    /// (its body ends abnormally with [`BodyError::Lagged`]).
+    /// more joiners and keeps only what its subscribers have not read; and
+    /// when its slowest subscribers are more than `max_replay_bytes` behind
+    /// the furthest, they are cut (their bodies end abnormally with
+    /// [`BodyError::Lagged`]), one place at a time while the gateway stays
+    /// over. The furthest are never cut: the flight waits for them instead
+    /// (see [`Flight::append`]).
     ///
     /// A cut subscriber is counted out at once, not when its body is next
     /// polled: a client that reads nothing is never polled, and the
@@ -509,8 +512,12 @@ impl Flight {
     pub(crate) fn shed(&self) {
         let mut state = self.state();
         state.joinable = false;
-        let cut = state.log.cut(self.settings.max_replay_bytes);
-        let released = cut + state.release();
+        let mut released = state.release();
+        // Released up to the slowest: what is held is what they have to read.
+        let ahead_of_slowest = state.log.held - (state.log.bytes - state.front).min(state.log.held);
+        if ahead_of_slowest > self.settings.max_replay_bytes {
+            released += state.log.cut_slowest();
+        }
         let first = state.log.first();
         let mut counted_out = 0;
         for place in &mut state.places {

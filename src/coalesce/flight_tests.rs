@@ -357,27 +357,46 @@ async fn shedding_keeps_what_readers_need_up_to_max_replay_bytes_and_cuts_the_re
     assert_eq!(active.get(), 0);
 }
 
-/// A flight whose only subscriber was cut by shedding is deserted at once
-/// (it takes no joiners, so no grace): its upstream is not read on for a
-/// client that reads nothing and will never be polled again.
+/// Shedding never cuts a flight's furthest subscriber, even a lone one far
+/// behind the tail (its flight waits for it instead), nor subscribers within
+/// `max_replay_bytes` of the furthest; one further behind is cut, one place
+/// at a time.
 #[tokio::test]
-async fn a_flight_whose_last_subscriber_was_cut_is_deserted_at_once() {
+async fn shedding_cuts_only_the_slowest_far_behind_the_furthest() {
     let metrics = Metrics::new();
-    let (flight, stalled) = Flight::lead(key(), settings(&metrics, 10, 10));
+    let (flight, mut alone) = Flight::lead(key(), settings(&metrics, 10, 10));
     flight.set_head(ok_head(), false);
     for chunk in [&b"0123456789"[..], b"abcdefghij"] {
         flight.append(Bytes::from_static(chunk), false);
     }
     flight.shed();
-    assert_eq!(metrics.route("test").subscribers_active.get(), 0);
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        flight.deserted(Duration::from_secs(60)),
-    )
-    .await
-    .expect("a flight with nobody left to read it was not deserted");
-    drop(stalled);
-    assert_eq!(metrics.route("test").subscribers_active.get(), 0);
+    let active = metrics.route("test").subscribers_active.clone();
+    assert_eq!(active.get(), 1, "a lone subscriber was cut");
+    assert_eq!(
+        alone.frame().await.unwrap().unwrap().into_data().unwrap(),
+        "0123456789"
+    );
+    drop(alone);
+
+    let (flight, mut first) = Flight::lead(key(), settings(&metrics, 10, 10));
+    let mut second = flight.join().unwrap();
+    let mut last = flight.join().unwrap();
+    flight.set_head(ok_head(), false);
+    for chunk in [&b"0123456789"[..], b"abcdefghij", b"ABCDEFGHIJ"] {
+        flight.append(Bytes::from_static(chunk), false);
+        first.frame().await.unwrap().unwrap();
+    }
+    second.frame().await.unwrap().unwrap();
+    second.frame().await.unwrap().unwrap();
+    // `second` is 10 behind `first`, `last` 30: only `last` is cut.
+    flight.shed();
+    assert!(matches!(last.frame().await, Some(Err(BodyError::Lagged))));
+    flight.shed();
+    assert_eq!(
+        second.frame().await.unwrap().unwrap().into_data().unwrap(),
+        "ABCDEFGHIJ"
+    );
+    assert_eq!(active.get(), 2);
 }
 
 /// Settings whose `send_timeout` is one second.

@@ -99,16 +99,15 @@ impl Log {
         released
     }
 
-    /// Drops the oldest chunks, read or not, until at most `keep` bytes are
-    /// held; readers at the dropped chunks are left behind `first` (cut).
-    /// Returns the bytes dropped.
-    pub(super) fn cut(&mut self, keep: u64) -> u64 {
-        let mut dropped = 0;
-        while self.held > keep {
-            let Some(len) = self.drop_oldest() else { break };
-            dropped += len;
-        }
-        dropped
+    /// Drops the chunks before the second slowest readers' place, leaving
+    /// the slowest behind `first` (cut); nothing when every reader is at
+    /// one place. Returns the bytes dropped.
+    pub(super) fn cut_slowest(&mut self) -> u64 {
+        let mut places = (0..self.readers.len()).filter(|&slot| self.readers[slot] > 0);
+        let (Some(_), Some(next)) = (places.next(), places.next()) else {
+            return 0;
+        };
+        (0..next).filter_map(|_| self.drop_oldest()).sum()
     }
 
     /// Drops the oldest chunk and its reader slot; its length, or None when
@@ -162,12 +161,22 @@ mod tests {
     }
 
     #[test]
-    fn a_cut_drops_the_oldest_chunks_and_tells_the_readers_behind() {
+    fn a_cut_drops_the_chunks_only_the_slowest_readers_need() {
         let mut log = log_of(&["abc", "de", "f"]);
-        let reader = log.enter();
-        assert_eq!(log.cut(3), 3, "down to at most 3 bytes held");
-        assert!(log.was_cut(reader));
-        assert!(!log.was_cut(1));
+        let (slow, middle, fast) = (log.enter(), log.enter(), log.enter());
+        log.advance(middle);
+        log.advance(fast);
+        log.advance(fast + 1);
+        assert_eq!(
+            log.cut_slowest(),
+            3,
+            "chunk 0, which only the slowest needs"
+        );
+        assert!(log.was_cut(slow));
+        assert!(!log.was_cut(middle + 1));
         assert_eq!((log.bytes, log.held, log.len()), (6, 3, 3));
+        log.leave(slow);
+        log.leave(middle + 1);
+        assert_eq!(log.cut_slowest(), 0, "the furthest readers are never cut");
     }
 }
