@@ -85,6 +85,19 @@ async fn streaming_held(
     addr
 }
 
+/// A gateway in front of `upstream` whose flights keep `max_replay_bytes`
+/// and which holds `cap` bytes in all its flights.
+async fn capped(upstream: SocketAddr, max_replay_bytes: u64, cap: u64) -> Gateway {
+    Gateway::start(&server_extra(
+        &one_route(
+            &format!("http://{upstream}"),
+            &format!("[routes.coalesce]\nmax_replay_bytes = {max_replay_bytes}"),
+        ),
+        &format!("max_buffered_bytes = {cap}"),
+    ))
+    .await
+}
+
 /// Samples the gauge every few milliseconds until `stop`; returns the peak.
 fn sample_peak(gateway: &Gateway, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<f64> {
     let admin = gateway.admin;
@@ -294,14 +307,7 @@ async fn past_max_buffered_bytes_requests_are_bypass_and_still_served() {
     const CHUNKS: usize = 384; // 24 MiB: more than socket buffers hold
     const CAP: u64 = 4 * MIB;
     let upstream = streaming(CHUNKS, Duration::ZERO).await;
-    let gateway = Gateway::start(&server_extra(
-        &one_route(
-            &format!("http://{upstream}"),
-            "[routes.coalesce]\nmax_replay_bytes = 67108864",
-        ),
-        &format!("max_buffered_bytes = {CAP}"),
-    ))
-    .await;
+    let gateway = capped(upstream, 64 * MIB, CAP).await;
     // The flight keeps every byte its stalled client has not read (it never
     // misses one): past the cap, once the socket buffers (4 MiB at most
     // here) are full and the rest of the 24 MiB has arrived.
@@ -340,14 +346,7 @@ async fn past_max_buffered_bytes_a_client_far_behind_is_cut() {
     // 64 MiB/s: a reader on loopback keeps well within 1 MiB of it.
     let upstream =
         streaming_after(Duration::from_millis(500), CHUNKS, Duration::from_millis(1)).await;
-    let gateway = Gateway::start(&server_extra(
-        &one_route(
-            &format!("http://{upstream}"),
-            "[routes.coalesce]\nmax_replay_bytes = 1048576",
-        ),
-        &format!("max_buffered_bytes = {CAP}"),
-    ))
-    .await;
+    let gateway = capped(upstream, MIB, CAP).await;
     let stop = Arc::new(AtomicBool::new(false));
     let peak = sample_peak(&gateway, Arc::clone(&stop));
     // A reader that keeps up, and a client that stalls, on one flight.
@@ -390,14 +389,7 @@ async fn a_large_answer_streams_at_its_clients_pace() {
     const CHUNKS: usize = 256; // 16 MiB
     const CAP: u64 = 4 * MIB;
     let upstream = streaming(CHUNKS, Duration::ZERO).await;
-    let gateway = Gateway::start(&server_extra(
-        &one_route(
-            &format!("http://{upstream}"),
-            "[routes.coalesce]\nmax_replay_bytes = 1048576",
-        ),
-        &format!("max_buffered_bytes = {CAP}"),
-    ))
-    .await;
+    let gateway = capped(upstream, MIB, CAP).await;
     let stop = Arc::new(AtomicBool::new(false));
     let peak = sample_peak(&gateway, Arc::clone(&stop));
     let mut client = small_window_post(gateway.addr, &request_body(0)).await;

@@ -875,6 +875,19 @@ async fn an_empty_body_keeps_its_length_upstream() {
     }
 }
 
+/// A GET of `path`, one to one when `bypass`.
+fn get_request(gateway: &Gateway, path: &str, bypass: bool) -> Request<Full<bytes::Bytes>> {
+    let mut request = Request::get(gateway.url(path))
+        .body(Full::default())
+        .unwrap();
+    if bypass {
+        request
+            .headers_mut()
+            .insert("x-chorus-coalesce", "off".parse().unwrap());
+    }
+    request
+}
+
 /// An upstream on a raw socket that answers every GET on a kept connection
 /// with a chunked body and a trailer field; counts its connections.
 async fn trailing_upstream() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
@@ -918,15 +931,7 @@ async fn an_upstream_body_with_trailers_ends_complete_and_keeps_its_connection()
     let (url, connections) = trailing_upstream().await;
     let gateway = Gateway::start(&one_route(&url, "")).await;
     for (client, bypass) in [(http1(), true), (http2(), true), (http2(), false)] {
-        let mut request = Request::get(gateway.url("/t"))
-            .body(Full::default())
-            .unwrap();
-        if bypass {
-            request
-                .headers_mut()
-                .insert("x-chorus-coalesce", "off".parse().unwrap());
-        }
-        let response = send(&client, request).await;
+        let response = send(&client, get_request(&gateway, "/t", bypass)).await;
         assert_eq!(response.status(), 200);
         let collected = tokio::time::timeout(PATIENCE, response.into_body().collect())
             .await
@@ -958,15 +963,7 @@ async fn an_empty_event_stream_gets_no_content_length() {
         let upstream = FixedUpstream::start(answer).await;
         let gateway = Gateway::start(&one_route(&upstream.url(), "")).await;
         for bypass in [false, true] {
-            let mut request = Request::get(gateway.url("/events"))
-                .body(Full::default())
-                .unwrap();
-            if bypass {
-                request
-                    .headers_mut()
-                    .insert("x-chorus-coalesce", "off".parse().unwrap());
-            }
-            let response = send(&http1(), request).await;
+            let response = send(&http1(), get_request(&gateway, "/events", bypass)).await;
             assert_eq!(response.status(), 200);
             let length = response.headers().get("content-length");
             assert_eq!(length, None, "bypass: {bypass}");
