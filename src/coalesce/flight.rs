@@ -318,7 +318,7 @@ impl Flight {
     /// Appends a chunk; `last` ends the stream cleanly in the same step, so
     /// no request can join between the last byte and the end. Returns
     /// whether the pump is to wait for a subscriber before reading on
-    /// ([`Flight::caught_up`]): even the furthest is more than
+    /// (`Flight::caught_up`): even the furthest is more than
     /// `max_replay_bytes` behind.
     ///
     /// Only the flight's pump appends; public so that benchmarks can drive a

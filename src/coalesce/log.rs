@@ -125,7 +125,7 @@ impl Log {
         self.first
     }
 
-    /// Whether a reader whose next chunk is `next` was cut by [`Log::cut`].
+    /// Whether a reader whose next chunk is `next` was cut by [`Log::cut_slowest`].
     pub(super) fn was_cut(&self, next: usize) -> bool {
         next < self.first
     }

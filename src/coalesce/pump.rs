@@ -5,7 +5,7 @@
 //! leader leaving changes nothing while anyone else is subscribed. The pump
 //! waits for no client in particular, only, once every subscriber is more
 //! than `max_replay_bytes` behind, for any one of them to catch up
-//! ([`Flight::caught_up`]). It stops early in two cases only: nobody has been
+//! (`Flight::caught_up`). It stops early in two cases only: nobody has been
 //! subscribed for `cancel_grace` (the upstream request is dropped, closing its
 //! connection so the backend stops generating), or the gateway's shutdown
 //! grace ran out. Whatever ends it, a panic included, a drop guard ends the
