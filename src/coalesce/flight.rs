@@ -402,10 +402,14 @@ impl Flight {
     /// counts out those that take nothing for a `send_timeout` (no append
     /// runs the stall check any more), so that a stream whose client keeps
     /// its window shut does not hold the answer for as long as its
-    /// connection lasts.
+    /// connection lasts. Each check comes a `send_timeout` after the last
+    /// (an append may have made one just before the end).
     pub(crate) async fn watch_stalls(&self) {
-        while self.check_stalled() {
+        loop {
             tokio::time::sleep(self.settings.send_timeout).await;
+            if !self.check_stalled() {
+                return;
+            }
         }
     }
 

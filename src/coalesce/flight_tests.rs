@@ -555,3 +555,39 @@ async fn the_pump_waits_for_the_furthest_subscriber_only() {
     assert!(!flight.append(chunk(), false));
     drop(slow);
 }
+
+/// After the end of a large answer the flight still counts out a subscriber
+/// that takes nothing (`watch_stalls`), but each check comes a
+/// `send_timeout` after the last (the 16th append made one just before the
+/// end): one that reads on meanwhile is kept to the end.
+#[tokio::test(start_paused = true)]
+async fn after_a_large_answer_a_reader_is_kept_and_a_stalled_one_counted_out() {
+    let metrics = Metrics::new();
+    let settings = Arc::new(Settings {
+        send_timeout: Duration::from_secs(1),
+        ..(*settings(&metrics, 64 << 20, 10)).clone()
+    });
+    let (flight, mut reader) = Flight::lead(key(), settings);
+    let stalled = flight.join().unwrap();
+    flight.set_head(ok_head(), false);
+    for index in 0..16 {
+        flight.append(Bytes::from(vec![b'x'; 128 << 10]), index == 15);
+    }
+    assert!(flight.watched());
+    let watch = tokio::spawn({
+        let flight = Arc::clone(&flight);
+        async move { flight.watch_stalls().await }
+    });
+    // The watch looks first, then a 16 KiB frame every 100 ms: 12.8 s.
+    tokio::task::yield_now().await;
+    let mut bytes = 0;
+    while let Some(frame) = reader.frame().await {
+        let frame = frame.expect("the reader was counted out");
+        bytes += frame.into_data().unwrap().len();
+        tokio::time::advance(Duration::from_millis(100)).await;
+    }
+    assert_eq!(bytes, 2 << 20);
+    assert_eq!(metrics.route("test").subscribers_active.get(), 1);
+    watch.await.unwrap();
+    drop((reader, stalled));
+}
