@@ -186,11 +186,7 @@ impl Upstream {
             .inspect_err(|_| dispatch.mark())?;
         // Dropped with the response, the connection is closed, not reused.
         check_head(&mut response)?;
-        let sized = !head_only
-            && !matches!(
-                response.status(),
-                StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
-            );
+        let sized = !head_only && !crate::response::bodyless(response.status());
         Ok(response.map(|body| self.body(body, Some(held), sized)))
     }
 

@@ -373,7 +373,7 @@ impl Flight {
 
     /// Runs the stall check now; true while some subscriber still has
     /// chunks to read.
-    pub(crate) fn check_stalled(&self) -> bool {
+    fn check_stalled(&self) -> bool {
         let mut state = self.state();
         let deserted = self.count_out_stalled(&mut state, Instant::now());
         let released = state.release();

@@ -195,7 +195,8 @@ async fn stream(
             // A data frame: append it, ending the flight with it if it is the last.
             Some(Ok(frame)) => {
                 let Ok(data) = frame.into_data() else {
-                    // Trailers are not relayed.
+                    // None come: `UpstreamBody` ends at trailers, which are
+                    // not relayed.
                     continue;
                 };
                 let last = body.is_end_stream();
