@@ -119,21 +119,24 @@ else
     log "fewer than 2 CPUs or no taskset: nothing is pinned"
 fi
 
-install() {
-    local missing=()
-    command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
-    command -v wrk >/dev/null || missing+=(wrk)
-    command -v h2load >/dev/null || missing+=(nghttp2-client)
-    command -v curl >/dev/null || missing+=(curl)
-    command -v python3 >/dev/null || missing+=(python3)
-    command -v taskset >/dev/null || missing+=(util-linux)
-    [[ ${#missing[@]} -eq 0 ]] && return
+# The Debian packages whose commands the run needs and this machine lacks.
+missing_packages() {
+    command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || echo nginx-light
+    command -v wrk >/dev/null || echo wrk
+    command -v h2load >/dev/null || echo nghttp2-client
+    command -v curl >/dev/null || echo curl
+    command -v python3 >/dev/null || echo python3
+    command -v taskset >/dev/null || echo util-linux
+}
+mapfile -t missing < <(missing_packages)
+if [[ ${#missing[@]} -gt 0 && -z ${SKIP_INSTALL:-} ]]; then
     log "installing ${missing[*]} from Debian"
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1 ||
         { apt-get update >/dev/null && apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
-}
-[[ -n ${SKIP_INSTALL:-} ]] || install
+    mapfile -t missing < <(missing_packages)
+fi
+[[ ${#missing[@]} -eq 0 ]] || die "missing Debian packages: ${missing[*]} (install them, or run without SKIP_INSTALL)"
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
