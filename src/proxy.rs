@@ -86,6 +86,9 @@ pub struct ClientConnection {
     pub tunnels: tunnel::Tunnels,
     /// Its completed flushes, which a response's break waits for.
     pub flushes: Arc<Flushes>,
+    /// Whether its socket has `send_timeout` as its `TCP_USER_TIMEOUT`: the
+    /// kernel then ends it when its client takes nothing for that long.
+    pub socket_times_out: bool,
 }
 
 impl Proxy {
@@ -250,7 +253,12 @@ impl Proxy {
 
         let coalesce = route.coalesces(&parts.method) && !opted_out && self.has_buffer_room();
         if coalesce {
-            Answered::OnHead(self.join(route, parts, body, client, log))
+            let own_socket = connection.socket_times_out && parts.version < Version::HTTP_2;
+            let waiting = self.join(route, parts, body, client, log);
+            if own_socket {
+                waiting.subscriber.leave_stalls_to_its_socket();
+            }
+            Answered::OnHead(waiting)
         } else {
             Answered::Now(self.bypass(route, parts, body, client, log).await)
         }

@@ -19,8 +19,9 @@
 //! (too few first bytes, TLS without ALPN) is left to hyper-util.
 //!
 //! Client sockets get `send_timeout` as their `TCP_USER_TIMEOUT`: a client
-//! that takes nothing of what it is sent for that long is dropped (a single
-//! HTTP/2 stream that stops is the flight's to notice).
+//! that takes nothing of what it is sent for that long is dropped. A flight
+//! leaves its HTTP/1.1 clients to that, and watches its HTTP/2 streams
+//! itself (a single stream that stops leaves the connection going).
 //!
 //! Each connection is watched too (see [`activity`](crate::activity)): one
 //! with no request in progress for `header_read_timeout` is shut down the
@@ -168,12 +169,12 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        set_send_timeout(&stream, config.send_timeout);
+        let times_out = set_send_timeout(&stream, config.send_timeout);
         let shared = Arc::clone(&shared);
         connections.spawn(async move {
             shared.metrics.connections_active.inc();
             tokio::select! {
-                () = connection(&shared, stream, peer.ip()) => {}
+                () = connection(&shared, stream, peer.ip(), times_out) => {}
                 () = Quiet::new(shared.cut.cancelled()) => {}
             }
             shared.metrics.connections_active.dec();
@@ -295,12 +296,14 @@ impl Protocol {
 }
 
 /// Serves one connection: the TLS handshake if any, then HTTP.
-async fn connection(shared: &Shared, stream: TcpStream, peer: IpAddr) {
+/// `times_out`: whether the socket has `send_timeout` as its
+/// `TCP_USER_TIMEOUT` ([`set_send_timeout`]).
+async fn connection(shared: &Shared, stream: TcpStream, peer: IpAddr, times_out: bool) {
     if let Some(acceptor) = &shared.tls {
         // Boxed: the handshake and a TLS stream are large, and a future's
         // size is its largest state's, so inline they would make every
         // connection's task as large as a TLS one.
-        return Box::pin(tls_connection(shared, acceptor, stream, peer)).await;
+        return Box::pin(tls_connection(shared, acceptor, stream, peer, times_out)).await;
     }
     // A connection that sends nothing is closed like an idle one.
     let peeked = tokio::select! {
@@ -308,12 +311,18 @@ async fn connection(shared: &Shared, stream: TcpStream, peer: IpAddr) {
         () = shared.drain.cancelled() => return,
     };
     if let Ok(Ok(protocol)) = peeked {
-        http(shared, stream, peer, protocol).await;
+        http(shared, stream, peer, protocol, times_out).await;
     }
 }
 
 /// The TLS handshake, then HTTP.
-async fn tls_connection(shared: &Shared, acceptor: &TlsAcceptor, stream: TcpStream, peer: IpAddr) {
+async fn tls_connection(
+    shared: &Shared,
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    peer: IpAddr,
+    times_out: bool,
+) {
     // A failed or slow handshake costs its own connection and a debug line;
     // one not done when the drain starts is dropped, as an idle connection is.
     let handshake = tokio::time::timeout(shared.handshake_timeout, tls::accept(acceptor, stream));
@@ -324,7 +333,7 @@ async fn tls_connection(shared: &Shared, acceptor: &TlsAcceptor, stream: TcpStre
     match accepted {
         Ok(Ok(Accepted::Tls(stream))) => {
             let protocol = Protocol::negotiated(stream.get_ref().1.alpn_protocol());
-            http(shared, stream, peer, protocol).await;
+            http(shared, stream, peer, protocol, times_out).await;
         }
         Ok(Ok(Accepted::PlainHttp(method, path))) => {
             shared
@@ -346,7 +355,7 @@ async fn first_bytes(stream: &TcpStream) -> io::Result<Protocol> {
     }
 }
 
-async fn http<I>(shared: &Shared, io: I, peer: IpAddr, protocol: Protocol)
+async fn http<I>(shared: &Shared, io: I, peer: IpAddr, protocol: Protocol, times_out: bool)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -366,6 +375,7 @@ where
         client: ClientSide::new(peer, shared.tls.is_some()),
         tunnels: Tunnels::new(Arc::clone(&verdicts), Arc::clone(&activity)),
         flushes,
+        socket_times_out: times_out,
     });
     let handed_over = Arc::clone(&client);
     let service = service_fn(move |mut request: hyper::Request<Incoming>| {
@@ -585,13 +595,21 @@ impl AcceptErrors {
 /// sees the client gone. Without it a client that stops reading but keeps its
 /// connection (HTTP/1.1 has no ping) would hold its flight, and the upstream
 /// request, for as long as TCP retransmits.
-fn set_send_timeout(stream: &TcpStream, timeout: Duration) {
+/// Returns whether it is set.
+fn set_send_timeout(stream: &TcpStream, timeout: Duration) -> bool {
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    if let Err(error) = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(timeout)) {
-        tracing::debug!(%error, "could not set TCP_USER_TIMEOUT");
+    match socket2::SockRef::from(stream).set_tcp_user_timeout(Some(timeout)) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::debug!(%error, "could not set TCP_USER_TIMEOUT");
+            false
+        }
     }
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = (stream, timeout);
+    {
+        let _ = (stream, timeout);
+        false
+    }
 }
 
 #[cfg(test)]

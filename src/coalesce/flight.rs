@@ -11,6 +11,8 @@
 //! rejoined. A subscriber that took nothing for a whole `send_timeout` while
 //! chunks waited for it is counted out too (stalled): its client stopped
 //! reading without leaving, which over HTTP/2 only the stream itself shows.
+//! An HTTP/1.1 subscriber is left to its socket's `TCP_USER_TIMEOUT`
+//! ([`Subscriber::leave_stalls_to_its_socket`]).
 //! Once a flight is closed to joiners (too many bytes, lingering over,
 //! ended), chunks that every remaining subscriber has read are released.
 //!
@@ -190,11 +192,13 @@ enum Place {
     /// The slot is free.
     Free,
     /// Reading: its next chunk, how many frames it has taken, and that count
-    /// at the last check (`usize::MAX` before its first).
+    /// at the last check (`usize::MAX` before its first); and whether the
+    /// stall check watches it (see [`Subscriber::leave_stalls_to_its_socket`]).
     Reading {
         next: usize,
         taken: usize,
         checked: usize,
+        watched: bool,
     },
     /// Counted out for taking nothing for a whole `send_timeout`.
     Stalled,
@@ -251,6 +255,7 @@ impl Flight {
             next,
             taken: 0,
             checked: usize::MAX,
+            watched: true,
         };
         let slot = match state.free.pop() {
             Some(slot) => {
@@ -377,10 +382,9 @@ impl Flight {
         let mut state = self.state();
         let deserted = self.count_out_stalled(&mut state, Instant::now());
         let released = state.release();
-        let behind = state
-            .places
-            .iter()
-            .any(|place| matches!(place, Place::Reading { next, .. } if *next < state.log.len()));
+        let behind = state.places.iter().any(|place| {
+            matches!(place, Place::Reading { next, watched: true, .. } if *next < state.log.len())
+        });
         // Those counted out had chunks to read: none waits for a wake-up.
         drop(state);
         self.settings.buffered.dec_by(released as i64);
@@ -425,6 +429,7 @@ impl Flight {
                 next,
                 taken,
                 checked,
+                watched: true,
             } = place
             {
                 if *taken == *checked && *next < waiting {
@@ -682,6 +687,20 @@ impl Subscriber {
     /// The flight this subscriber reads.
     pub fn flight(&self) -> &Arc<Flight> {
         &self.flight
+    }
+
+    /// Leaves this subscriber out of the flight's stall check: its client's
+    /// socket carries this one stream (HTTP/1.1) and has `send_timeout` as
+    /// its `TCP_USER_TIMEOUT`, so the kernel ends it once it takes nothing
+    /// for that long, and sees what the flight cannot: each byte the client
+    /// acknowledges. The flight sees what the socket takes, and a full
+    /// socket takes more only once a third of its send buffer has drained:
+    /// it would count out a client that reads steadily but slowly.
+    pub fn leave_stalls_to_its_socket(&self) {
+        if let Some(Place::Reading { watched, .. }) = self.flight.state().places.get_mut(self.slot)
+        {
+            *watched = false;
+        }
     }
 }
 

@@ -450,6 +450,32 @@ async fn a_subscriber_that_takes_nothing_for_send_timeout_is_counted_out() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_subscriber_left_to_its_socket_is_not_counted_out() {
+    let metrics = Metrics::new();
+    let active = metrics.route("test").subscribers_active.clone();
+    let (flight, watched) = Flight::lead(key(), impatient(&metrics));
+    let mut own_socket = flight.join().unwrap();
+    own_socket.leave_stalls_to_its_socket();
+    flight.set_head(ok_head(), false);
+
+    // Neither reads for 5 s while chunks wait: only the watched one is
+    // counted out, and the flight is not deserted.
+    trickle(&flight, 50, async |_| {}).await;
+    assert_eq!(active.get(), 1);
+    assert!(
+        tokio::time::timeout(Duration::ZERO, flight.deserted(Duration::ZERO))
+            .await
+            .is_err()
+    );
+    drop(watched);
+    // It still reads every chunk.
+    for _ in 0..50 {
+        let frame = own_socket.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "x");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_last_subscriber_counted_out_deserts_the_flight() {
     let metrics = Metrics::new();
     let (flight, _stalled) = Flight::lead(key(), impatient(&metrics));

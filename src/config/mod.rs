@@ -99,8 +99,8 @@ pub struct ServerConfig {
     /// `send_timeout`: a client that takes nothing of what it is sent for
     /// this long (its receive window stays shut, or what was sent stays
     /// unacknowledged) has its connection closed, as if it had left. Set as
-    /// the client socket's `TCP_USER_TIMEOUT`; flights also count out a
-    /// subscriber that took nothing this long while chunks waited (an HTTP/2
+    /// the client socket's `TCP_USER_TIMEOUT`; flights also count out an
+    /// HTTP/2 subscriber that took nothing this long while chunks waited (a
     /// stream whose own window stays shut). Default `"60s"`; > 0.
     pub send_timeout: Duration,
     /// `shutdown_grace`: on SIGTERM/SIGINT, how long streams in flight may go

@@ -471,3 +471,49 @@ async fn a_shut_h2_stream_lets_go_of_an_ended_answer() {
     assert!(!connection.is_finished(), "the connection was closed");
     drop(response);
 }
+
+/// A client that reads a large answer steadily but slowly over HTTP/1.1
+/// keeps its stream: its socket, full, takes more from the gateway only
+/// once a third of its send buffer has drained (seconds apart at this
+/// pace), which the flight alone would read as taking nothing for
+/// `send_timeout`; the kernel, which sees every byte acknowledged, is
+/// left to judge it.
+#[tokio::test]
+async fn a_steady_slow_reader_of_a_large_answer_keeps_its_stream() {
+    const CHUNKS: usize = 256; // 16 MiB, far more than the socket buffers hold
+    let upstream = streaming(CHUNKS, Duration::ZERO).await;
+    let gateway = Gateway::start(&server_extra(
+        &one_route(&format!("http://{upstream}"), ""),
+        r#"send_timeout = "3s""#,
+    ))
+    .await;
+    let mut client = TcpStream::connect(gateway.addr).await.unwrap();
+    let body = request_body(0);
+    let wire = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    client.write_all(wire.as_bytes()).await.unwrap();
+
+    // 8 KiB every 100 ms, for four times `send_timeout`.
+    let started = tokio::time::Instant::now();
+    let mut read = 0;
+    let mut buf = vec![0u8; 8 * 1024];
+    while started.elapsed() < Duration::from_secs(12) {
+        let got = tokio::time::timeout(PATIENCE, client.read(&mut buf))
+            .await
+            .expect("the stream stopped")
+            .unwrap();
+        assert_ne!(got, 0, "the stream was cut after {read} bytes");
+        read += got;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let subscribers = r#"chorus_subscribers_active{route="llm"}"#;
+    assert_eq!(gateway.metric(subscribers).await, 1.0);
+    let cancelled = r#"chorus_upstream_cancelled_total{route="llm"}"#;
+    assert_eq!(gateway.metric(cancelled).await, 0.0);
+    assert!(read > 512 * 1024, "read {read} bytes");
+    drop(client);
+    gateway.assert_idle().await;
+}
