@@ -488,13 +488,7 @@ async fn a_steady_slow_reader_of_a_large_answer_keeps_its_stream() {
     ))
     .await;
     let mut client = TcpStream::connect(gateway.addr).await.unwrap();
-    let body = request_body(0);
-    let wire = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    client.write_all(wire.as_bytes()).await.unwrap();
+    write_chat_post(&mut client, &request_body(0)).await;
 
     // 8 KiB every 100 ms, for four times `send_timeout`.
     let started = tokio::time::Instant::now();

@@ -356,13 +356,18 @@ pub async fn small_window_post(addr: SocketAddr, body: &str) -> TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stream = socket.connect(addr).await.unwrap();
+    write_chat_post(&mut stream, body).await;
+    stream
+}
+
+/// Writes a raw HTTP/1.1 chat POST of `body` (JSON) on `stream`.
+pub async fn write_chat_post(stream: &mut TcpStream, body: &str) {
     let wire = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\ncontent-type: application/json\r\n\
          content-length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(wire.as_bytes()).await.unwrap();
-    stream
 }
 
 /// The body as JSON; panics if it is not.
